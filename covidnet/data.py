@@ -1,0 +1,186 @@
+"""Lightning data module for COVID-CT; owns the preprocessing used by training, CAMs and reports."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from covidnet.dataset import SPLITS, DatasetError, Sample, check_dataset, is_complete_layout, load_grey, read_split
+from covidnet.download import download_covid_ct
+
+# Mean/std of the ImageNet training set, the statistics torchvision's pretrained ResNets expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# normalization name -> (mean, std) applied to the grey image repeated to three channels
+NORMALIZATIONS = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # intensities in [0, 1], as CT foundation models expect
+}
+
+
+def resize_grey(grey: np.ndarray, size: int) -> torch.Tensor:
+    """Float grey HxW in [0, 1] -> uint8 tensor 1 x size x size (antialiased, aspect not kept)."""
+    x = torch.from_numpy(np.ascontiguousarray(grey))[None, None]
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (x[0].clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+class Preprocess:
+    """uint8 grey 1xSxS -> float 3xSxS as the network expects; its inverse recovers the grey image."""
+
+    def __init__(self, normalization: str):
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"Unknown data.normalization={normalization!r}; choose one of {sorted(NORMALIZATIONS)}.")
+        mean, std = NORMALIZATIONS[normalization]
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+
+    def __call__(self, grey_u8: torch.Tensor) -> torch.Tensor:
+        x = grey_u8.float().div_(255).expand(3, *grey_u8.shape[-2:])
+        return (x - self.mean) / self.std
+
+    def to_grey(self, x: torch.Tensor) -> torch.Tensor:
+        """Network input (..., 3, H, W) -> grey (..., H, W) in [0, 1], for drawing overlays."""
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        return (x * std + mean)[..., 0, :, :].clamp(0, 1)
+
+
+class CachedImages(Dataset):
+    """Decoded, resized images held in memory as uint8, so no epoch re-reads a file."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, preprocess: Preprocess, augment=None):
+        self.images, self.labels, self.preprocess, self.augment = images, labels, preprocess, augment
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        img = self.images[i]
+        if self.augment is not None:
+            img = self.augment(img)
+        return self.preprocess(img), self.labels[i]
+
+
+def stratified_subset(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
+    """A seeded fraction of each class (at least one image per class), in the original order."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"data.fraction={fraction} must be in (0, 1].")
+    if fraction == 1:
+        return list(samples)
+    rng = np.random.default_rng(seed)
+    keep: set[int] = set()
+    for label in sorted({s.label for s in samples}):
+        idx = [i for i, s in enumerate(samples) if s.label == label]
+        n = max(1, round(fraction * len(idx)))
+        keep.update(rng.choice(idx, size=n, replace=False).tolist())
+    return [s for i, s in enumerate(samples) if i in keep]
+
+
+class CovidCTDataModule(L.LightningDataModule):
+    """COVID-CT official split (COVID = 1, non-COVID = 0) with an in-memory image cache.
+
+    Every image is decoded once, converted to grey, resized to ``image_size`` and kept as uint8.
+    Training augmentation works on those cached tensors; evaluation is deterministic.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/covid-ct",
+        image_size: int = 224,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        fraction: float = 1.0,
+        download: bool = False,
+        normalization: str = "imagenet",
+        crop_scale_min: float = 0.7,
+        hflip: bool = True,
+        rotate_degrees: float = 10.0,
+        jitter: float = 0.1,
+        seed: int = 0,
+        pin_memory: bool | None = None,
+    ):
+        super().__init__()
+        root = str(Path(os.path.expanduser(str(root))).resolve())
+        self.save_hyperparameters()
+        self.preprocess = Preprocess(normalization)  # fails early on an unknown name
+        stratified_subset([], fraction, seed)  # and on a bad fraction
+        self.samples: dict[str, list[Sample]] = {}
+        self.datasets: dict[str, CachedImages] = {}
+
+    # --- preprocessing shared with CAMs and reports -------------------------------------------------
+    def load_image(self, path: str | Path) -> torch.Tensor:
+        """Any image file -> the uint8 grey tensor the cache holds."""
+        return resize_grey(load_grey(path), self.hparams.image_size)
+
+    def model_input(self, path: str | Path) -> torch.Tensor:
+        """Any image file -> the normalised 3-channel tensor the model sees at evaluation."""
+        return self.preprocess(self.load_image(path))
+
+    def train_augment(self):
+        h = self.hparams
+        steps = [v2.RandomResizedCrop(h.image_size, scale=(h.crop_scale_min, 1.0), ratio=(0.8, 1.25), antialias=True)]
+        if h.hflip:
+            steps.append(v2.RandomHorizontalFlip())
+        if h.rotate_degrees:
+            steps.append(v2.RandomRotation(h.rotate_degrees))
+        if h.jitter:
+            steps.append(v2.ColorJitter(brightness=h.jitter, contrast=h.jitter))
+        return v2.Compose(steps)
+
+    # --- Lightning hooks -----------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        root = Path(self.hparams.root)
+        if not is_complete_layout(root) and self.hparams.download:
+            download_covid_ct(root)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        root = Path(self.hparams.root)
+        if not is_complete_layout(root):
+            read_split(root, "train")  # raises the layout message naming what is missing
+        splits, cache = check_dataset(root, load=self.load_image)
+        splits["train"] = stratified_subset(splits["train"], self.hparams.fraction, self.hparams.seed)
+        self.samples = splits
+        for split in SPLITS:
+            samples = splits[split]
+            images = torch.stack([cache[s.path] for s in samples])
+            labels = torch.tensor([s.label for s in samples], dtype=torch.float32)
+            augment = self.train_augment() if split == "train" else None
+            self.datasets[split] = CachedImages(images, labels, self.preprocess, augment)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise DatasetError(f"The {split} split is not loaded; call setup() first.")
+        h = self.hparams
+        pin = torch.cuda.is_available() if h.pin_memory is None else h.pin_memory
+        return DataLoader(
+            self.datasets[split],
+            batch_size=h.batch_size,
+            shuffle=shuffle,
+            num_workers=h.num_workers,
+            pin_memory=pin,
+            persistent_workers=h.num_workers > 0,
+            # a last batch of one image would break BatchNorm in training
+            drop_last=shuffle and len(self.datasets[split]) > h.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def split_names(self, split: str) -> list[str]:
+        """File names of a split, in loader order (the order of predictions)."""
+        return [s.name for s in self.samples[split]]

@@ -1,0 +1,177 @@
+"""The COVID-CT dataset in its official layout: split lists, labels, image decoding, checks.
+
+Layout (UCSD-AI4H/COVID-CT after unzipping the two image archives)::
+
+    root/Images-processed/CT_COVID/*.png|jpg
+    root/Images-processed/CT_NonCOVID/*.png|jpg
+    root/Data-split/COVID/{train,val,test}CT_COVID.txt
+    root/Data-split/NonCOVID/{train,val,test}CT_NonCOVID.txt
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+SPLITS = ("train", "val", "test")
+COVID, NON_COVID = 1, 0
+CLASS_NAMES = {COVID: "COVID", NON_COVID: "non-COVID"}
+# (label, image folder, split-file folder, split-file suffix)
+CLASSES = (
+    (COVID, "Images-processed/CT_COVID", "Data-split/COVID", "CT_COVID.txt"),
+    (NON_COVID, "Images-processed/CT_NonCOVID", "Data-split/NonCOVID", "CT_NonCOVID.txt"),
+)
+# Decoding more than this many pixels is refused: larger files are almost certainly not CT slices.
+MAX_PIXELS = 64_000_000
+T = TypeVar("T")
+
+
+class DatasetError(ValueError):
+    """The dataset on disk is missing, incomplete or inconsistent; the message says what and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def split_file(root: Path, label: int, split: str) -> Path:
+    for lab, _, split_dir, suffix in CLASSES:
+        if lab == label:
+            return Path(root) / split_dir / f"{split}{suffix}"
+    raise KeyError(label)
+
+
+def image_dir(root: Path, label: int) -> Path:
+    return Path(root) / next(folder for lab, folder, _, _ in CLASSES if lab == label)
+
+
+def expected_files(root: Path) -> list[Path]:
+    """Every path the official layout must contain (image folders and split files)."""
+    paths = [image_dir(root, lab) for lab, *_ in CLASSES]
+    paths += [split_file(root, lab, s) for lab, *_ in CLASSES for s in SPLITS]
+    return paths
+
+
+def is_complete_layout(root: Path) -> bool:
+    return all(p.exists() for p in expected_files(root))
+
+
+def read_names(path: Path) -> list[str]:
+    """File names listed in a split file (one per line; blank lines ignored)."""
+    return [line.strip() for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+
+
+def read_split(root: Path | str, split: str) -> list[Sample]:
+    """Samples of one split, COVID first then non-COVID, in split-file order."""
+    if split not in SPLITS:
+        raise DatasetError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
+    root = Path(root)
+    missing = [p for p in expected_files(root) if not p.exists()]
+    if missing:
+        raise DatasetError(layout_message(root, missing))
+    return [
+        Sample(image_dir(root, lab) / name, lab)
+        for lab, *_ in CLASSES
+        for name in read_names(split_file(root, lab, split))
+    ]
+
+
+def layout_message(root: Path, missing: list[Path]) -> str:
+    shown = "\n  ".join(str(p) for p in missing[:8])
+    more = f"\n  ... and {len(missing) - 8} more" if len(missing) > 8 else ""
+    return (
+        f"COVID-CT data not found at {root} (the official layout is incomplete). Missing:\n  {shown}{more}\n"
+        "Fix: pass data.root=/path/to/covid-ct (a folder holding Images-processed/ and Data-split/), "
+        "set COVIDNET_DATA, or add data.download=true to fetch it from the official repository."
+    )
+
+
+def load_grey(path: Path | str) -> np.ndarray:
+    """Decode any image mode (RGB, RGBA, L, 16-bit I;16, palette) to a float32 grey array in [0, 1].
+
+    RGBA is composited on black: the transparent parts of figure crops carry no CT signal.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise DatasetError(f"{path}: {im.width}x{im.height} pixels is larger than any CT slice; remove it from the split.")
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float32)
+                top = 65535.0 if arr.max() > 255 or im.mode.startswith("I;16") else 255.0
+                return np.clip(arr / top, 0.0, 1.0)
+            if im.mode == "F":
+                arr = np.asarray(im, dtype=np.float32)
+                span = float(arr.max() - arr.min()) or 1.0
+                return (arr - arr.min()) / span
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+                black = Image.new("RGBA", im.size, (0, 0, 0, 255))
+                im = Image.alpha_composite(black, im)
+            grey = im.convert("L")
+            return np.asarray(grey, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DatasetError(f"{path}: cannot be decoded as an image ({err}). Replace the file or remove it from its split file.") from err
+
+
+def check_dataset(root: Path | str, load: Callable[[Path], T] | None = None, workers: int = 4) -> tuple[dict[str, list[Sample]], dict[Path, T]]:
+    """Check the whole dataset, reporting every problem at once, and decode each image once.
+
+    Checks: layout present, no empty split, every listed file exists, no image in two splits,
+    and every image decodes (``load`` is applied to each existing image, in threads; its
+    results are returned so that nothing is decoded twice).
+    """
+    root = Path(root)
+    missing_layout = [p for p in expected_files(root) if not p.exists()]
+    if missing_layout:
+        raise DatasetError(layout_message(root, missing_layout))
+    splits = {s: read_split(root, s) for s in SPLITS}
+    problems: list[str] = []
+    seen: dict[Path, str] = {}
+    for split, samples in splits.items():
+        for lab, *_ in CLASSES:
+            if not any(s.label == lab for s in samples):
+                problems.append(f"empty split: {split_file(root, lab, split)} lists no image")
+        for s in samples:
+            if s.path in seen:
+                where = f"in both the {seen[s.path]} and {split} splits" if seen[s.path] != split else f"twice in the {split} split"
+                problems.append(f"{s.path.name} is listed {where}")
+            seen.setdefault(s.path, split)
+            if not s.path.is_file():
+                problems.append(f"missing image: {s.path} (listed in {split_file(root, s.label, split).name})")
+    loaded: dict[Path, T] = {}
+    if load is not None:
+        paths = [p for p in seen if p.is_file()]
+
+        def attempt(path: Path):
+            try:
+                return path, load(path), None
+            except DatasetError as err:
+                return path, None, str(err)
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for path, value, error in pool.map(attempt, paths):
+                if error:
+                    problems.append(error)
+                else:
+                    loaded[path] = value
+    if problems:
+        listing = "\n  ".join(problems)
+        raise DatasetError(
+            f"The dataset at {root} has {len(problems)} problem(s):\n  {listing}\n"
+            "Fix the files or split lists named above (or re-download with data.download=true into an empty data.root)."
+        )
+    return splits, loaded

@@ -1,0 +1,153 @@
+"""LightningModule: a one-logit ResNet trained with BCEWithLogitsLoss; COVID is the positive class."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
+    BinarySpecificity,
+)
+
+from covidnet.backbones import build_resnet
+
+# Which parameters stay fixed: name -> top-level children of the ResNet that are trained.
+FREEZE_MODES = {
+    "none": None,  # full fine-tuning
+    "backbone": ("fc",),  # feature extraction: only the new head learns
+    "up_to_layer4": ("layer4", "fc"),  # stem and layer1-3 fixed, layer4 and head learn
+}
+
+
+def binary_metrics(prefix: str) -> MetricCollection:
+    """Metrics on P(COVID); sensitivity and precision are for COVID, specificity for non-COVID."""
+    return MetricCollection(
+        {
+            "acc": BinaryAccuracy(),
+            "auroc": BinaryAUROC(),
+            "f1": BinaryF1Score(),
+            "sensitivity": BinaryRecall(),
+            "specificity": BinarySpecificity(),
+            "precision": BinaryPrecision(),
+        },
+        prefix=prefix,
+    )
+
+
+class CovidClassifier(L.LightningModule):
+    """ResNet-18/50/152 with one logit. Hyperparameters are plain values, so a checkpoint alone
+    rebuilds the model (``CovidClassifier.load_from_checkpoint(path, weights_only=True)``)."""
+
+    def __init__(
+        self,
+        arch: str = "resnet18",
+        init: str = "scratch",
+        weights_path: str | None = None,
+        freeze: str = "none",
+        backbone_lr_scale: float = 1.0,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        load_pretrained: bool = True,
+    ):
+        super().__init__()
+        if freeze not in FREEZE_MODES:
+            raise ValueError(f"Unknown model.freeze={freeze!r}; choose one of {', '.join(FREEZE_MODES)}.")
+        # optimizer/scheduler are Hydra partials: needed to train, not to rebuild the model
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "load_pretrained"])
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        # A checkpoint already holds the trained weights; skip fetching pretrained ones again.
+        self.net = build_resnet(arch, init if load_pretrained else "scratch", weights_path if load_pretrained else None)
+        self._apply_freeze()
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.train_metrics = binary_metrics("train/")
+        self.val_metrics = binary_metrics("val/")
+        self.test_metrics = binary_metrics("test/")
+
+    # --- model --------------------------------------------------------------------------------------
+    def _frozen_children(self) -> list[nn.Module]:
+        trained = FREEZE_MODES[self.hparams.freeze]
+        if trained is None:
+            return []
+        return [m for name, m in self.net.named_children() if name not in trained]
+
+    def _apply_freeze(self) -> None:
+        for module in self._frozen_children():
+            module.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        """Frozen parts stay in eval mode: their BatchNorm statistics must not drift."""
+        super().train(mode)
+        for module in self._frozen_children():
+            module.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (N,)."""
+        return self.net(x).squeeze(1)
+
+    # --- steps --------------------------------------------------------------------------------------
+    def _shared_step(self, batch, metrics: MetricCollection, stage: str):
+        x, y = batch
+        logits = self(x)
+        loss = self.loss_fn(logits, y)
+        metrics.update(torch.sigmoid(logits.detach()), y.long())
+        self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True, prog_bar=stage != "train")
+        return loss
+
+    def training_step(self, batch, batch_idx: int):
+        loss = self._shared_step(batch, self.train_metrics, "train")
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"Non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, global step {self.global_step}, "
+                f"batch {batch_idx}. Training stopped rather than continue on NaNs: lower model.optimizer.lr, "
+                "or check the input images of this batch."
+            )
+        return loss
+
+    def validation_step(self, batch, batch_idx: int):
+        self._shared_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch, batch_idx: int):
+        self._shared_step(batch, self.test_metrics, "test")
+
+    def _log_epoch(self, metrics: MetricCollection) -> None:
+        # computed once per epoch (AUROC needs both classes; one batch may hold only one), synced across ranks
+        self.log_dict(metrics.compute(), sync_dist=False)
+        metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch(self.train_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch(self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch(self.test_metrics)
+
+    # --- optimisation -------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise RuntimeError("No optimizer was given: build the model from the Hydra config (conf/model) to train it.")
+        head = [p for n, p in self.net.named_parameters() if n.startswith("fc.") and p.requires_grad]
+        body = [p for n, p in self.net.named_parameters() if not n.startswith("fc.") and p.requires_grad]
+        groups = [{"params": head, "name": "head"}]
+        if body:
+            base_lr = self.optimizer_factory.keywords.get("lr") if hasattr(self.optimizer_factory, "keywords") else None
+            group = {"params": body, "name": "backbone"}
+            if base_lr is not None and self.hparams.backbone_lr_scale != 1.0:
+                group["lr"] = base_lr * self.hparams.backbone_lr_scale
+            groups.append(group)
+        optimizer = self.optimizer_factory(params=groups)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -1,0 +1,97 @@
+"""`train(cfg)`: fit, test the best-on-validation checkpoint, write metrics.json and test predictions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from covidnet.predict import predict_probs
+
+
+class RunDirError(RuntimeError):
+    """Starting would overwrite an earlier run's results."""
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write atomically: readers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def instantiate_all(group: DictConfig | None) -> list:
+    """Objects for every entry of a config group that has a ``_target_`` (null entries switch one off)."""
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
+
+
+def best_epoch(path: str) -> int | None:
+    match = re.search(r"epoch=(\d+)", Path(path).name) if path else None
+    return int(match.group(1)) if match else None
+
+
+def check_run_dir(out: Path, ckpt_path: str | None) -> None:
+    if ckpt_path is None and ((out / "metrics.json").exists() or (out / "checkpoints" / "last.ckpt").exists()):
+        raise RunDirError(
+            f"{out} already holds a run. covidnet never overwrites results: pass ckpt_path=last to resume it, "
+            "or choose a new output directory (leave hydra.run.dir / hydra.sweep.dir at their defaults)."
+        )
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train and test one model as configured; return the metrics also written to metrics.json."""
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    check_run_dir(out, cfg.get("ckpt_path"))
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    loggers = instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    start = time.time()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_seconds = time.time() - start
+
+    ckpt_cb = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
+    best_path = ckpt_cb.best_model_path if ckpt_cb else ""
+    metrics: dict = {
+        "init": cfg.model.init,
+        "arch": cfg.model.arch,
+        "seed": cfg.seed,
+        "epochs_trained": trainer.current_epoch,
+        "fit_seconds": round(fit_seconds, 1),
+        "best_checkpoint": best_path or None,
+        "last_checkpoint": str(Path(ckpt_cb.dirpath) / "last.ckpt") if ckpt_cb and ckpt_cb.save_last else None,
+        "best_val_metric": ckpt_cb.monitor if ckpt_cb else None,
+        "best_val_score": float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not None else None,
+        "best_epoch": best_epoch(best_path),
+    }
+    if cfg.get("test"):
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True)
+        metrics["test"] = {k: float(v) for k, v in results[0].items()} if results else {}
+        if trainer.is_global_zero:
+            probs, labels = predict_probs(model, datamodule.test_dataloader())
+            names = datamodule.split_names("test")
+            with open(out / "predictions_test.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["file", "label", "prob_covid"])
+                writer.writerows(zip(names, labels.tolist(), [f"{p:.6f}" for p in probs]))
+    metrics["wall_seconds"] = round(time.time() - start, 1)
+    if trainer.is_global_zero:
+        write_json(out / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,16 @@
+"""Train a COVID-CT classifier: `python train.py -m init=scratch,imagenet` (see README.md)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from covidnet.train import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get("test", {}).get("test/auroc")
+
+
+if __name__ == "__main__":
+    main()
