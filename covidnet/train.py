@@ -80,6 +80,8 @@ def train(cfg: DictConfig) -> dict:
         "best_val_metric": ckpt_cb.monitor if ckpt_cb else None,
         "best_val_score": float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not None else None,
         "best_epoch": best_epoch(best_path),
+        # training images actually used (data.fraction keeps a stratified subset): the data-efficiency axis
+        "train_images": len(datamodule.datasets["train"]) if "train" in getattr(datamodule, "datasets", {}) else None,
     }
     if cfg.get("test"):
         results = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True)

@@ -1,0 +1,172 @@
+"""Test-set metrics from saved predictions, and percentile-bootstrap intervals over test images.
+
+Metrics follow torchmetrics (what training logs): COVID (label 1) is positive, a prediction is
+positive when P(COVID) > 0.5, a ratio with an empty denominator is 0, and AUROC counts ties as
+half (Mann-Whitney). So the point values here match ``metrics.json`` up to the 6-decimal rounding
+of ``predictions_test.csv``.
+
+Bootstrap protocol (the same everywhere, so an interval can be recomputed independently):
+``np.random.default_rng(seed).integers(0, n, size=(n_boot, n))`` gives the resampled image indices,
+one row per resample; a statistic is computed on every row; the interval is the
+``(alpha/2, 1 - alpha/2)`` percentile (numpy's default linear interpolation) of the finite values.
+A resample holding one class only has no AUROC; it is left out and counted in ``n_undefined``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+THRESHOLD = 0.5
+METRICS = ("acc", "auroc", "f1", "sensitivity", "specificity", "precision")
+DEFAULT_BOOT = 2000
+DEFAULT_SEED = 0
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num/den, 0 where den is 0 (torchmetrics' convention)."""
+    num, den = np.asarray(num, float), np.asarray(den, float)
+    return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den != 0)
+
+
+def auroc(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """AUROC along the last axis (rows are independent samples); NaN where a row lacks a class."""
+    labels = np.asarray(labels, bool)
+    probs = np.asarray(probs, float)
+    labels, probs = np.broadcast_arrays(labels, probs)
+    order = np.argsort(probs, axis=-1, kind="stable")
+    p = np.take_along_axis(probs, order, -1)
+    y = np.take_along_axis(labels, order, -1)
+    n = p.shape[-1]
+    # average ranks (1-based) within runs of tied values
+    ranks = np.broadcast_to(np.arange(1, n + 1, dtype=float), p.shape).copy()
+    new_run = np.ones(p.shape, bool)
+    new_run[..., 1:] = p[..., 1:] != p[..., :-1]
+    run_id = np.cumsum(new_run, axis=-1) - 1
+    flat_id = (run_id + (np.arange(int(np.prod(p.shape[:-1]))).reshape(p.shape[:-1] + (1,)) * n)).ravel()
+    sums = np.bincount(flat_id, weights=ranks.ravel(), minlength=flat_id.max() + 1)
+    counts = np.bincount(flat_id, minlength=flat_id.max() + 1)
+    ranks = (sums / np.maximum(counts, 1))[flat_id].reshape(p.shape)
+    n_pos = y.sum(-1)
+    n_neg = n - n_pos
+    u = (ranks * y).sum(-1) - n_pos * (n_pos + 1) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+
+
+def binary_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+    """All of ``METRICS`` along the last axis (scalars for 1-D input)."""
+    y = np.asarray(labels, bool)
+    pred = np.asarray(probs, float) > THRESHOLD
+    y, pred = np.broadcast_arrays(y, pred)
+    tp = (pred & y).sum(-1)
+    tn = (~pred & ~y).sum(-1)
+    fp = (pred & ~y).sum(-1)
+    fn = (~pred & y).sum(-1)
+    precision = _ratio(tp, tp + fp)
+    sensitivity = _ratio(tp, tp + fn)
+    return {
+        "acc": _ratio(tp + tn, y.shape[-1]),
+        "auroc": auroc(y, probs),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "sensitivity": sensitivity,
+        "specificity": _ratio(tn, tn + fp),
+        "precision": precision,
+    }
+
+
+def bootstrap_indices(n: int, n_boot: int = DEFAULT_BOOT, seed: int = DEFAULT_SEED) -> np.ndarray:
+    """Resampled test-image indices, shape (n_boot, n); the protocol in the module docstring."""
+    if n < 1:
+        raise ValueError("Cannot bootstrap an empty test set.")
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+@dataclass(frozen=True)
+class Interval:
+    estimate: float
+    low: float
+    high: float
+    n_boot: int
+    n_undefined: int = 0
+
+    def includes(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+
+def percentile_interval(estimate: float, samples: np.ndarray, alpha: float = 0.05) -> Interval:
+    samples = np.asarray(samples, float)
+    finite = samples[np.isfinite(samples)]
+    if finite.size == 0:
+        return Interval(float(estimate), float("nan"), float("nan"), samples.size, samples.size)
+    low, high = np.percentile(finite, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return Interval(float(estimate), float(low), float(high), samples.size, samples.size - finite.size)
+
+
+def bootstrap_metrics(
+    labels: Sequence[int], probs: Sequence[float], n_boot: int = DEFAULT_BOOT, seed: int = DEFAULT_SEED, alpha: float = 0.05
+) -> dict[str, Interval]:
+    """Point value and percentile-bootstrap interval of every metric for one run's test predictions."""
+    labels, probs = np.asarray(labels), np.asarray(probs, float)
+    idx = bootstrap_indices(len(labels), n_boot, seed)
+    point = binary_metrics(labels, probs)
+    boot = binary_metrics(labels[idx], probs[idx])
+    return {m: percentile_interval(float(point[m]), boot[m], alpha) for m in METRICS}
+
+
+def paired_difference(
+    labels: Sequence[int],
+    probs_a: np.ndarray,
+    probs_b: np.ndarray,
+    metrics: Sequence[str] = ("auroc", "acc"),
+    n_boot: int = DEFAULT_BOOT,
+    seed: int = DEFAULT_SEED,
+    alpha: float = 0.05,
+) -> dict[str, Interval]:
+    """Mean metric of the runs of arm A minus that of arm B, on the same resampled test images.
+
+    ``probs_a`` / ``probs_b`` have shape (runs, images) with columns aligned to ``labels`` (one row
+    per seed; the arms may have different numbers of seeds). On each resample the metric is computed
+    for every run and averaged over the runs of each arm, then the arm means are subtracted; so the
+    estimate is the difference of the seed-mean metrics in the summary table, and the interval
+    reflects which test images were drawn, for these trained models.
+    """
+    labels = np.asarray(labels)
+    a = np.atleast_2d(np.asarray(probs_a, float))
+    b = np.atleast_2d(np.asarray(probs_b, float))
+    if a.shape[1] != labels.size or b.shape[1] != labels.size:
+        raise ValueError(f"Predictions ({a.shape[1]}, {b.shape[1]} images) do not match the {labels.size} labels.")
+    idx = bootstrap_indices(labels.size, n_boot, seed)
+
+    def arm_mean(probs: np.ndarray, rows: np.ndarray | None) -> dict[str, np.ndarray]:
+        per_run = [binary_metrics(labels if rows is None else labels[rows], p if rows is None else p[rows]) for p in probs]
+        return {m: np.mean([r[m] for r in per_run], axis=0) for m in metrics}
+
+    point_a, point_b = arm_mean(a, None), arm_mean(b, None)
+    boot_a, boot_b = arm_mean(a, idx), arm_mean(b, idx)
+    return {m: percentile_interval(float(point_a[m] - point_b[m]), boot_a[m] - boot_b[m], alpha) for m in metrics}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; NaN for fewer than two values)."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan")
+
+
+def roc_curve(labels: Sequence[int], probs: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(false-positive rate, true-positive rate) over all thresholds, from (0, 0) to (1, 1)."""
+    y = np.asarray(labels, bool)
+    p = np.asarray(probs, float)
+    order = np.argsort(-p, kind="stable")
+    y, p = y[order], p[order]
+    last_of_tie = np.r_[p[1:] != p[:-1], True]
+    tps = np.cumsum(y)[last_of_tie]
+    fps = np.cumsum(~y)[last_of_tie]
+    tpr = np.r_[0.0, tps / max(y.sum(), 1)]
+    fpr = np.r_[0.0, fps / max((~y).sum(), 1)]
+    return fpr, tpr
+

@@ -1,0 +1,328 @@
+"""Sweep report (covidnet.report), its statistics (covidnet.stats) and the end-of-sweep Hydra hook."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
+from PIL import Image
+from synthetic import make_dataset
+from torchvision.models import resnet18
+
+from covidnet import stats
+from covidnet.hydra_callbacks import SweepReport
+from covidnet.report import load_sweep, main, read_curves, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+N_BOOT = 400
+
+
+# --- an independent implementation of the bootstrap, for comparison -------------------------------------
+def auroc_by_pairs(labels, probs) -> float:
+    """P(score of a COVID image > score of a non-COVID image), ties counting half: the definition, by loops."""
+    pos = [p for y, p in zip(labels, probs) if y == 1]
+    neg = [p for y, p in zip(labels, probs) if y == 0]
+    if not pos or not neg:
+        return math.nan
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def percentile_by_hand(values, q: float) -> float:
+    """Linear interpolation between order statistics (numpy's default method), written out."""
+    v = sorted(values)
+    pos = (len(v) - 1) * q / 100
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def test_bootstrap_interval_matches_a_loop_implementation():
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 2, 30)
+    probs = np.round(np.clip(0.3 * labels + rng.random(30) * 0.7, 0, 1), 2)  # rounded: ties occur
+    seed = 3
+    got = stats.bootstrap_metrics(labels, probs, n_boot=N_BOOT, seed=seed)
+
+    # the documented protocol: row b of default_rng(seed).integers(0, n, size=(n_boot, n)) is resample b
+    rows = np.random.default_rng(seed).integers(0, len(labels), size=(N_BOOT, len(labels)))
+    aurocs, accs = [], []
+    for row in rows:
+        y = [int(labels[i]) for i in row]
+        p = [float(probs[i]) for i in row]
+        a = auroc_by_pairs(y, p)
+        if not math.isnan(a):
+            aurocs.append(a)
+        accs.append(sum((pi > 0.5) == (yi == 1) for yi, pi in zip(y, p)) / len(y))
+    assert got["auroc"].estimate == pytest.approx(auroc_by_pairs(labels, probs), abs=1e-12)
+    assert got["auroc"].n_undefined == N_BOOT - len(aurocs)
+    assert (got["auroc"].low, got["auroc"].high) == pytest.approx((percentile_by_hand(aurocs, 2.5), percentile_by_hand(aurocs, 97.5)), abs=1e-12)
+    assert (got["acc"].low, got["acc"].high) == pytest.approx((percentile_by_hand(accs, 2.5), percentile_by_hand(accs, 97.5)), abs=1e-12)
+
+
+def test_accuracy_interval_matches_the_binomial_closed_form():
+    """Resampling n images of which k are right makes the resampled accuracy Binomial(n, k/n)/n."""
+    n, k = 100, 80
+    labels = np.ones(n, int)
+    probs = np.r_[np.full(k, 0.9), np.full(n - k, 0.1)]
+    iv = stats.bootstrap_metrics(labels, probs, n_boot=4000, seed=0)["acc"]
+    cdf = np.cumsum([math.comb(n, j) * 0.8**j * 0.2 ** (n - j) for j in range(n + 1)])
+    low, high = np.searchsorted(cdf, 0.025) / n, np.searchsorted(cdf, 0.975) / n
+    assert iv.estimate == 0.8
+    assert iv.low == pytest.approx(low, abs=0.011) and iv.high == pytest.approx(high, abs=0.011)
+
+
+def test_paired_difference_matches_a_loop_and_is_zero_for_identical_arms():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 24)
+    a = rng.random((2, 24)) * 0.5 + 0.5 * labels  # two seeds, informative
+    b = rng.random((3, 24))  # three seeds, uninformative
+    got = stats.paired_difference(labels, a, b, ("auroc", "acc"), n_boot=200, seed=5)
+    rows = np.random.default_rng(5).integers(0, 24, size=(200, 24))
+    diffs = []
+    for row in rows:
+        mean_a = np.mean([auroc_by_pairs(labels[row], p[row]) for p in a])
+        mean_b = np.mean([auroc_by_pairs(labels[row], p[row]) for p in b])
+        if not math.isnan(mean_a - mean_b):
+            diffs.append(mean_a - mean_b)
+    point = np.mean([auroc_by_pairs(labels, p) for p in a]) - np.mean([auroc_by_pairs(labels, p) for p in b])
+    assert got["auroc"].estimate == pytest.approx(point, abs=1e-12)
+    assert (got["auroc"].low, got["auroc"].high) == pytest.approx((percentile_by_hand(diffs, 2.5), percentile_by_hand(diffs, 97.5)), abs=1e-12)
+    same = stats.paired_difference(labels, a, a.copy(), n_boot=50)
+    assert (same["auroc"].low, same["auroc"].high, same["acc"].low, same["acc"].high) == (0, 0, 0, 0)
+
+
+# --- a sweep written by the pipeline's own code on tiny data ---------------------------------------------
+# Not under test here, and slow on a shared CPU: the CAM logger and every checkpoint but the best one
+# (`++` sets a key whether or not the callbacks config has it).
+COMMON = ["experiment=smoke", "data.image_size=32", "trainer.max_epochs=1", "++callbacks.cam=null", "++callbacks.step_checkpoint=null",
+          "callbacks.model_checkpoint.save_last=false"]
+EXCLUDE = ["data.root", "paths.log_dir", "ckpt_path"]
+
+
+def job_name(overrides: list[str]) -> str:
+    return ",".join(sorted(o for o in overrides if o.split("=")[0] not in EXCLUDE))
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory) -> Path:
+    """2 inits x 2 seeds trained by covidnet.train; a job with no metrics.json; one never started.
+
+    Laid out as Hydra lays out a sweep (multirun.yaml, <job>/.hydra/{overrides,config}.yaml). ImageNet
+    weights are a stand-in resnet18 state dict in a temporary TORCH_HOME.
+    """
+    from covidnet.train import train
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    data = tmp / "covid-ct"
+    make_dataset(data, {"train": 4, "val": 2, "test": 5})
+    torch_home = tmp / "torch"
+    (torch_home / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(resnet18().state_dict(), torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    sweep = tmp / "multiruns" / "stamp"
+    sweep.mkdir(parents=True)
+    task = ["init=scratch,imagenet", "seed=0,1,2", f"data.root={data}", *COMMON]
+    OmegaConf.save({"hydra": {"overrides": {"task": task}, "job": {"config": {"override_dirname": {"exclude_keys": EXCLUDE}}}}}, sweep / "multirun.yaml")
+
+    old_home, old_threads = os.environ.get("TORCH_HOME"), torch.get_num_threads()
+    os.environ["TORCH_HOME"] = str(torch_home)
+    torch.set_num_threads(1)  # on a shared 2-core machine, two threads per tiny step are ~20x slower than one
+    try:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            for init in ("scratch", "imagenet"):
+                for seed in (0, 1):
+                    overrides = [f"init={init}", f"seed={seed}", f"data.root={data}", *COMMON]
+                    job = sweep / job_name(overrides)
+                    cfg = compose("train", overrides=[*overrides, f"paths.output_dir='{job}'"])
+                    (job / ".hydra").mkdir(parents=True)
+                    OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
+                    OmegaConf.save(cfg, job / ".hydra" / "config.yaml")
+                    train(cfg)
+    finally:
+        torch.set_num_threads(old_threads)
+        os.environ.pop("TORCH_HOME") if old_home is None else os.environ.__setitem__("TORCH_HOME", old_home)
+    # a job that started but wrote no results (failed without a record, or killed)
+    interrupted = sweep / job_name(["init=imagenet", "seed=2", *COMMON])
+    (interrupted / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(["init=imagenet", "seed=2", f"data.root={data}", *COMMON]), interrupted / ".hydra" / "overrides.yaml")
+    return sweep
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_report_on_a_pipeline_sweep(tiny_sweep):
+    report = write_report(tiny_sweep, n_boot=N_BOOT)
+    text = report.read_text()
+
+    # one summary row per init, scratch first, with the two complete seeds and the missing one counted
+    summary = read_rows(tiny_sweep / "summary.csv")
+    assert [(r["init"], r["runs"], r["not complete"], r["seeds"]) for r in summary] == [("scratch", "2", "1", "0 1"), ("imagenet", "2", "1", "0 1")]
+
+    # per-run values are recomputed from predictions_test.csv and agree with what training logged
+    runs = {r["job"]: r for r in read_rows(tiny_sweep / "runs.csv")}
+    complete = [r for r in runs.values() if r["status"] == "complete"]
+    assert len(complete) == 4
+    for r in complete:
+        logged = json.loads((tiny_sweep / r["job"] / "metrics.json").read_text())["test"]
+        for m in stats.METRICS:
+            assert float(r[m]) == pytest.approx(logged[f"test/{m}"], abs=2e-3), (r["job"], m)
+            assert float(r[f"{m}_low"]) <= float(r[m]) <= float(r[f"{m}_high"])
+    for row in summary:
+        seeds = [r for r in complete if r["init"] == row["init"]]
+        assert float(row["auroc_mean"]) == pytest.approx(np.mean([float(r["auroc"]) for r in seeds]))
+        assert float(row["auroc_std"]) == pytest.approx(np.std([float(r["auroc"]) for r in seeds], ddof=1))
+
+    # the paired comparison: its estimate is the difference of the seed means
+    sweep = load_sweep(tiny_sweep)
+    assert sweep.factors == ["init"]
+    diff = float(summary[1]["auroc_mean"]) - float(summary[0]["auroc_mean"])
+    assert f"{diff:.3f} [" in text.split("## Transfer vs scratch")[1].split("## Runs")[0]
+    assert "imagenet − scratch" in text and ("includes zero" in text or "excludes zero" in text)
+
+    # failed and missing jobs are listed, not dropped
+    problems = text.split("## Failed, interrupted or missing jobs")[1].split("## Figures")[0]
+    assert "incomplete" in problems and "init=imagenet" in problems and "seed=2" in problems
+    assert "not started" in problems and "init=scratch" in problems
+    assert {r["status"] for r in runs.values()} == {"complete", "incomplete", "not started"}
+
+    # figures: real PNGs; no data-efficiency curve when data.fraction was not swept
+    for name in ("roc.png", "learning_curves.png"):
+        with Image.open(tiny_sweep / name) as im:
+            assert im.format == "PNG" and min(im.size) > 100
+        assert f"]({name})" in text
+    assert not (tiny_sweep / "data_efficiency.png").exists()
+
+
+def test_learning_curves_come_from_the_tensorboard_events(tiny_sweep):
+    job = next(p for p in sorted(tiny_sweep.iterdir()) if (p / "metrics.json").is_file())
+    curves = read_curves(job)
+    assert [e for e, _ in curves["val/auroc"]] == [0] and [e for e, _ in curves["val/loss"]] == [0]
+    assert curves["val/auroc"][0][1] == pytest.approx(json.loads((job / "metrics.json").read_text())["best_val_score"], abs=1e-6)
+
+
+def test_cam_numbers_per_init_from_visualize(tiny_sweep):
+    pytest.importorskip("covidnet.visualize")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        text = write_report(tiny_sweep, cam=True, n_boot=50, cam_overrides=["n_per_class=1", "methods=[gradcam]"]).read_text()
+        again = write_report(tiny_sweep, cam=True, n_boot=50, cam_overrides=["n_per_class=1", "methods=[gradcam]"]).read_text()
+    finally:
+        torch.set_num_threads(threads)
+    section = text.split("## Class activation maps")[1]
+    rows = [line for line in section.splitlines() if line.startswith("| scratch") or line.startswith("| imagenet")]
+    assert len(rows) == 2 and all(" 2 | " in r for r in rows)  # two runs per init
+    results = json.loads((tiny_sweep / "cam" / "results.json").read_text())
+    assert len(results["models"]) == 4 and results["methods"] == ["gradcam"]
+    scratch = [n for n, m in results["models"].items() if m["init"] == "scratch"]
+    drops = [results["faithfulness"][n]["gradcam"]["mean"] for n in scratch]
+    assert f"{np.mean(drops):.3f} ± {np.std(drops, ddof=1):.3f}" in rows[0]
+    # the second report reuses the CAM results of the same checkpoints instead of computing (or overwriting) them
+    assert not (tiny_sweep / "cam-2").exists() and again.split("## Class activation maps")[1] == section
+
+
+def test_recorded_failures_are_shown(tmp_path):
+    """A job that failed shows the error recorded by covidnet.job_failures or passed by the caller."""
+    job_failures = pytest.importorskip("covidnet.job_failures")
+    from hydra.types import RunMode
+
+    fake_job(tmp_path / "init=scratch,seed=0", ["init=scratch", "seed=0"], [0, 1, 0, 1], [0.2, 0.7, 0.4, 0.9])
+    failed = tmp_path / "init=imagenet,seed=0"
+    (failed / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(["init=imagenet", "seed=0"]), failed / ".hydra" / "overrides.yaml")
+    silent = tmp_path / "init=imagenet,seed=1"
+    (silent / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(["init=imagenet", "seed=1"]), silent / ".hydra" / "overrides.yaml")
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "runtime": {"output_dir": str(failed)},
+                                      "job": {"override_dirname": failed.name, "num": 1}}})
+    cfg.hydra.mode = RunMode.MULTIRUN
+    job_failures.FailedJobsReport().on_job_end(cfg, JobReturn(status=JobStatus.FAILED, _return_value=ValueError("bad weights")))
+    sweep = load_sweep(tmp_path, failures={str(silent.resolve()): "RuntimeError: boom"})
+    status = {r.name: (r.status, r.message) for r in sweep.runs}
+    assert status[failed.name] == ("failed", "ValueError: bad weights")
+    assert status[silent.name] == ("failed", "RuntimeError: boom")
+    assert status["init=scratch,seed=0"][0] == "complete"
+
+
+def fake_job(job: Path, overrides: list[str], labels, probs, extra: dict | None = None) -> None:
+    """A job directory with the files covidnet.train writes (no training: for layouts only)."""
+    (job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
+    (job / "metrics.json").write_text(json.dumps({"best_epoch": 1, "fit_seconds": 1.0, **(extra or {})}))
+    with open(job / "predictions_test.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "label", "prob_covid"])
+        w.writerows((f"img{i}.png", y, p) for i, (y, p) in enumerate(zip(labels, probs)))
+
+
+def test_data_fraction_sweep_gets_rows_comparisons_and_a_data_efficiency_curve(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 40)
+    for init in ("scratch", "imagenet"):
+        for fraction in ("0.25", "1.0"):
+            for seed in (0, 1):
+                skill = float(fraction) * (0.8 if init == "imagenet" else 0.5)
+                probs = np.clip(skill * labels + (1 - skill) * rng.random(40), 0, 1)
+                fake_job(tmp_path / f"data.fraction={fraction},init={init},seed={seed}", [f"init={init}", f"data.fraction={fraction}", f"seed={seed}"],
+                         labels, probs, {"init": init, "seed": seed, "train_images": int(40 * float(fraction))})
+    assert main([str(tmp_path), "--n-boot", "200"]) == 0
+    summary = read_rows(tmp_path / "summary.csv")
+    assert [(r["init"], r["data.fraction"]) for r in summary] == [("scratch", "0.25"), ("scratch", "1.0"), ("imagenet", "0.25"), ("imagenet", "1.0")]
+    text = (tmp_path / "report.md").read_text()
+    table = text.split("## Transfer vs scratch")[1].split("## Runs")[0]
+    assert "data.fraction=0.25" in table and "data.fraction=1.0" in table
+    with Image.open(tmp_path / "data_efficiency.png") as im:
+        assert im.format == "PNG"
+    assert not (tmp_path / "learning_curves.png").exists()  # these fake jobs have no TensorBoard events
+
+
+def test_a_directory_without_jobs_is_a_clear_error(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    assert "no job directories" in capsys.readouterr().err
+
+
+def test_failed_job_makes_the_callback_write_the_report(tiny_sweep, tmp_path):
+    """Hydra skips on_multirun_end after a failed job, so the callback reports at each job end from then on."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    src = next(p for p in sorted(tiny_sweep.iterdir()) if (p / "metrics.json").is_file())
+    fake_job(sweep / "init=scratch,seed=0", ["init=scratch", "seed=0"], *zip(*[(int(r["label"]), float(r["prob_covid"])) for r in read_rows(src / "predictions_test.csv")]))
+    (sweep / "init=imagenet,seed=0" / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(["init=imagenet", "seed=0"]), sweep / "init=imagenet,seed=0" / ".hydra" / "overrides.yaml")
+    cfg = OmegaConf.create({"task_name": "train", "hydra": {"mode": "MULTIRUN", "sweep": {"dir": str(sweep)}, "runtime": {"output_dir": str(sweep / "init=imagenet,seed=0")}}})
+    from hydra.types import RunMode
+
+    cfg.hydra.mode = RunMode.MULTIRUN
+    callback = SweepReport(n_boot=100)
+    callback.on_job_end(cfg, JobReturn(status=JobStatus.COMPLETED))
+    assert not (sweep / "report.md").exists()  # no failure yet: the end of the multirun writes it
+    callback.on_job_end(cfg, JobReturn(status=JobStatus.FAILED, _return_value=FileNotFoundError("weights missing")))
+    problems = (sweep / "report.md").read_text().split("## Failed")[1]
+    assert "failed" in problems and "FileNotFoundError: weights missing" in problems
+
+
+def test_end_of_sweep_hook_fires_on_a_real_multirun(synthetic_root, tmp_path):
+    logs = tmp_path / "logs"
+    cmd = [sys.executable, "train.py", "-m", "init=scratch", "seed=0,1", f"data.root={synthetic_root}", f"paths.log_dir={logs}", *COMMON]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see tiny_sweep
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = (logs / "train" / "multiruns").iterdir()
+    text = (sweep / "report.md").read_text()
+    assert "Jobs: 2 (2 complete)" in text and "seed=0,1" in text
+    assert [(r["init"], r["runs"]) for r in read_rows(sweep / "summary.csv")] == [("scratch", "2")]
+    assert (sweep / "roc.png").is_file() and (sweep / "learning_curves.png").is_file()
