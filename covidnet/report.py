@@ -36,7 +36,7 @@ from covidnet import stats
 REFERENCE_INIT = "scratch"
 # Settings shown at the top of the report when every job has them (as written in the job's config).
 SETTING_KEYS = (
-    "data.root", "data.image_size", "data.batch_size", "data.fraction", "model.arch", "model.freeze",
+    "data.root", "data.image_size", "data.batch_size", "data.fraction", "data.normalization", "model.arch", "model.freeze",
     "model.backbone_lr_scale", "model.optimizer.lr", "trainer.max_epochs", "trainer.accelerator", "trainer.precision",
 )
 # Keys that never name a factor of the comparison, in addition to Hydra's override_dirname.exclude_keys.
@@ -300,6 +300,8 @@ def summary_rows(sweep: Sweep) -> list[dict]:
             row[f"{m}_mean"], row[f"{m}_std"] = stats.mean_std([r.points[m] for r in done])
         for name in ("best_epoch", "epochs_trained", "best_val_score", "fit_seconds"):
             row[f"{name}_mean"], row[f"{name}_std"] = stats.mean_std([r.metrics.get(name) for r in done])
+        row["seconds_per_epoch_mean"], row["seconds_per_epoch_std"] = stats.mean_std(
+            [r.metrics["fit_seconds"] / r.metrics["epochs_trained"] for r in done if r.metrics.get("fit_seconds") and r.metrics.get("epochs_trained")])
         rows.append(row)
     return rows
 
@@ -438,11 +440,10 @@ def plot_learning_curves(sweep: Sweep, curves: dict[str, dict], path: Path) -> b
             if by_epoch:
                 eps = sorted(by_epoch)
                 ax.plot(eps, [np.mean(by_epoch[e]) for e in eps], color=colour, lw=2, marker="o" if len(eps) == 1 else None, label=f"{label(sweep.factors, key)} (mean of {len(runs)})")
-    from matplotlib.ticker import MaxNLocator
-
+    last = max((e for r in sweep.complete for pts in curves.get(r.name, {}).values() for e, _ in pts), default=0)
     for ax, title in zip(axes, ("validation AUROC", "validation loss")):
-        ax.set(xlabel="epoch (0-based)", title=title)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel="epoch (0-based)", title=title, xlim=(-0.5, last + 0.5))
+        ax.set_xticks(range(0, last + 1, max(1, math.ceil((last + 1) / 10))))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
@@ -558,20 +559,22 @@ def render(sweep: Sweep, rows: list[dict], comps: list[Comparison], figures: lis
         lines += ["Settings shared by all jobs (as written in their .hydra/config.yaml): " + ", ".join(f"`{k}={v}`" for k, v in settings) + ".", ""]
 
     lines += ["## Summary: mean ± std over seeds", ""]
-    header = factors + ["runs", "acc", "AUROC", "F1", "sensitivity", "specificity", "precision", "best val epoch", "epochs", "fit time (s)"]
+    header = factors + ["runs", "acc", "AUROC", "F1", "sensitivity", "specificity", "precision", "best val epoch", "epochs", "fit time (s)", "s / epoch"]
     table = []
     for row in rows:
         table.append(
             [row[k] for k in factors]
             + [f"{row['runs']}" + (f" (+{row['not complete']} not complete)" if row["not complete"] else "")]
             + [pm(row[f"{m}_mean"], row[f"{m}_std"]) for m in stats.METRICS]
-            + [pm(row["best_epoch_mean"], row["best_epoch_std"], 1), pm(row["epochs_trained_mean"], row["epochs_trained_std"], 1), pm(row["fit_seconds_mean"], row["fit_seconds_std"], 0)]
+            + [pm(row["best_epoch_mean"], row["best_epoch_std"], 1), pm(row["epochs_trained_mean"], row["epochs_trained_std"], 1), pm(row["fit_seconds_mean"], row["fit_seconds_std"], 0),
+               pm(row["seconds_per_epoch_mean"], row["seconds_per_epoch_std"], 1)]
         )
     lines += md_table(header, table)
     lines += [
         "",
         "Test metrics are recomputed from each run's predictions_test.csv (COVID positive, P(COVID) > 0.5); std is the sample "
-        "standard deviation over seeds (– for a single run). The best validation epoch is 0-based (the checkpoint tested).",
+        "standard deviation over seeds (– for a single run). The best validation epoch is 0-based (the checkpoint tested). "
+        "Fit time is the wall time of training and validation on the machine that ran the job (trainer settings above).",
         "",
         f"## Transfer vs {REFERENCE_INIT}: paired bootstrap on the same test images",
         "",
