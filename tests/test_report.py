@@ -190,8 +190,11 @@ def test_report_on_a_pipeline_sweep(tiny_sweep):
     sweep = load_sweep(tiny_sweep)
     assert sweep.factors == ["init"]
     diff = float(summary[1]["auroc_mean"]) - float(summary[0]["auroc_mean"])
-    assert f"{diff:.3f} [" in text.split("## Transfer vs scratch")[1].split("## Runs")[0]
-    assert "imagenet − scratch" in text and ("includes zero" in text or "excludes zero" in text)
+    (row,) = [line for line in text.splitlines() if line.startswith("| all runs | imagenet − scratch |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2:4] == ["2 / 2", "10"]  # runs per arm, paired test images
+    assert float(cells[4].split(" [")[0]) == pytest.approx(diff, abs=6e-4)
+    assert "includes zero" in text or "excludes zero" in text
 
     # failed and missing jobs are listed, not dropped
     problems = text.split("## Failed, interrupted or missing jobs")[1].split("## Figures")[0]
