@@ -103,12 +103,19 @@ def read_yaml(path: Path) -> dict | list | None:
 
 
 def recorded_failures(sweep_dir: Path) -> dict[str, str]:
-    """{resolved job dir: error} from the failed-jobs record that covidnet.job_failures keeps for a sweep."""
+    """{resolved job dir: error} from the failed-jobs record that covidnet.job_failures keeps for a sweep;
+    also keyed by the job's directory name, so a moved or copied sweep keeps its errors."""
     try:
         from covidnet.job_failures import read_failed_jobs
     except ImportError:  # that recorder is optional: without it, failed jobs show as incomplete
         return {}
-    return {str(Path(r["output_dir"]).resolve()): str(r.get("error", "")) for r in read_failed_jobs(sweep_dir) if r.get("output_dir")}
+    out = {}
+    for record in read_failed_jobs(sweep_dir):
+        error = str(record.get("error", ""))
+        if record.get("output_dir"):
+            out[str(Path(record["output_dir"]).resolve())] = error
+            out[f"name:{Path(record['output_dir']).name}"] = error
+    return out
 
 
 def read_predictions(path: Path) -> dict[tuple[str, int], float]:
@@ -136,12 +143,17 @@ def read_job(job_dir: Path, sweep_dir: Path, failures: dict[str, str]) -> Run:
     config = read_yaml(job_dir / ".hydra" / "config.yaml") or {}
     run = Run(name=name, path=job_dir, overrides=overrides, status="complete", config=config)
     metrics_file, preds_file = job_dir / "metrics.json", job_dir / "predictions_test.csv"
-    recorded = failures.get(str(job_dir.resolve()), "")
+    recorded = failures.get(str(job_dir.resolve())) or failures.get(f"name:{job_dir.name}", "")
     if metrics_file.is_file():
-        run.metrics = json.loads(metrics_file.read_text())
-        if preds_file.is_file():
-            run.predictions = read_predictions(preds_file)
-        else:
+        try:
+            run.metrics = json.loads(metrics_file.read_text())
+            run.predictions = read_predictions(preds_file) if preds_file.is_file() else {}
+        except (OSError, ValueError, KeyError) as err:  # ReportError is a ValueError
+            run.status, run.message = "unreadable", f"{type(err).__name__}: {err}"
+            return run
+        if not run.predictions and preds_file.is_file():
+            run.status, run.message = "unreadable", f"{preds_file.name} holds no predictions"
+        elif not preds_file.is_file():
             run.status, run.message = "no test predictions", "metrics.json but no predictions_test.csv (trained with test=false?)"
     elif recorded:
         run.status, run.message = "failed", recorded
@@ -532,7 +544,8 @@ def test_set_line(sweep: Sweep) -> str:
     return f"Test set ({same}): {len(biggest)} images, {n_pos} COVID and {len(biggest) - n_pos} non-COVID."
 
 
-def render(sweep: Sweep, rows: list[dict], comps: list[Comparison], figures: list[str], n_boot: int, seed: int, cam_lines: list[str]) -> str:
+def render(sweep: Sweep, rows: list[dict], comps: list[Comparison], figures: list[str], notes: list[str], n_boot: int, seed: int,
+           cam_lines: list[str]) -> str:
     done, factors = sweep.complete, sweep.factors
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -631,6 +644,7 @@ def render(sweep: Sweep, rows: list[dict], comps: list[Comparison], figures: lis
     }
     for name in figures:
         lines += [f"![{name}]({name})", "", captions[name], ""]
+    lines += [f"- {note}" for note in notes] + ([""] if notes else [])
     lines += ["## Class activation maps", ""] + cam_lines + [""]
     return "\n".join(lines)
 
@@ -776,18 +790,23 @@ def write_report(sweep_dir: str | Path, cam: bool = False, n_boot: int = stats.D
     out = sweep.path
     for name in FIGURES:  # figures of an earlier report that no longer apply must not linger
         (out / name).unlink(missing_ok=True)
-    figures = []
+    figures, notes = [], []
     if sweep.complete:
         plot_roc(sweep, out / "roc.png")
         figures.append("roc.png")
-        curves = {r.name: read_curves(r.path) for r in sweep.complete}
+        curves = {}
+        for r in sweep.complete:
+            try:
+                curves[r.name] = read_curves(r.path)
+            except Exception as err:  # noqa: BLE001 - a damaged events file costs its curve, not the report
+                notes.append(f"{r.name}: no learning curve ({type(err).__name__}: {err}).")
         if plot_learning_curves(sweep, curves, out / "learning_curves.png"):
             figures.append("learning_curves.png")
         if plot_data_efficiency(sweep, out / "data_efficiency.png"):
             figures.append("data_efficiency.png")
     write_csv(out / "summary.csv", rows)
     write_csv(out / "runs.csv", run_rows(sweep))
-    text = render(sweep, rows, comps, figures, n_boot, seed, cam_section(sweep, cam, cam_overrides))
+    text = render(sweep, rows, comps, figures, notes, n_boot, seed, cam_section(sweep, cam, cam_overrides))
     path = out / "report.md"
     tmp = path.with_name(".report.md.tmp")
     tmp.write_text(text + "\n")

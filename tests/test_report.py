@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -259,6 +260,19 @@ def test_recorded_failures_are_shown(tmp_path):
     assert status[failed.name] == ("failed", "ValueError: bad weights")
     assert status[silent.name] == ("failed", "RuntimeError: boom")
     assert status["init=scratch,seed=0"][0] == "complete"
+    # a sweep copied elsewhere (e.g. into docs/) keeps its recorded errors
+    moved = shutil.copytree(tmp_path, tmp_path.parent / f"{tmp_path.name}-moved")
+    assert {r.name: r.status for r in load_sweep(moved).runs}[failed.name] == "failed"
+
+
+def test_unreadable_results_are_listed_and_the_rest_reported(tmp_path):
+    fake_job(tmp_path / "init=scratch,seed=0", ["init=scratch", "seed=0"], [0, 1, 0, 1], [0.2, 0.7, 0.4, 0.9])
+    fake_job(tmp_path / "init=scratch,seed=1", ["init=scratch", "seed=1"], [0, 1], [0.1, 0.8])
+    (tmp_path / "init=scratch,seed=1" / "predictions_test.csv").write_text("file,label\nimg0.png,1\n")
+    text = write_report(tmp_path, n_boot=50).read_text()
+    problems = text.split("## Failed")[1]
+    assert "init=scratch,seed=1 | unreadable |" in problems and "prob_covid" in problems
+    assert read_rows(tmp_path / "summary.csv")[0]["runs"] == "1"
 
 
 def fake_job(job: Path, overrides: list[str], labels, probs, extra: dict | None = None) -> None:
