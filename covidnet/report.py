@@ -666,39 +666,30 @@ def run_rows(sweep: Sweep) -> list[dict]:
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def best_checkpoints(sweep: Sweep) -> dict[str, Path]:
-    """{run name: best checkpoint} for the complete runs (visualize's rule for a run directory)."""
-    from covidnet.visualize import VisualizeError, best_checkpoint
-
-    out = {}
-    for r in sweep.complete:
-        try:
-            out[r.name] = best_checkpoint(r.path).resolve()
-        except VisualizeError:
-            pass
-    return out
-
-
-def run_cam(sweep: Sweep, overrides: list[str]) -> tuple[Path, dict, dict[str, Path]]:
+def run_cam(sweep: Sweep, overrides: list[str]) -> tuple[Path, dict, dict[str, str]]:
     """CAM numbers of every complete run's best checkpoint, by ``covidnet.visualize.visualize``.
 
     Results live in ``<sweep>/cam/results.json`` (then ``cam-2``, ...): an earlier computation for the
-    same checkpoints is reused; visualize never overwrites one. Returns (folder, results, checkpoints).
+    same runs is reused; visualize never overwrites one. Returns (folder, results, {run name: model name}).
     """
     from covidnet.visualize import visualize
 
-    ckpts = best_checkpoints(sweep)
-    if not ckpts:
-        raise ReportError("No complete run has a checkpoint to compute CAMs from.")
-    wanted = {str(p) for p in ckpts.values()}
+    run_dirs = {str(r.path.resolve()): r.name for r in sweep.complete if (r.path / "checkpoints").is_dir()}
+    if not run_dirs:
+        raise ReportError("No complete run has a checkpoints/ folder to compute CAMs from.")
+
+    def models_by_run(results: dict) -> dict[str, str]:
+        # visualize records each model's checkpoint: <run dir>/checkpoints/<file>.ckpt
+        return {run_dirs.get(str(Path(m["checkpoint"]).resolve().parent.parent), "?"): name for name, m in results.get("models", {}).items()}
+
     n = 1
     while True:
         out = sweep.path / ("cam" if n == 1 else f"cam-{n}")
         results_file = out / "results.json"
         if results_file.is_file():
             results = json.loads(results_file.read_text())
-            if {str(Path(m["checkpoint"]).resolve()) for m in results.get("models", {}).values()} == wanted:
-                return out, results, ckpts
+            if set(models_by_run(results)) == set(run_dirs.values()):
+                return out, results, models_by_run(results)
         elif not out.exists():
             break
         n += 1
@@ -707,7 +698,7 @@ def run_cam(sweep: Sweep, overrides: list[str]) -> tuple[Path, dict, dict[str, P
     data_root = next((dig(r.config, "data.root") for r in sweep.complete if dig(r.config, "data.root")), None)
     if data_root is not None:
         cfg.data.root = data_root
-    cfg.ckpt = sorted(wanted)
+    cfg.ckpt = sorted(run_dirs)  # a run directory stands for its best checkpoint
     cfg.out_dir = str(out)
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -715,7 +706,8 @@ def run_cam(sweep: Sweep, overrides: list[str]) -> tuple[Path, dict, dict[str, P
             raise ReportError(f"--cam-set {item!r}: expected key=value (a conf/visualize.yaml setting, e.g. n_per_class=5).")
         OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None, merge=False)
     visualize(cfg)
-    return out, json.loads((out / "results.json").read_text()), ckpts
+    results = json.loads((out / "results.json").read_text())
+    return out, results, models_by_run(results)
 
 
 def cam_section(sweep: Sweep, compute: bool, overrides: list[str] | None = None) -> list[str]:
@@ -724,17 +716,16 @@ def cam_section(sweep: Sweep, compute: bool, overrides: list[str] | None = None)
         return ["Not computed. `python -m covidnet.report <sweep dir> --cam` adds the CAM numbers of each run's best checkpoint "
                 "(covidnet.visualize; `--cam-set localize=../shared/data/covid-semiseg` adds lesion localisation)."]
     try:
-        out, results, ckpts = run_cam(sweep, overrides or [])
+        out, results, model_of = run_cam(sweep, overrides or [])
     except Exception as err:  # noqa: BLE001 - an optional section must not cost the rest of the report
         return [f"Asked for, but not computed: {type(err).__name__}: {err}", "",
                 "Fix the cause (see covidnet.visualize / conf/visualize.yaml; `--cam-set key=value` passes its settings) and rerun the report."]
-    by_ckpt = {str(Path(m["checkpoint"]).resolve()): name for name, m in results["models"].items()}
     methods = results.get("methods", [])
 
     def mean_of(runs: list[Run], section: str, *path: str) -> str:
         vals = []
         for r in runs:
-            name = by_ckpt.get(str(ckpts.get(r.name)))
+            name = model_of.get(r.name)
             node = (results.get(section) or {}).get(name) if name else None
             for part in path:
                 node = node.get(part) if isinstance(node, dict) else None
@@ -742,7 +733,7 @@ def cam_section(sweep: Sweep, compute: bool, overrides: list[str] | None = None)
                 vals.append(float(node["mean"]))
         return pm(*stats.mean_std(vals)) if vals else "–"
 
-    groups = ordered_groups([r for r in sweep.complete if r.name in ckpts], sweep.factors)
+    groups = ordered_groups([r for r in sweep.complete if r.name in model_of], sweep.factors)
     header = sweep.factors + ["runs"]
     for m in methods:
         header += [f"{m}: confidence drop", f"{m}: CAM mass outside body"]
