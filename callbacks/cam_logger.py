@@ -1,0 +1,113 @@
+"""Log GradCAM/EigenCAM overlays of a fixed set of validation images to TensorBoard during training."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from covidnet.cam import (
+    caption,
+    categories_for,
+    check_methods,
+    check_target,
+    compute_cams,
+    overlay,
+    panel_grid,
+    predict,
+    target_text,
+)
+
+
+class CamLogger(L.Callback):
+    """At the end of every ``every_n_epochs``-th validation epoch (never in the sanity check), draw each
+    method's maps for ``k`` COVID and ``k`` non-COVID validation images and log them as one TensorBoard
+    image per method (tag ``cam_val/<method>``) at ``global_step``. ``trainer.validate`` logs the same
+    set; ``trainer.test`` logs ``k`` + ``k`` test images (``cam_test/<method>``) when ``log_test``.
+
+    The images are drawn once per split with ``seed`` and stay fixed, so epochs can be compared. Only
+    global rank zero computes and logs; it runs no collective operation, so other ranks never wait on it.
+    Without a TensorBoard logger (e.g. ``fast_dev_run``) it does nothing and says so once.
+    """
+
+    def __init__(self, k: int = 4, methods: Sequence[str] = ("gradcam", "eigencam"), target: str = "label",
+                 every_n_epochs: int = 1, seed: int = 0, log_test: bool = True, layer: str = "layer4"):
+        if k < 1 or every_n_epochs < 1:
+            raise ValueError(f"callbacks.cam: k={k} and every_n_epochs={every_n_epochs} must be at least 1.")
+        self.k, self.every_n_epochs, self.seed, self.log_test, self.layer = k, every_n_epochs, seed, log_test, layer
+        self.methods = check_methods(methods)
+        self.target = check_target(target)
+        self._chosen: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
+        self._warned = False
+
+    # --- Lightning hooks ---------------------------------------------------------------------------------
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self.log_cams(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.log_test:
+            self.log_cams(trainer, pl_module, "test")
+
+    # --- work ----------------------------------------------------------------------------------------------
+    def log_cams(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not writers:
+            if not self._warned:
+                warnings.warn("CamLogger: no TensorBoard logger on this trainer; class activation maps are not logged.", stacklevel=2)
+                self._warned = True
+            return
+        x, labels = self.chosen(trainer, split)
+        probs = predict(pl_module, x)
+        categories = categories_for(self.target, labels, probs.tolist())
+        greys = self.to_grey(trainer, x)
+        for method in self.methods:
+            cams = compute_cams(pl_module, x, method, categories, self.layer)
+            panels = [[], []]  # COVID row, non-COVID row
+            for i in range(len(x)):
+                text = f"{caption(labels[i], float(probs[i]))}\n{target_text(method, categories[i], self.target)}"
+                panels[0 if labels[i] == 1 else 1].append((overlay(greys[i], cams[i]), text))
+            panels = [row for row in panels if row]
+            image = panel_grid(panels, title=f"{method}, {split} images, epoch {trainer.current_epoch}, step {trainer.global_step}")
+            for writer in writers:
+                writer.add_image(f"cam_{split}/{method}", image, global_step=trainer.global_step, dataformats="HWC")
+
+    def chosen(self, trainer: L.Trainer, split: str) -> tuple[torch.Tensor, np.ndarray]:
+        """The fixed images of a split: (network inputs, labels), COVID first; drawn on first use."""
+        if split not in self._chosen:
+            loaders = trainer.val_dataloaders if split == "val" else trainer.test_dataloaders
+            loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+            dataset = loader.dataset
+            if hasattr(dataset, "labels"):
+                labels = np.asarray(dataset.labels).astype(int)
+            else:
+                labels = np.asarray([int(dataset[i][1]) for i in range(len(dataset))])
+            rng = np.random.default_rng(self.seed)
+            index: list[int] = []
+            for label in (1, 0):
+                pool = np.flatnonzero(labels == label)
+                if len(pool) < self.k:
+                    warnings.warn(f"CamLogger: the {split} split has {len(pool)} images of class {label}, fewer than k={self.k}.", stacklevel=2)
+                index += sorted(rng.choice(pool, min(self.k, len(pool)), replace=False).tolist())
+            x = torch.stack([torch.as_tensor(dataset[i][0]) for i in index])
+            self._chosen[split] = (x, labels[index])
+        return self._chosen[split]
+
+    @staticmethod
+    def to_grey(trainer: L.Trainer, x: torch.Tensor) -> np.ndarray:
+        """De-normalised grey images by the data module's own inverse (min-max scaled without one)."""
+        preprocess = getattr(trainer.datamodule, "preprocess", None)
+        if preprocess is not None:
+            return preprocess.to_grey(x).numpy()
+        g = x[:, 0]
+        lo, hi = g.amin(dim=(1, 2), keepdim=True), g.amax(dim=(1, 2), keepdim=True)
+        return ((g - lo) / (hi - lo).clamp_min(1e-8)).numpy()

@@ -1,0 +1,200 @@
+"""Class activation maps of the one-logit classifier: GradCAM and EigenCAM by name, safe inside Lightning.
+
+The TensorBoard callback (``callbacks/cam_logger.py``) and ``visualize.py`` both draw their maps here, so
+targets, EigenCAM orientation and overlays are defined once. See docs/cam.md for what the maps mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from pytorch_grad_cam import EigenCAM, GradCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+from torch import nn
+
+from covidnet.dataset import CLASS_NAMES
+
+# How the target category of each image is chosen: its true label, or the model's own prediction.
+TARGET_MODES = ("label", "prediction")
+
+
+def oriented_projection(activations: np.ndarray) -> np.ndarray:
+    """EigenCAM's map (projection on the first principal component) with a deterministic sign.
+
+    The SVD fixes the principal direction ``v`` only up to sign. Rule: ``v`` is flipped so that its
+    channel sum is positive, which is the same as the map correlating positively with the layer's total
+    activation ``sum_k A_k(x, y)`` (for the first principal component, ``cov(A v, A 1) = lambda * sum(v)``).
+    So the map is high where the layer responds strongly, never where it is silent. ``activations`` is
+    (N, C, H, W); the result (N, H, W).
+    """
+    acts = np.nan_to_num(np.asarray(activations, dtype=np.float64))
+    maps = []
+    for a in acts:
+        flat = a.reshape(a.shape[0], -1).T  # (H*W, C)
+        flat = flat - flat.mean(axis=0)
+        _, _, vt = np.linalg.svd(flat, full_matrices=False)
+        v = vt[0]
+        if v.sum() < 0:
+            v = -v
+        maps.append((flat @ v).reshape(a.shape[1:]))
+    return np.float32(maps)
+
+
+class OrientedEigenCAM(EigenCAM):
+    """pytorch-grad-cam's EigenCAM with the sign rule of :func:`oriented_projection`."""
+
+    def get_cam_image(self, input_tensor, target_layer, target_category, activations, grads, eigen_smooth):
+        return oriented_projection(activations)
+
+
+# method name -> (class, whether the map depends on the target category)
+METHODS = {
+    "gradcam": (GradCAM, True),
+    "eigencam": (OrientedEigenCAM, False),
+}
+
+
+def check_methods(methods: Sequence[str] | str) -> list[str]:
+    """Method names as a list; an unknown name is an error that lists the known ones."""
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"Unknown CAM method(s) {unknown or methods!r}; choose from {', '.join(METHODS)} (e.g. methods=[gradcam,eigencam]).")
+    return methods
+
+
+def check_target(target: str) -> str:
+    if target not in TARGET_MODES:
+        raise ValueError(f"Unknown CAM target={target!r}; choose label (the true class) or prediction (the model's class).")
+    return target
+
+
+def target_layer(model: nn.Module, name: str = "layer4") -> nn.Module:
+    """The last block of a ResNet stage (default ``layer4``: the deepest map with a spatial layout)."""
+    net = getattr(model, "net", model)
+    stage = getattr(net, name, None) if name.startswith("layer") else None
+    if not isinstance(stage, nn.Sequential):
+        raise ValueError(f"CAM layer={name!r}: {type(net).__name__} has no such ResNet stage; choose layer1, layer2, layer3 or layer4.")
+    return stage[-1]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """P(COVID) per image (model in eval mode; its train/eval mode is restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(x.to(next(model.parameters()).device)).reshape(len(x))
+        return torch.sigmoid(logits).float().cpu()
+    finally:
+        model.train(was_training)
+
+
+def categories_for(target: str, labels: Sequence[int], probs: Sequence[float]) -> list[int]:
+    """Target category per image: the true label (``label``) or the predicted class (``prediction``)."""
+    check_target(target)
+    if target == "label":
+        return [int(y) for y in labels]
+    return [int(p >= 0.5) for p in probs]
+
+
+def compute_cams(
+    model: nn.Module,
+    x: torch.Tensor,
+    method: str,
+    categories: Sequence[int],
+    layer: str | nn.Module = "layer4",
+) -> np.ndarray:
+    """Maps (N, H, W) in [0, 1] for a batch of network inputs ``x`` (N, 3, H, W).
+
+    Every image gets ``BinaryClassifierOutputTarget(category)``: on a one-logit model ``targets=None``
+    would silently mean class 0, so a category is required for every image even for EigenCAM.
+    ``layer`` is a ResNet stage name (its last block is used) or a module.
+
+    Safe inside Lightning: gradients are enabled even under ``no_grad``/``inference_mode``; the input is
+    cloned (and requires grad, so frozen layers still get activation gradients); afterwards the model's
+    train/eval mode and its parameter gradients are as they were, and the hooks are released.
+    """
+    check_methods(method)
+    categories = [int(c) for c in categories]
+    if len(categories) != len(x) or any(c not in (0, 1) for c in categories):
+        raise ValueError(f"compute_cams needs one category (0 or 1) per image: got {categories} for {len(x)} images.")
+    layer = target_layer(model, layer) if isinstance(layer, str) else layer
+    cls, _ = METHODS[method]
+    was_training = model.training
+    saved_grads = [(p, p.grad) for p in model.parameters()]
+    device = next(model.parameters()).device
+    cam = None
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            inp = x.detach().clone().to(device).requires_grad_(True)
+            cam = cls(model=model, target_layers=[layer])  # sets eval mode
+            # Not `with cam:` - its __exit__ swallows IndexError; release explicitly instead.
+            maps = cam(input_tensor=inp, targets=[BinaryClassifierOutputTarget(c) for c in categories])
+    finally:
+        if cam is not None:
+            cam.activations_and_grads.release()
+            cam.outputs = None
+        for p, g in saved_grads:
+            p.grad = g
+        model.train(was_training)
+    return np.nan_to_num(np.asarray(maps, dtype=np.float32))
+
+
+def target_text(method: str, category: int, target: str) -> str:
+    """Says in a caption which category a map was computed for."""
+    if not METHODS[method][1]:
+        return "no target (EigenCAM)"
+    return f"target {CLASS_NAMES[category]} ({'true label' if target == 'label' else 'prediction'})"
+
+
+def overlay(grey: np.ndarray, cam: np.ndarray, image_weight: float = 0.5) -> np.ndarray:
+    """RGB uint8 (H, W, 3): the jet-coloured map blended with the de-normalised grey image."""
+    grey = np.clip(np.asarray(grey, dtype=np.float32), 0, 1)
+    return show_cam_on_image(np.repeat(grey[..., None], 3, axis=2), np.clip(cam, 0, 1), use_rgb=True, image_weight=image_weight)
+
+
+def grey_rgb(grey: np.ndarray) -> np.ndarray:
+    """The plain grey image as RGB uint8, for the input column."""
+    return np.repeat((np.clip(grey, 0, 1) * 255).round().astype(np.uint8)[..., None], 3, axis=2)
+
+
+def caption(label: int, prob: float) -> str:
+    return f"{CLASS_NAMES[int(label)]}, P(COVID)={prob:.2f}"
+
+
+def panel_grid(panels: list[list[tuple[np.ndarray, str]]], column_titles: Sequence[str] | None = None, title: str | None = None,
+               min_panel: int = 160, font_size: int = 11) -> np.ndarray:
+    """A captioned grid as one RGB uint8 image: ``panels[row][col] = (RGB uint8 image, caption)``.
+
+    Drawn with PIL (fast enough to run every validation epoch). Small images are enlarged to
+    ``min_panel`` pixels (nearest neighbour, so the map's real resolution stays visible).
+    """
+    font = ImageFont.load_default(size=font_size)
+    line = font_size + 3
+    rows, cols = len(panels), max(len(r) for r in panels)
+    side = max(min_panel, max(img.shape[0] for r in panels for img, _ in r))
+    cap_h = line * max(t.count("\n") + 1 for r in panels for _, t in r) + 4
+    head_h = line * max((t.count("\n") + 1 for t in column_titles), default=0) + 4 if column_titles else 0
+    title_h = line * (title.count("\n") + 1) + 6 if title else 0
+    pad = 4
+    width = cols * (side + pad) + pad
+    height = title_h + head_h + rows * (side + cap_h + pad) + pad
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.multiline_text((pad, 3), title, fill="black", font=font, spacing=3)
+    for c, text in enumerate(column_titles or []):
+        draw.multiline_text((pad + c * (side + pad), title_h), text, fill="black", font=font, spacing=3)
+    for r, row in enumerate(panels):
+        top = title_h + head_h + r * (side + cap_h + pad)
+        for c, (img, text) in enumerate(row):
+            left = pad + c * (side + pad)
+            draw.multiline_text((left, top), text, fill="black", font=font, spacing=3)
+            tile = Image.fromarray(np.asarray(img, dtype=np.uint8)).resize((side, side), Image.NEAREST)
+            canvas.paste(tile, (left, top + cap_h))
+    return np.asarray(canvas)

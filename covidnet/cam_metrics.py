@@ -1,0 +1,130 @@
+"""Numbers that say what a class activation map shows: faithfulness, lesion localisation, shortcut share.
+
+All maps are (H, W) arrays in [0, 1] at the network input's resolution (as ``covidnet.cam`` returns
+them). See docs/cam.md for the definitions and how to read them.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from pytorch_grad_cam.metrics.perturbation_confidence import PerturbationConfidenceMetric
+from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+from scipy import ndimage
+from torch import nn
+
+
+# --- regions -----------------------------------------------------------------------------------------
+def body_mask(grey: np.ndarray) -> np.ndarray | None:
+    """The patient's body on a CT slice: the convex hull of the largest bright region.
+
+    Bright = above the image's Otsu threshold; an opening (disk of ~1/64 of the image) first removes
+    thin lines, letters and arrows. The hull keeps the dark lungs inside the body even when the slice is
+    cropped and its outline is open. ``None`` when nothing bright is found.
+    """
+    g = (np.clip(np.asarray(grey, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
+    threshold, _ = cv2.threshold(g, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    bright = g > threshold
+    radius = max(1, round(min(g.shape) / 64))
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    bright = ndimage.binary_opening(bright, structure=(yy**2 + xx**2) <= radius**2)
+    labels, n = ndimage.label(bright)
+    if n == 0:
+        return None
+    sizes = ndimage.sum_labels(bright, labels, index=np.arange(1, n + 1))
+    largest = labels == (1 + int(np.argmax(sizes)))
+    points = np.argwhere(largest)[:, ::-1].astype(np.int32)  # (x, y) for OpenCV
+    hull = cv2.convexHull(points)
+    mask = np.zeros(g.shape, np.uint8)
+    cv2.fillConvexPoly(mask, hull, 1)
+    return mask.astype(bool) | largest
+
+
+def mass_share(cam: np.ndarray, region: np.ndarray) -> float:
+    """Share of the map's total mass that falls inside ``region``; NaN for an all-zero map."""
+    total = float(cam.sum())
+    return float((cam * region).sum() / total) if total > 0 else float("nan")
+
+
+def pointing_hit(cam: np.ndarray, region: np.ndarray) -> bool:
+    """Pointing game: is the map's maximum inside ``region``? An all-zero map points nowhere (a miss)."""
+    if float(cam.max()) <= 0:
+        return False
+    return bool(region.reshape(-1)[int(np.argmax(cam))])
+
+
+# --- faithfulness --------------------------------------------------------------------------------------
+class ProbabilityTarget:
+    """P(category) of a one-logit output: what faithfulness measures (maps are computed on the logit)."""
+
+    def __init__(self, category: int):
+        self.category = int(category)
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        p = torch.sigmoid(output.reshape(()))
+        return p if self.category == 1 else 1 - p
+
+
+class RemoveTopFraction:
+    """Perturbation for pytorch-grad-cam's metrics: remove exactly ``fraction`` of the pixels, the most
+    relevant first, and fill them by ROAD's noisy linear imputation.
+
+    Ranking (not a percentile threshold) keeps the removed share fixed even when a map has many equal
+    values (GradCAM is zero on much of the image); ties are broken in a seeded random order.
+    """
+
+    def __init__(self, fraction: float, seed: int = 0):
+        if not 0 < fraction < 1:
+            raise ValueError(f"faithfulness fraction={fraction} must be in (0, 1).")
+        self.fraction, self.seed, self.imputer = fraction, seed, NoisyLinearImputer()
+
+    def __call__(self, image: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
+        flat = cam.numpy().reshape(-1)
+        tie = np.random.default_rng(self.seed).random(flat.size)
+        order = np.lexsort((tie, -flat))
+        keep = np.ones(flat.size, np.float32)
+        keep[order[: int(round(self.fraction * flat.size))]] = 0
+        return self.imputer(image, torch.from_numpy(keep.reshape(cam.shape)))
+
+
+def confidence_drop(model: nn.Module, x: torch.Tensor, cams: np.ndarray, categories, fraction: float = 0.2,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: the drop in P(target), and in the target's signed logit, when the ``fraction`` most
+    relevant pixels are removed (ROAD, most relevant first).
+
+    Larger = more faithful: the pixels the map marks matter to the model. The logit drop still says
+    something when the probability is saturated (P near 0 or 1). Compare with :func:`random_cams`
+    (the same removal at random pixels).
+    """
+    was_training = model.training
+    model.eval()
+    metric = PerturbationConfidenceMetric(RemoveTopFraction(fraction, seed))
+    targets = [ProbabilityTarget(c) for c in categories]
+    try:
+        with torch.random.fork_rng(devices=[]), torch.inference_mode(False):
+            torch.manual_seed(seed)  # the imputation noise
+            x = x.detach().clone().to(next(model.parameters()).device)
+            change, perturbed = metric(x, np.asarray(cams, dtype=np.float32), targets, model, return_visualization=True)
+            with torch.no_grad():
+                sign = torch.tensor([1.0 if int(c) == 1 else -1.0 for c in categories], device=x.device)
+                logit_drop = (model(x).reshape(-1) - model(perturbed).reshape(-1)) * sign
+    finally:
+        model.train(was_training)
+    return -np.asarray(change, dtype=np.float64).reshape(len(x)), logit_drop.double().cpu().numpy()
+
+
+def random_cams(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Uniform random maps: the chance level for :func:`confidence_drop`."""
+    return np.random.default_rng(seed).random(shape).astype(np.float32)
+
+
+# --- summaries -------------------------------------------------------------------------------------------
+def summarize(values) -> dict:
+    """Mean, standard error and count of the finite values (NaN marks an undefined per-image number)."""
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return {"mean": None, "sem": None, "n": 0}
+    sem = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None
+    return {"mean": round(float(v.mean()), 4), "sem": round(sem, 4) if sem is not None else None, "n": int(len(v))}

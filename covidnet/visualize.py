@@ -1,0 +1,352 @@
+"""`visualize(cfg)`: CAM figure and CAM numbers for one or several trained checkpoints (see docs/cam.md).
+
+Each model is rebuilt from its checkpoint alone, with the preprocessing it was trained with (the
+data-module hyperparameters stored in the checkpoint; only the data location comes from the config).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, ListConfig
+from PIL import Image
+
+from covidnet.cam import (
+    METHODS,
+    caption,
+    categories_for,
+    check_methods,
+    check_target,
+    compute_cams,
+    grey_rgb,
+    overlay,
+    panel_grid,
+    predict,
+    target_text,
+)
+from covidnet.cam_metrics import body_mask, confidence_drop, mass_share, pointing_hit, random_cams, summarize
+from covidnet.checkpoint import CheckpointError, load_checkpoint
+from covidnet.data import CovidCTDataModule
+from covidnet.dataset import CLASS_NAMES, DatasetError, Sample, read_split
+
+OUTPUT_FILES = ("figure.png", "images.csv", "results.json")
+SCORE_IMAGES = ("figure", "split")
+
+
+class VisualizeError(ValueError):
+    """A visualize.py setting cannot be honoured; the message says which and what to do."""
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: Path
+    model: torch.nn.Module
+    datamodule: CovidCTDataModule  # not set up: used for its preprocessing only
+
+
+@dataclass
+class Maps:
+    """One model on a list of images: inputs, P(COVID), target categories and a map per method."""
+
+    x: torch.Tensor
+    probs: np.ndarray
+    categories: list[int]
+    cams: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+# --- checkpoints -------------------------------------------------------------------------------------
+def as_list(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple, ListConfig)):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    """A training run's best checkpoint: metrics.json's ``best_checkpoint``, else its only epoch=*.ckpt, else last.ckpt."""
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file():
+        best = json.loads(metrics.read_text()).get("best_checkpoint")
+        if best and Path(best).is_file():
+            return Path(best)
+        if best and (run_dir / "checkpoints" / Path(best).name).is_file():  # the run dir was moved
+            return run_dir / "checkpoints" / Path(best).name
+    epochs = sorted((run_dir / "checkpoints").glob("epoch=*.ckpt"))
+    if len(epochs) == 1:
+        return epochs[0]
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return run_dir / "checkpoints" / "last.ckpt"
+    raise VisualizeError(f"{run_dir}: no single best checkpoint in {run_dir / 'checkpoints'}; pass the .ckpt file itself.")
+
+
+def resolve_checkpoints(ckpt) -> list[Path]:
+    """``ckpt=`` entries -> checkpoint files. An entry may be a .ckpt file, a run directory (its best
+    checkpoint) or a sweep directory (each job's best checkpoint, in name order)."""
+    entries = as_list(ckpt)
+    if not entries:
+        raise VisualizeError("No checkpoint given: pass ckpt=path/to/file.ckpt or ckpt=[a.ckpt,b.ckpt].")
+    paths: list[Path] = []
+    for entry in entries:
+        p = Path(entry).expanduser()
+        if not p.is_dir():
+            paths.append(p)  # load_checkpoint says if it is missing or not ours
+        elif (p / "checkpoints").is_dir():
+            paths.append(best_checkpoint(p))
+        else:
+            jobs = sorted(c.parent for c in p.glob("*/checkpoints") if c.is_dir())
+            if not jobs:
+                raise VisualizeError(f"{p} is a directory with no checkpoints/ in it or in its subfolders; pass a .ckpt file, a run or a sweep directory.")
+            paths += [best_checkpoint(j) for j in jobs]
+    return paths
+
+
+def model_name(path: Path, hparams: dict) -> str:
+    """``init=scratch`` style job names for sweep checkpoints, else ``<init>-<arch>``."""
+    job = path.parent.parent.name if path.parent.name == "checkpoints" else ""
+    return job if "=" in job else f"{hparams.get('init')}-{hparams.get('arch')}"
+
+
+def load_models(ckpt, data_root: str, device: str) -> list[LoadedModel]:
+    models: list[LoadedModel] = []
+    for path in resolve_checkpoints(ckpt):
+        model, dm_hparams = load_checkpoint(path, map_location=device)
+        if not dm_hparams:
+            raise CheckpointError(f"{path} holds no data-module hyperparameters, so the preprocessing it was trained with is unknown; use a checkpoint written by train.py.")
+        try:
+            dm = CovidCTDataModule(**{**dm_hparams, "root": data_root})
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: its data-module hyperparameters do not rebuild the preprocessing ({err}).") from err
+        name = model_name(path, dict(model.hparams))
+        taken = {m.name for m in models}
+        if name in taken:
+            name = next(f"{name} ({i})" for i in range(2, len(taken) + 3) if f"{name} ({i})" not in taken)
+        models.append(LoadedModel(name, path, model.to(device).eval(), dm))
+    return models
+
+
+# --- images ----------------------------------------------------------------------------------------------
+def select_images(root: str | Path, split: str, n_per_class: int, seed: int) -> list[Sample]:
+    """``n_per_class`` seeded random COVID images, then as many non-COVID ones (split-file order within a class)."""
+    if n_per_class < 1:
+        raise VisualizeError(f"n_per_class={n_per_class} must be at least 1.")
+    samples = read_split(root, split)
+    rng = np.random.default_rng(seed)
+    chosen: list[Sample] = []
+    for label in (1, 0):
+        pool = [s for s in samples if s.label == label]
+        if n_per_class > len(pool):
+            raise VisualizeError(f"n_per_class={n_per_class}, but the {split} split has only {len(pool)} {CLASS_NAMES[label]} images; lower n_per_class.")
+        chosen += [pool[i] for i in sorted(rng.choice(len(pool), n_per_class, replace=False))]
+    return chosen
+
+
+def batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def compute_maps(m: LoadedModel, paths: list[Path], labels: list[int], methods: list[str], target: str, batch_size: int, layer: str) -> Maps:
+    x = torch.stack([m.datamodule.model_input(p) for p in paths])
+    probs = torch.cat([predict(m.model, x[s]) for s in batches(len(x), batch_size)]).numpy()
+    categories = categories_for(target, labels, probs.tolist())
+    maps = Maps(x, probs, categories)
+    for method in methods:
+        maps.cams[method] = np.concatenate([compute_cams(m.model, x[s], method, categories[s], layer) for s in batches(len(x), batch_size)])
+    return maps
+
+
+# --- numbers ----------------------------------------------------------------------------------------------
+def faithfulness(m: LoadedModel, maps: Maps, fraction: float, seed: int, batch_size: int) -> dict[str, dict[str, np.ndarray]]:
+    """Per map (and ``random``, the chance level): each image's drop in P(target) and in the target logit
+    when the top ``fraction`` of pixels by the map is removed."""
+    per_map = dict(maps.cams)
+    per_map["random"] = random_cams(next(iter(maps.cams.values())).shape, seed)
+    out = {}
+    for name, cams in per_map.items():
+        parts = [confidence_drop(m.model, maps.x[s], cams[s], maps.categories[s], fraction, seed) for s in batches(len(maps.x), batch_size)]
+        out[name] = {"prob_drop": np.concatenate([p for p, _ in parts]), "logit_drop": np.concatenate([g for _, g in parts])}
+    return out
+
+
+def shortcut(m: LoadedModel, maps: Maps) -> tuple[dict, np.ndarray]:
+    """Per method, each image's share of CAM mass outside the body; and each image's outside-body area share."""
+    greys = m.datamodule.preprocess.to_grey(maps.x).numpy()
+    bodies = [body_mask(g) for g in greys]
+    area = np.array([float((~b).mean()) if b is not None else np.nan for b in bodies])
+    shares = {
+        method: np.array([mass_share(c, ~b) if b is not None else np.nan for c, b in zip(cams, bodies)])
+        for method, cams in maps.cams.items()
+    }
+    return shares, area
+
+
+def lesion_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
+    """covid-semiseg layout: images/N.jpg with masks/N.png."""
+    folder = Path(folder).expanduser()
+    images, masks = folder / "images", folder / "masks"
+    if not images.is_dir() or not masks.is_dir():
+        raise VisualizeError(f"localize={folder}: expected images/ and masks/ folders there (COVID-SemiSeg layout: images/N.jpg, masks/N.png).")
+    by_stem = {p.stem: p for p in masks.iterdir() if p.is_file()}
+    pairs = [(p, by_stem[p.stem]) for p in sorted(images.iterdir(), key=lambda p: p.name) if p.is_file() and p.stem in by_stem]
+    if not pairs:
+        raise VisualizeError(f"localize={folder}: no image in images/ has a mask of the same name in masks/.")
+    return pairs
+
+
+def localisation(m: LoadedModel, pairs, methods: list[str], target: str, batch_size: int, layer: str) -> dict:
+    """Pointing game and CAM mass inside the lesion on COVID slices with infection masks (all label 1)."""
+    maps = compute_maps(m, [p for p, _ in pairs], [1] * len(pairs), methods, target, batch_size, layer)
+    lesions = [m.datamodule.load_image(mask)[0].numpy() >= 128 for _, mask in pairs]
+    chance = [float(les.mean()) for les in lesions]
+    out = {"n_slices": len(pairs), "lesion_area_share": summarize(chance), "P(COVID)": summarize(maps.probs),
+           "targets": {"COVID": int(sum(maps.categories)), "non-COVID": int(len(pairs) - sum(maps.categories))}}
+    for method in methods:
+        cams = maps.cams[method]
+        out[method] = {
+            "pointing_game_hit_rate": summarize([float(pointing_hit(c, les)) for c, les in zip(cams, lesions)]),
+            "mass_in_lesion": summarize([mass_share(c, les) for c, les in zip(cams, lesions)]),
+        }
+    return out
+
+
+# --- output -----------------------------------------------------------------------------------------------
+def fresh_out_dir(out_dir: str | Path) -> Path:
+    out = Path(out_dir).expanduser()
+    clash = [f for f in OUTPUT_FILES if (out / f).exists()]
+    if clash:
+        raise VisualizeError(f"{out} already holds {', '.join(clash)}; covidnet never overwrites results: choose another out_dir (or leave it at its default).")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def draw(models: list[LoadedModel], maps: dict[str, Maps], rows: list[int], samples: list[Sample], methods: list[str], target: str, title: str):
+    first = models[0]
+    greys = {m.name: m.datamodule.preprocess.to_grey(maps[m.name].x[rows]).numpy() for m in models}
+    panels = []
+    for r, i in enumerate(rows):
+        s = samples[i]
+        row = [(grey_rgb(greys[first.name][r]), f"{s.name if len(s.name) <= 26 else '...' + s.name[-23:]}\ntrue: {CLASS_NAMES[s.label]}")]
+        for m in models:
+            mp = maps[m.name]
+            for method in methods:
+                text = f"{caption(s.label, float(mp.probs[i]))}\n{target_text(method, mp.categories[i], target)}"
+                row.append((overlay(greys[m.name][r], mp.cams[method][i]), text))
+        panels.append(row)
+    columns = ["input"] + [f"{m.name}\n{method}" for m in models for method in methods]
+    return panel_grid(panels, columns, title=title)
+
+
+def visualize(cfg: DictConfig) -> dict:
+    """Draw the figure and compute the numbers; returns the written paths and the results."""
+    start = time.time()
+    methods = check_methods(list(cfg.methods))
+    target = check_target(cfg.target)
+    if cfg.score_images not in SCORE_IMAGES:
+        raise VisualizeError(f"score_images={cfg.score_images!r}: choose figure (the drawn images) or split (every image of the split).")
+    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
+    root = str(Path(str(cfg.data.root)).expanduser().resolve())
+    models = load_models(cfg.ckpt, root, device)
+    pairs = lesion_pairs(cfg.localize) if cfg.get("localize") else None
+    out = fresh_out_dir(cfg.out_dir)
+    try:
+        chosen = select_images(root, cfg.split, int(cfg.n_per_class), int(cfg.seed))
+    except DatasetError as err:
+        raise VisualizeError(f"data.root={root}: {err}") from err
+
+    # the scored images: the drawn ones, or the whole split (drawn ones included)
+    scored = chosen if cfg.score_images == "figure" else read_split(root, cfg.split)
+    index = {s.path: i for i, s in enumerate(scored)}
+    rows = [index[s.path] for s in chosen]
+    labels = [s.label for s in scored]
+    maps = {m.name: compute_maps(m, [s.path for s in scored], labels, methods, target, int(cfg.batch_size), cfg.layer) for m in models}
+
+    results: dict = {
+        "split": cfg.split, "scored_images": cfg.score_images, "n_scored": len(scored), "target": target,
+        "methods": methods, "layer": cfg.layer, "faithfulness_fraction": cfg.faithfulness_fraction, "seed": cfg.seed,
+        "models": {m.name: {"checkpoint": str(m.path), **{k: v for k, v in m.model.hparams.items()},
+                            "image_size": m.datamodule.hparams.image_size, "normalization": m.datamodule.hparams.normalization}
+                   for m in models},
+        "faithfulness": {}, "shortcut": {}, "localisation": {},
+    }
+    per_image: dict[str, dict] = {}
+    for m in models:
+        mp = maps[m.name]
+        drops = faithfulness(m, mp, float(cfg.faithfulness_fraction), int(cfg.seed), int(cfg.batch_size))
+        shares, area = shortcut(m, mp)
+        results["faithfulness"][m.name] = {k: {kind: summarize(d) for kind, d in v.items()} for k, v in drops.items()}
+        results["shortcut"][m.name] = {"outside_body_area": summarize(area), **{k: summarize(v) for k, v in shares.items()}}
+        per_image[m.name] = {"drops": drops, "shares": shares, "area": area}
+    if pairs:
+        results["localisation"] = {m.name: localisation(m, pairs, methods, target, int(cfg.batch_size), cfg.layer) for m in models}
+    else:
+        results["localisation"] = None
+
+    # per-image table: truth, P(COVID) and target per model, and each map's numbers
+    header = ["file", "label", "figure_row"]
+    for m in models:
+        header += [f"{m.name}:prob_covid", f"{m.name}:target", f"{m.name}:outside_body_area"]
+        header += [f"{m.name}:{method}:{k}" for method in methods for k in ("prob_drop", "logit_drop", "mass_outside_body")]
+    figure_row = {i: r for r, i in enumerate(rows)}
+    table = []
+    for i, s in enumerate(scored):
+        line = [s.name, s.label, figure_row.get(i, "")]
+        for m in models:
+            mp, pi = maps[m.name], per_image[m.name]
+            line += [f"{mp.probs[i]:.6f}", mp.categories[i], f"{pi['area'][i]:.4f}"]
+            line += [f"{v:.4f}" for method in methods for v in (pi["drops"][method]["prob_drop"][i], pi["drops"][method]["logit_drop"][i], pi["shares"][method][i])]
+        table.append(line)
+    with open(out / "images.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(table)
+
+    title = (f"{cfg.split} split, {cfg.n_per_class} COVID + {cfg.n_per_class} non-COVID, seed {cfg.seed}\n"
+             f"GradCAM target: {'true label' if target == 'label' else 'prediction'}\nEigenCAM: no target, sign per docs/cam.md")
+    figure = draw(models, maps, rows, scored, methods, target, title)
+    Image.fromarray(figure).save(out / "figure.png")
+    if cfg.get("tensorboard"):
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(out / "tensorboard")) as writer:
+            writer.add_image("visualize/figure", figure, dataformats="HWC")
+    results["seconds"] = round(time.time() - start, 1)
+    write_json(out / "results.json", results)
+    written = {name: str(out / name) for name in OUTPUT_FILES}
+    print_summary(results, written, methods)
+    return {"out_dir": str(out), "files": written, "results": results, "rows": len(rows)}
+
+
+def print_summary(results: dict, written: dict, methods: list[str]) -> None:
+    def fmt(s):
+        return "n/a" if not s or s["mean"] is None else f"{s['mean']:.3f}"
+
+    print(f"CAM results ({results['n_scored']} {results['split']} images scored, target={results['target']}):")
+    for name in results["models"]:
+        f, sc = results["faithfulness"][name], results["shortcut"][name]
+        print(f"  {name}: outside-body area {fmt(sc['outside_body_area'])}; random removal drops P {fmt(f['random']['prob_drop'])}, logit {fmt(f['random']['logit_drop'])}")
+        for meth in methods:
+            print(f"    {meth}: drops P {fmt(f[meth]['prob_drop'])}, logit {fmt(f[meth]['logit_drop'])}; CAM mass outside body {fmt(sc[meth])}")
+        loc = (results.get("localisation") or {}).get(name)
+        if loc:
+            parts = [f"{meth}: pointing {fmt(loc[meth]['pointing_game_hit_rate'])}, in lesion {fmt(loc[meth]['mass_in_lesion'])}" for meth in methods]
+            print(f"    lesions ({loc['n_slices']} slices, lesion area {fmt(loc['lesion_area_share'])}): " + "; ".join(parts))
+    for name, path in written.items():
+        print(f"Wrote {path}")
+
+
+__all__ = ["visualize", "VisualizeError", "METHODS"]

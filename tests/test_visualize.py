@@ -1,0 +1,144 @@
+"""visualize.py end to end: figure, per-image table and CAM numbers for one and two checkpoints; clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from cam_training import blob_run
+from covidnet.checkpoint import CheckpointError
+from covidnet.visualize import VisualizeError, visualize
+from synthetic import blob_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return blob_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def lesions(tmp_path_factory) -> Path:
+    """A COVID-SemiSeg look-alike: blob slices with the blob as the 'lesion' mask."""
+    folder = tmp_path_factory.mktemp("semiseg")
+    (folder / "images").mkdir()
+    (folder / "masks").mkdir()
+    rng = np.random.default_rng(3)
+    for n in range(4):
+        grey, (cy, cx) = blob_image(rng, True, (80, 80))
+        yy, xx = np.mgrid[0:80, 0:80]
+        mask = ((yy - cy * 80) ** 2 + (xx - cx * 80) ** 2) <= 12**2
+        Image.fromarray(grey).save(folder / "images" / f"{n}.jpg", quality=95)
+        Image.fromarray((mask * 255).astype(np.uint8)).save(folder / "masks" / f"{n}.png")
+    return folder
+
+
+def config(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("visualize", overrides=list(overrides))
+
+
+def sweep_of_two(run, tmp_path: Path) -> Path:
+    """A sweep-like directory with two jobs, each holding a checkpoint (same weights, two files)."""
+    sweep = tmp_path / "sweep"
+    for job in ("init=scratch", "init=imagenet"):
+        (sweep / job / "checkpoints").mkdir(parents=True)
+        shutil.copy(run.ckpt, sweep / job / "checkpoints" / "epoch=003-val_auroc=1.0000.ckpt")
+    return sweep
+
+
+def check_outputs(result: dict, n_models: int) -> dict:
+    out = Path(result["out_dir"])
+    assert result["rows"] == 20
+    for name in ("figure.png", "images.csv", "results.json"):
+        assert (out / name).is_file(), name
+    with Image.open(out / "figure.png") as im:
+        width, height = im.size
+    assert height > 10 * width / (1 + 2 * n_models)  # 20 rows of square panels, 1 + 2 * models columns
+    rows = list(csv.DictReader(open(out / "images.csv")))
+    drawn = [r for r in rows if r["figure_row"] != ""]
+    assert sorted(int(r["figure_row"]) for r in drawn) == list(range(20))
+    assert [int(r["label"]) for r in sorted(drawn, key=lambda r: int(r["figure_row"]))] == [1] * 10 + [0] * 10
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["models"]) == n_models
+    for name in results["models"]:
+        assert all(0 <= float(r[f"{name}:prob_covid"]) <= 1 for r in rows)
+        assert [int(r[f"{name}:target"]) for r in rows] == [int(r["label"]) for r in rows]  # target=label
+        for method in ("gradcam", "eigencam", "random"):
+            assert results["faithfulness"][name][method]["prob_drop"]["n"] == len(rows)
+            assert results["faithfulness"][name][method]["logit_drop"]["n"] == len(rows)
+            assert all(-1 <= float(r[f"{name}:{method}:prob_drop"]) <= 1 for r in rows if method != "random")
+        for method in ("gradcam", "eigencam"):
+            share = results["shortcut"][name][method]["mean"]
+            assert share is not None and 0 <= share <= 1
+    return results
+
+
+def test_one_checkpoint_from_the_command_line(run, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "visualize.py", f"ckpt={run.ckpt}", f"data.root={run.root}", f"paths.log_dir={tmp_path}", "score_images=figure"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = [line.split("Wrote ", 1)[1] for line in done.stdout.splitlines() if line.startswith("Wrote ")]
+    assert len(written) == 3 and all(Path(p).is_file() and Path(p).is_relative_to(tmp_path) for p in written)
+    out = Path(written[0]).parent
+    assert out.parent.parent == tmp_path / "visualize"  # <paths.log_dir>/visualize/runs/<time stamp>
+    check_outputs({"out_dir": str(out), "rows": 20}, n_models=1)
+
+
+def test_two_checkpoints_with_lesion_localisation(run, lesions, tmp_path):
+    sweep = sweep_of_two(run, tmp_path)
+    paths = sorted(str(p) for p in sweep.glob("*/checkpoints/*.ckpt"))
+    quoted = ",".join(f"'{p}'" for p in paths)  # sweep paths hold '=' and must be quoted for Hydra
+    cfg = config(f"ckpt=[{quoted}]", f"data.root={run.root}", f"out_dir={tmp_path / 'out'}", f"localize={lesions}",
+                 "score_images=split", "tensorboard=true")
+    result = visualize(cfg)
+    results = check_outputs(result, n_models=2)
+    assert list(results["models"]) == ["init=imagenet", "init=scratch"]
+    assert results["n_scored"] == 20  # the synthetic test split has 10 + 10 images
+    for name, loc in results["localisation"].items():
+        assert loc["n_slices"] == 4
+        for method in ("gradcam", "eigencam"):
+            assert 0 <= loc[method]["pointing_game_hit_rate"]["mean"] <= 1
+            assert 0 <= loc[method]["mass_in_lesion"]["mean"] <= 1
+        assert 0 < loc["lesion_area_share"]["mean"] < 0.5
+    assert list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))
+    # the sweep directory itself names both jobs' best checkpoints
+    again = visualize(config(f"ckpt={sweep}", f"data.root={run.root}", f"out_dir={tmp_path / 'out2'}", "score_images=figure"))
+    assert list(again["results"]["models"]) == ["init=imagenet", "init=scratch"]
+    # never overwrite
+    with pytest.raises(VisualizeError, match="never overwrites"):
+        visualize(config(f"ckpt={sweep}", f"data.root={run.root}", f"out_dir={tmp_path / 'out2'}"))
+
+
+def test_bad_checkpoints_and_settings_get_clear_errors(run, tmp_path):
+    base = [f"data.root={run.root}", f"out_dir={tmp_path / 'out'}", "score_images=figure"]
+    with pytest.raises(CheckpointError, match="not found"):
+        visualize(config(f"ckpt={tmp_path / 'missing.ckpt'}", *base))
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": torch.nn.Linear(2, 1).state_dict(), "epoch": 1}, foreign)
+    with pytest.raises(CheckpointError, match="not a covidnet checkpoint"):
+        visualize(config(f"ckpt={foreign}", *base))
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(run.ckpt.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        visualize(config(f"ckpt=[{run.ckpt},{broken}]", *base))
+    with pytest.raises(VisualizeError, match="only 10 COVID images"):
+        visualize(config(f"ckpt={run.ckpt}", "n_per_class=11", *base))
+    with pytest.raises(ValueError, match="Unknown CAM method"):
+        visualize(config(f"ckpt={run.ckpt}", "methods=[gradcam,lime]", *base))
+    with pytest.raises(VisualizeError, match="images/ and masks/"):
+        visualize(config(f"ckpt={run.ckpt}", f"localize={tmp_path}", *base))
+    assert not (tmp_path / "out" / "figure.png").exists()
