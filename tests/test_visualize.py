@@ -60,6 +60,7 @@ def sweep_of_two(run, tmp_path: Path) -> Path:
 
 
 def check_outputs(result: dict, n_models: int) -> dict:
+    """The files of a target=label run with 10 + 10 drawn images."""
     out = Path(result["out_dir"])
     assert result["rows"] == 20
     for name in ("figure.png", "images.csv", "results.json"):
@@ -74,8 +75,9 @@ def check_outputs(result: dict, n_models: int) -> dict:
     results = json.loads((out / "results.json").read_text())
     assert len(results["models"]) == n_models
     for name in results["models"]:
-        assert all(0 <= float(r[f"{name}:prob_covid"]) <= 1 for r in rows)
         assert [int(r[f"{name}:target"]) for r in rows] == [int(r["label"]) for r in rows]  # target=label
+    for name in results["models"]:
+        assert all(0 <= float(r[f"{name}:prob_covid"]) <= 1 for r in rows)
         for method in ("gradcam", "eigencam", "random"):
             assert results["faithfulness"][name][method]["prob_drop"]["n"] == len(rows)
             assert results["faithfulness"][name][method]["logit_drop"]["n"] == len(rows)
@@ -116,8 +118,11 @@ def test_two_checkpoints_with_lesion_localisation(run, lesions, tmp_path):
         assert 0 < loc["lesion_area_share"]["mean"] < 0.5
     assert list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))
     # the sweep directory itself names both jobs' best checkpoints
-    again = visualize(config(f"ckpt={sweep}", f"data.root={run.root}", f"out_dir={tmp_path / 'out2'}", "score_images=figure"))
+    again = visualize(config(f"ckpt={sweep}", f"data.root={run.root}", f"out_dir={tmp_path / 'out2'}", "score_images=figure",
+                             "target=prediction"))
     assert list(again["results"]["models"]) == ["init=imagenet", "init=scratch"]
+    for r in csv.DictReader(open(tmp_path / "out2" / "images.csv")):
+        assert int(r["init=scratch:target"]) == int(float(r["init=scratch:prob_covid"]) >= 0.5)
     # never overwrite
     with pytest.raises(VisualizeError, match="never overwrites"):
         visualize(config(f"ckpt={sweep}", f"data.root={run.root}", f"out_dir={tmp_path / 'out2'}"))
