@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torchvision import models
 
+from covidnet.checkpoint_io import load_error_reason
+
 ARCHS = {
     "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1),
     "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1),
@@ -35,7 +37,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise WeightsError(f"{path} is not a readable PyTorch weights file ({type(err).__name__}: {err}).") from err
+        raise WeightsError(f"{path} is not a readable PyTorch weights file: {load_error_reason(err)}.") from err
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

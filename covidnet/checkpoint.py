@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from covidnet.checkpoint_io import load_error_reason
 from covidnet.model import CovidClassifier
 
 
@@ -24,7 +25,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - truncated zip, pickle with code, not a torch file
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); it may be truncated or corrupt.") from err
+        raise CheckpointError(f"{path} is not a readable checkpoint: {load_error_reason(err)}.") from err
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "arch" not in hparams or "init" not in hparams or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a covidnet checkpoint (no covidnet hyperparameters in it); train one with train.py.")

@@ -14,6 +14,7 @@ from torchvision.transforms import v2
 
 from covidnet.dataset import SPLITS, DatasetError, Sample, check_dataset, is_complete_layout, load_grey, read_split
 from covidnet.download import download_covid_ct
+from covidnet.sampling import EpochSampler
 
 # Mean/std of the ImageNet training set, the statistics torchvision's pretrained ResNets expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -61,10 +62,17 @@ class CachedImages(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, item: int | tuple[int, int]):
+        # EpochSampler passes (index, seed): the augmentation then depends on that seed only (exact resume)
+        i, seed = item if isinstance(item, tuple) else (item, None)
         img = self.images[i]
         if self.augment is not None:
-            img = self.augment(img)
+            if seed is None:
+                img = self.augment(img)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    img = self.augment(img)
         return self.preprocess(img), self.labels[i]
 
 
@@ -161,16 +169,28 @@ class CovidCTDataModule(L.LightningDataModule):
             raise DatasetError(f"The {split} split is not loaded; call setup() first.")
         h = self.hparams
         pin = torch.cuda.is_available() if h.pin_memory is None else h.pin_memory
+        # training order and augmentation are a function of (seed, epoch): a resumed run replays them exactly
+        sampler = EpochSampler(len(self.datasets[split]), h.seed, self._train_position) if shuffle else None
         return DataLoader(
             self.datasets[split],
             batch_size=h.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=h.num_workers,
             pin_memory=pin,
             persistent_workers=h.num_workers > 0,
             # a last batch of one image would break BatchNorm in training
             drop_last=shuffle and len(self.datasets[split]) > h.batch_size,
         )
+
+    def _train_position(self) -> tuple[int, int]:
+        """(epoch, training samples already consumed in it, over all ranks): where a resumed epoch starts."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:  # iterated outside fitting: the whole epoch-0 order
+            return 0, 0
+        # `processed`, not `completed`: a checkpoint written in on_train_batch_end counts its batch as processed
+        # only, and a multi-worker loader asks for indices before Lightning adjusts the counters on restart
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return trainer.current_epoch, done * self.hparams.batch_size * trainer.world_size
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

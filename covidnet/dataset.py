@@ -29,6 +29,8 @@ CLASSES = (
 )
 # Decoding more than this many pixels is refused: larger files are almost certainly not CT slices.
 MAX_PIXELS = 64_000_000
+# ...and so is anything narrower than this (the smallest official COVID-CT image is 148x61).
+MIN_SIDE = 16
 T = TypeVar("T")
 
 
@@ -108,10 +110,16 @@ def load_grey(path: Path | str) -> np.ndarray:
         with Image.open(path) as im:
             if im.width * im.height > MAX_PIXELS:
                 raise DatasetError(f"{path}: {im.width}x{im.height} pixels is larger than any CT slice; remove it from the split.")
+            if min(im.width, im.height) < MIN_SIDE:
+                raise DatasetError(
+                    f"{path}: {im.width}x{im.height} pixels is too small to be a CT slice (under {MIN_SIDE} px on a side); "
+                    "replace it with the full image or remove it from its split file."
+                )
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.float32)
-                top = 65535.0 if arr.max() > 255 or im.mode.startswith("I;16") else 255.0
+                # the bit depth the values use (8, 10, 12 or 16): 12-bit CT stored in a 16-bit PNG is not darkened
+                top = next((float(t) for t in (255, 1023, 4095, 65535) if arr.max() <= t), float(arr.max()))
                 return np.clip(arr / top, 0.0, 1.0)
             if im.mode == "F":
                 arr = np.asarray(im, dtype=np.float32)
@@ -123,7 +131,11 @@ def load_grey(path: Path | str) -> np.ndarray:
                 im = Image.alpha_composite(black, im)
             grey = im.convert("L")
             return np.asarray(grey, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except DatasetError:
+        raise
+    except Image.DecompressionBombError as err:  # PIL refuses > 2 x Image.MAX_IMAGE_PIXELS before we can look
+        raise DatasetError(f"{path}: larger than any CT slice ({err}); remove it from the split.") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DatasetError(f"{path}: cannot be decoded as an image ({err}). Replace the file or remove it from its split file.") from err
 
 

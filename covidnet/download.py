@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import urllib.error
@@ -12,6 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from covidnet.dataset import CLASSES, SPLITS, DatasetError, check_dataset
+from covidnet.processes import pid_alive
 
 BASE_URL = "https://github.com/UCSD-AI4H/COVID-CT/raw/master"
 N_IMAGES = 746
@@ -52,6 +54,14 @@ def extract(archive: Path, target: Path) -> None:
                 shutil.copyfileobj(src, dst)
 
 
+def remove_stale_downloads(root: Path) -> None:
+    """Delete the temporary folders of downloads into ``root`` whose process was killed."""
+    for stale in root.parent.glob(f".{root.name}.download-*"):
+        pid = stale.name[len(f".{root.name}.download-") :].split("-")[0]
+        if stale.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def download_covid_ct(root: Path | str, base_url: str = BASE_URL) -> Path:
     """Download and check the dataset into ``root``, which must not hold anything yet.
 
@@ -66,7 +76,8 @@ def download_covid_ct(root: Path | str, base_url: str = BASE_URL) -> Path:
             "covidnet never overwrites files: remove or rename that folder, or pass another data.root."
         )
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.download-", dir=root.parent))
+    remove_stale_downloads(root)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.download-{os.getpid()}-", dir=root.parent))
     try:
         for rel, url in official_urls().items():
             url = url.replace(BASE_URL, base_url.rstrip("/"))

@@ -41,7 +41,7 @@ def best_epoch(path: str) -> int | None:
 
 
 def check_run_dir(out: Path, ckpt_path: str | None) -> None:
-    if ckpt_path is None and ((out / "metrics.json").exists() or (out / "checkpoints" / "last.ckpt").exists()):
+    if ckpt_path is None and ((out / "metrics.json").exists() or any((out / "checkpoints").glob("*.ckpt"))):
         raise RunDirError(
             f"{out} already holds a run. covidnet never overwrites results: pass ckpt_path=last to resume it, "
             "or choose a new output directory (leave hydra.run.dir / hydra.sweep.dir at their defaults)."
@@ -64,7 +64,8 @@ def train(cfg: DictConfig) -> dict:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     start = time.time()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # resuming reads tensors and plain values only: a checkpoint cannot run code (docs/reliability.md)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     fit_seconds = time.time() - start
 
     ckpt_cb = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None

@@ -1,0 +1,91 @@
+"""Checkpoint writing that a hard kill cannot half-finish.
+
+Lightning 2.6 (``TorchCheckpointIO`` -> ``fabric.utilities.cloud_io._atomic_save``) serialises to memory and
+writes through an fsspec transaction: the bytes go to ``tempfile.mkstemp()`` in ``$TMPDIR`` and are then
+``shutil.move``-d onto the target. That is atomic only when ``$TMPDIR`` and the run directory share a file
+system; otherwise ``shutil.move`` copies onto the target, and a kill during the copy leaves a truncated
+``last.ckpt``. A killed process also leaves its temporary file in ``$TMPDIR`` and nothing is fsynced.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from covidnet.processes import pid_alive
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def partial_name(path: Path, pid: int) -> Path:
+    """Temporary file beside ``path``; its suffix is not ``.ckpt``, so nothing ever mistakes it for a checkpoint."""
+    return path.with_name(f".{path.name}.{pid}{PARTIAL_SUFFIX}")
+
+
+def remove_stale_partials(path: Path) -> None:
+    """Delete temporary files that killed writers of ``path`` left behind."""
+    for stale in path.parent.glob(f".{path.name}.*{PARTIAL_SUFFIX}"):
+        pid = stale.name[len(path.name) + 2 : -len(PARTIAL_SUFFIX)]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the target's directory, fsync, then ``os.replace``.
+
+    Readers see either the previous file or the complete new one, never a mixture, even after SIGKILL
+    or a power cut (the rename is atomic within one directory; the fsync orders data before the rename).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(path)
+    tmp = partial_name(path, os.getpid())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable; not possible on every platform
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint plugin (``trainer.plugins`` in conf/trainer/default.yaml) using ``atomic_torch_save``
+    for local paths; remote URLs keep Lightning's own writer."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_torch_save(checkpoint, path)
+
+
+def load_error_reason(err: Exception) -> str:
+    """One actionable line for an exception of ``torch.load(..., weights_only=True)``.
+
+    PyTorch's own text is long and suggests ``weights_only=False``, which would run code from the file.
+    """
+    text = str(err)
+    unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if unsafe:
+        return (
+            f"it holds pickled Python objects ({unsafe.group(1)}), which could run code when loaded; covidnet reads only "
+            "tensors and plain values (weights_only=True) and does not load it. Use a file written by covidnet's "
+            "train.py or by torch.save(model.state_dict())"
+        )
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0][:200] if lines else 'unreadable'}; it may be truncated or corrupt"
