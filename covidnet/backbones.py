@@ -16,7 +16,9 @@ ARCHS = {
     "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1),
     "resnet152": (models.resnet152, models.ResNet152_Weights.IMAGENET1K_V1),
 }
-INITS = ("scratch", "imagenet")
+INITS = ("scratch", "imagenet", "ct")
+# init -> the only architecture its weights exist for (ct: a CT encoder that is a ResNet-152)
+INIT_ARCH = {"ct": "resnet152"}
 
 
 class WeightsError(ValueError):
@@ -74,8 +76,14 @@ def build_resnet(arch: str, init: str = "scratch", weights_path: str | None = No
         raise ValueError(f"Unknown model.arch={arch!r}; choose one of {', '.join(ARCHS)}.")
     if init not in INITS:
         raise ValueError(f"Unknown init={init!r}; choose one of {', '.join(INITS)}.")
+    if init in INIT_ARCH and arch != INIT_ARCH[init]:
+        raise ValueError(f"init={init} provides {INIT_ARCH[init]} weights only; set model.arch={INIT_ARCH[init]} (got {arch}).")
     factory, weights = ARCHS[arch]
     net = factory(weights=None)
+    if init == "ct":
+        from covidnet.ct_weights import load_ct_state_dict  # imported here: ct_weights builds on this module
+
+        load_backbone_weights(net, load_ct_state_dict(weights_path), "the CT encoder weights")
     if init == "imagenet":
         if weights_path:
             load_backbone_weights(net, read_state_dict(weights_path), str(weights_path))

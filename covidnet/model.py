@@ -80,8 +80,10 @@ class CovidClassifier(L.LightningModule):
         return [m for name, m in self.net.named_children() if name not in trained]
 
     def _apply_freeze(self) -> None:
+        # eval() here too: Lightning never calls train() when fitting starts (it keeps each module's mode)
         for module in self._frozen_children():
             module.requires_grad_(False)
+            module.eval()
 
     def train(self, mode: bool = True):
         """Frozen parts stay in eval mode: their BatchNorm statistics must not drift."""
