@@ -30,8 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
-    """`python train.py trainer=ddp trainer.accelerator=cpu trainer.devices=2` on a test split of odd size.
+    """`python train.py -m seed=0,1 trainer=ddp trainer.accelerator=cpu trainer.devices=2`: two DDP jobs.
 
+    A multirun, because it is where DDP under Hydra breaks: Lightning relaunches rank 1 with the whole
+    command line, and the second job inherits the first job's process group and rank variables.
     7 test images cannot be split evenly over two processes: a sampler that pads with repeats would
     count one image twice and the test metrics would differ from a single-process evaluation.
     """
@@ -42,33 +44,43 @@ def ddp_run(tmp_path_factory):
     test_list.write_text("\n".join(test_list.read_text().split()[:-1]) + "\n")  # 4 COVID + 3 non-COVID
     logs = tmp / "logs"
     cmd = [
-        sys.executable, str(ROOT / "train.py"), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+        sys.executable, str(ROOT / "train.py"), "-m", "seed=0,1", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
         f"data.root={data}", f"paths.log_dir={logs}", "data.image_size=32", "data.batch_size=4", "trainer.max_epochs=1",
         "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", "++callbacks.cam=null",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1"}  # one thread per process
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return logs / "train" / "runs", proc.stdout + proc.stderr
+    sweeps = list((logs / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 1, sweeps  # rank 1 did not start a sweep of its own
+    return sweeps[0], proc.stdout + proc.stderr
+
+
+def job_dir(sweep: Path, seed: int) -> Path:
+    """The job directory whose name has seed=<seed> among its overrides."""
+    (job,) = [p for p in sweep.iterdir() if p.is_dir() and f"seed={seed}" in p.name.split(",")]
+    return job
 
 
 @pytest.mark.slow
-def test_both_processes_share_one_run_directory(ddp_run):
-    runs, output = ddp_run
-    assert "GLOBAL_RANK: 1" in output and "gloo" in output  # really two processes
-    dirs = list(runs.iterdir())
-    assert len(dirs) == 1, dirs  # the relaunched rank 1 used the same Hydra run dir
-    run = dirs[0]
-    assert (run / "metrics.json").is_file()
-    assert not list(run.glob(".*.tmp"))
-    assert len(list((run / "checkpoints").glob("epoch=*.ckpt"))) == 1
-    assert (run / "checkpoints" / "last.ckpt").is_file()
+def test_each_job_runs_on_two_processes_in_its_own_directory(ddp_run):
+    sweep, output = ddp_run
+    assert output.count("GLOBAL_RANK: 1") == 2 and "gloo" in output  # two processes per job
+    assert len([p for p in sweep.iterdir() if p.is_dir()]) == 2
+    for seed in (0, 1):
+        run = job_dir(sweep, seed)
+        assert (run / "train_ddp_process_1.log").is_file()  # rank 1 ran in this job's directory
+        assert json.loads((run / "metrics.json").read_text())["seed"] == seed
+        assert not list(run.glob(".*.tmp"))
+        assert len(list((run / "checkpoints").glob("epoch=*.ckpt"))) == 1
+        assert (run / "checkpoints" / "last.ckpt").is_file()
 
 
 @pytest.mark.slow
-def test_test_metrics_equal_a_single_process_evaluation(ddp_run):
-    runs, _ = ddp_run
-    run = next(runs.iterdir())
+@pytest.mark.parametrize("seed", [0, 1])
+def test_test_metrics_equal_a_single_process_evaluation(ddp_run, seed):
+    sweep, _ = ddp_run
+    run = job_dir(sweep, seed)
     metrics = json.loads((run / "metrics.json").read_text())
     model, dm_hparams = load_checkpoint(metrics["best_checkpoint"])
     dm = CovidCTDataModule(**dm_hparams)
