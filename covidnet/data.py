@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
@@ -170,7 +171,7 @@ class CovidCTDataModule(L.LightningDataModule):
         h = self.hparams
         pin = torch.cuda.is_available() if h.pin_memory is None else h.pin_memory
         # training order and augmentation are a function of (seed, epoch): a resumed run replays them exactly
-        sampler = EpochSampler(len(self.datasets[split]), h.seed, self._train_position) if shuffle else None
+        sampler = EpochSampler(len(self.datasets[split]), h.seed, self._train_position) if shuffle else self._eval_sampler(split)
         return DataLoader(
             self.datasets[split],
             batch_size=h.batch_size,
@@ -181,6 +182,18 @@ class CovidCTDataModule(L.LightningDataModule):
             # a last batch of one image would break BatchNorm in training
             drop_last=shuffle and len(self.datasets[split]) > h.batch_size,
         )
+
+    def _eval_sampler(self, split: str) -> UnrepeatedDistributedSampler | None:
+        """While a multi-process trainer runs, each rank evaluates its own share with no image repeated.
+
+        Lightning's default DistributedSampler pads the last share with repeated images, which would count
+        them twice in the test metrics. Outside a running trainer (e.g. predictions afterwards) one process
+        reads the whole split.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1 or trainer.state.finished:
+            return None
+        return UnrepeatedDistributedSampler(self.datasets[split], num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
 
     def _train_position(self) -> tuple[int, int]:
         """(epoch, training samples already consumed in it, over all ranks): where a resumed epoch starts."""

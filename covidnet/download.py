@@ -35,10 +35,16 @@ def fetch(url: str, dest: Path, timeout: float = 60.0) -> None:
     part = dest.with_name(dest.name + ".part")
     with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
+        received = 0
         with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
+                received += len(chunk)
                 bar.update(len(chunk))
+    # http.client's read(n) ends quietly when the server drops the connection: compare with Content-Length
+    if total is not None and received != total:
+        part.unlink()
+        raise OSError(f"{url}: the connection ended after {received} of {total} bytes")
     part.replace(dest)
 
 

@@ -72,6 +72,14 @@ class CovidClassifier(L.LightningModule):
         self.val_metrics = binary_metrics("val/")
         self.test_metrics = binary_metrics("test/")
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's loader, but a checkpoint alone suffices: its weights replace the pretrained ones, so
+        those are not fetched again (an init=imagenet model loads on a machine without the ImageNet file)."""
+        kwargs.setdefault("load_pretrained", False)
+        kwargs.setdefault("weights_only", True)  # tensors and plain values only: no code from the file runs
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     # --- model --------------------------------------------------------------------------------------
     def _frozen_children(self) -> list[nn.Module]:
         trained = FREEZE_MODES[self.hparams.freeze]
@@ -103,6 +111,10 @@ class CovidClassifier(L.LightningModule):
         loss = self.loss_fn(logits, y)
         metrics.update(torch.sigmoid(logits.detach()), y.long())
         self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True, prog_bar=stage != "train")
+        # Logged as Metric objects: Lightning computes them once at epoch end (AUROC needs both classes; one batch
+        # may hold only one), synced across ranks in the same order on every rank. Computing them in an
+        # on_*_epoch_end hook instead deadlocks DDP: rank 0's progress bar syncs the loss before that hook runs.
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
     def training_step(self, batch, batch_idx: int):
@@ -120,20 +132,6 @@ class CovidClassifier(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int):
         self._shared_step(batch, self.test_metrics, "test")
-
-    def _log_epoch(self, metrics: MetricCollection) -> None:
-        # computed once per epoch (AUROC needs both classes; one batch may hold only one), synced across ranks
-        self.log_dict(metrics.compute(), sync_dist=False)
-        metrics.reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch(self.train_metrics)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch(self.val_metrics)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch(self.test_metrics)
 
     # --- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):

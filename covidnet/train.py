@@ -6,13 +6,17 @@ import csv
 import json
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
 import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from covidnet.predict import predict_probs
 
@@ -48,8 +52,39 @@ def check_run_dir(out: Path, ckpt_path: str | None) -> None:
         )
 
 
+# The distributed variables as this process started (Lightning's DDP launcher sets them in the launching process).
+_LAUNCH_ENV = {name: os.environ.get(name) for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")}
+
+
+def prepare_multirun_job_for_ddp() -> None:
+    """Let each job of a multirun (``-m init=scratch,imagenet trainer=ddp``) use DDP like a single run.
+
+    Lightning starts ranks > 0 as ``sys.argv + hydra.run.dir=<HydraConfig run.dir>``: in a multirun that
+    would start the whole sweep again in another directory, so the relaunch gets this job's overrides and
+    directory instead. And what the previous job's DDP left in this process is cleared: its process group
+    (Lightning would reuse it) and the rank variables Lightning set (with LOCAL_RANK set, Lightning would
+    not start the new job's other ranks and wait for them forever).
+    """
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for name, value in _LAUNCH_ENV.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg.run):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+
+
 def train(cfg: DictConfig) -> dict:
     """Train and test one model as configured; return the metrics also written to metrics.json."""
+    prepare_multirun_job_for_ddp()
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_run_dir(out, cfg.get("ckpt_path"))
