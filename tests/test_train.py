@@ -191,7 +191,7 @@ def test_resume_continues_from_the_checkpoint(trained, synthetic_root, tmp_path)
     shutil.copytree(first, out)
     EpochRecorder.epochs = []
     cfg = tiny_cfg(
-        synthetic_root, out, "ckpt_path=" + str(out / "checkpoints" / "last.ckpt"), "trainer.max_epochs=2",
+        synthetic_root, out, "ckpt_path=" + str(out / "checkpoints" / "last.ckpt"), "trainer.max_epochs=2", "test=false",
         "+callbacks.epochs._target_=test_train.EpochRecorder",
     )
     metrics = train(cfg)
