@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -64,6 +65,10 @@ class CachedImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, item: int | tuple[int, int]):
+        with one_thread():
+            return self._item(item)
+
+    def _item(self, item: int | tuple[int, int]):
         # EpochSampler passes (index, seed): the augmentation then depends on that seed only (exact resume)
         i, seed = item if isinstance(item, tuple) else (item, None)
         img = self.images[i]
@@ -75,6 +80,22 @@ class CachedImages(Dataset):
                     torch.manual_seed(seed)
                     img = self.augment(img)
         return self.preprocess(img), self.labels[i]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One intra-op thread for per-image work, as in DataLoader workers. With num_workers=0 the training
+    process's threads would otherwise split each small op and wait on each other: ~15x the CPU time per
+    image on 2 cores (docs/performance.md)."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def stratified_subset(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:

@@ -28,15 +28,20 @@ FREEZE_MODES = {
 
 
 def binary_metrics(prefix: str) -> MetricCollection:
-    """Metrics on P(COVID); sensitivity and precision are for COVID, specificity for non-COVID."""
+    """Metrics on P(COVID); sensitivity and precision are for COVID, specificity for non-COVID.
+
+    ``validate_args=False``: the inputs are sigmoid outputs and 0/1 labels by construction, and the checks
+    (``torch.unique``, range tests) would force a GPU-to-host sync on every step (docs/performance.md).
+    """
+    checks = {"validate_args": False}
     return MetricCollection(
         {
-            "acc": BinaryAccuracy(),
-            "auroc": BinaryAUROC(),
-            "f1": BinaryF1Score(),
-            "sensitivity": BinaryRecall(),
-            "specificity": BinarySpecificity(),
-            "precision": BinaryPrecision(),
+            "acc": BinaryAccuracy(**checks),
+            "auroc": BinaryAUROC(**checks),
+            "f1": BinaryF1Score(**checks),
+            "sensitivity": BinaryRecall(**checks),
+            "specificity": BinarySpecificity(**checks),
+            "precision": BinaryPrecision(**checks),
         },
         prefix=prefix,
     )
