@@ -133,6 +133,7 @@ class CovidCTDataModule(L.LightningDataModule):
         hflip: bool = True,
         rotate_degrees: float = 10.0,
         jitter: float = 0.1,
+        augment: bool = True,
         seed: int = 0,
         pin_memory: bool | None = None,
     ):
@@ -183,7 +184,7 @@ class CovidCTDataModule(L.LightningDataModule):
             samples = splits[split]
             images = torch.stack([cache[s.path] for s in samples])
             labels = torch.tensor([s.label for s in samples], dtype=torch.float32)
-            augment = self.train_augment() if split == "train" else None
+            augment = self.train_augment() if split == "train" and self.hparams.augment else None
             self.datasets[split] = CachedImages(images, labels, self.preprocess, augment)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

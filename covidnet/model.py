@@ -106,8 +106,42 @@ class CovidClassifier(L.LightningModule):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of shape (N,)."""
-        return self.net(x).squeeze(1)
+        """Logits of shape (N,). Images (N, 3, H, W) go through the whole network; anything else is taken
+        for the frozen part's output (``frozen_features``, cached by callbacks/frozen_features.py) and goes
+        through the trained part only. No stage's output has 3 channels, so the two cannot be confused."""
+        if x.dim() == 4 and x.shape[1] == 3:
+            return self.net(x).squeeze(1)
+        trained = FREEZE_MODES[self.hparams.freeze]
+        if trained is None:
+            raise ValueError(f"Expected images of shape (N, 3, H, W), got {tuple(x.shape)} (model.freeze=none has no frozen features).")
+        return self.run_stages(x, trained[0], "fc").squeeze(1)
+
+    # --- stages, for training on cached frozen features -----------------------------------------------
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        """The ResNet's forward pass as named steps (torchvision's ResNet.forward, flatten made a step)."""
+        n = self.net
+        names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool")
+        return [(name, getattr(n, name)) for name in names] + [("flatten", nn.Flatten(1)), ("fc", n.fc)]
+
+    def run_stages(self, x: torch.Tensor, first: str, last: str) -> torch.Tensor:
+        """Apply the steps from ``first`` to ``last`` (inclusive) to ``x``."""
+        names = [name for name, _ in self.stages()]
+        i, j = names.index(first), names.index(last)
+        for _, module in self.stages()[i : j + 1]:
+            x = module(x)
+        return x
+
+    def frozen_features_last(self) -> str:
+        """Name of the last frozen step (layer3 for up_to_layer4, flatten for backbone)."""
+        trained = FREEZE_MODES[self.hparams.freeze]
+        if trained is None:
+            raise ValueError("model.freeze=none: nothing is frozen, so there are no frozen features to cache.")
+        names = [name for name, _ in self.stages()]
+        return names[names.index(trained[0]) - 1]
+
+    def frozen_features(self, x: torch.Tensor, last: str | None = None) -> torch.Tensor:
+        """Output of the frozen part (up to ``last``, default: all of it) for images ``x``."""
+        return self.run_stages(x, "conv1", last or self.frozen_features_last())
 
     # --- steps --------------------------------------------------------------------------------------
     def _shared_step(self, batch, metrics: MetricCollection, stage: str):
