@@ -176,7 +176,7 @@ class Setup:
         self.precision = override.get("precision", args.precision)
         self.channels_last = override.get("channels_last", args.channels_last)
         self.compile = override.get("compile", args.compile)
-        self.optimizer = functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-4)  # conf/model/resnet.yaml
+        self.optimizer = functools.partial(torch.optim.AdamW, lr=3e-4, weight_decay=1e-4)  # conf/model/resnet.yaml
         torch.manual_seed(0)
         self.init_state = copy.deepcopy(self._module().state_dict())
 
