@@ -747,8 +747,8 @@ def cam_section(sweep: Sweep, compute: bool, overrides: list[str] | None = None)
     for key, runs in groups.items():
         row = list(key) + [str(len(runs))]
         for m in methods:
-            row += [mean_of(runs, "faithfulness", m), mean_of(runs, "shortcut", m)]
-        row += [mean_of(runs, "faithfulness", "random"), mean_of(runs, "shortcut", "outside_body_area")]
+            row += [mean_of(runs, "faithfulness", m, "prob_drop"), mean_of(runs, "shortcut", m)]
+        row += [mean_of(runs, "faithfulness", "random", "prob_drop"), mean_of(runs, "shortcut", "outside_body_area")]
         if local:
             for m in methods:
                 row += [mean_of(runs, "localisation", m, "pointing_game_hit_rate"), mean_of(runs, "localisation", m, "mass_in_lesion")]

@@ -233,7 +233,7 @@ def test_cam_numbers_per_init_from_visualize(tiny_sweep):
     results = json.loads((tiny_sweep / "cam" / "results.json").read_text())
     assert len(results["models"]) == 4 and results["methods"] == ["gradcam"]
     scratch = [n for n, m in results["models"].items() if m["init"] == "scratch"]
-    drops = [results["faithfulness"][n]["gradcam"]["mean"] for n in scratch]
+    drops = [results["faithfulness"][n]["gradcam"]["prob_drop"]["mean"] for n in scratch]
     assert f"{np.mean(drops):.3f} ± {np.std(drops, ddof=1):.3f}" in rows[0]
     # the second report reuses the CAM results of the same checkpoints instead of computing (or overwriting) them
     assert not (tiny_sweep / "cam-2").exists() and again.split("## Class activation maps")[1] == section
