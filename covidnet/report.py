@@ -457,6 +457,7 @@ def plot_learning_curves(sweep: Sweep, curves: dict[str, dict], path: Path) -> b
         ax.set(xlabel="epoch (0-based)", title=title, xlim=(-0.5, last + 0.5))
         ax.set_xticks(range(0, last + 1, max(1, math.ceil((last + 1) / 10))))
         ax.grid(alpha=0.3)
+    axes[1].set_yscale("log")  # early scratch epochs can have losses 100x the later ones
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
