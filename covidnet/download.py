@@ -22,7 +22,7 @@ N_IMAGES = 746
 def official_urls() -> dict[str, str]:
     """Relative path in the official layout -> download address (two zips, six split files)."""
     urls = {}
-    for label, folder, split_dir, suffix in CLASSES:
+    for _label, folder, split_dir, suffix in CLASSES:
         urls[f"{folder}.zip"] = f"{BASE_URL}/{folder}.zip"
         for split in SPLITS:
             rel = f"{split_dir}/{split}{suffix}"

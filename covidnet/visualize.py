@@ -341,7 +341,7 @@ def print_summary(results: dict, written: dict, methods: list[str]) -> None:
         if loc:
             parts = [f"{meth}: pointing {fmt(loc[meth]['pointing_game_hit_rate'])}, in lesion {fmt(loc[meth]['mass_in_lesion'])}" for meth in methods]
             print(f"    lesions ({loc['n_slices']} slices, lesion area {fmt(loc['lesion_area_share'])}): " + "; ".join(parts))
-    for name, path in written.items():
+    for path in written.values():
         print(f"Wrote {path}")
 
 

@@ -110,7 +110,7 @@ def test_two_checkpoints_with_lesion_localisation(run, lesions, tmp_path):
     results = check_outputs(result, n_models=2)
     assert list(results["models"]) == ["init=imagenet", "init=scratch"]
     assert results["n_scored"] == 20  # the synthetic test split has 10 + 10 images
-    for name, loc in results["localisation"].items():
+    for loc in results["localisation"].values():
         assert loc["n_slices"] == 4
         for method in ("gradcam", "eigencam"):
             assert 0 <= loc[method]["pointing_game_hit_rate"]["mean"] <= 1
