@@ -3,12 +3,14 @@
 import hydra
 from omegaconf import DictConfig
 
+from covidnet.cli import user_errors
 from covidnet.train import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    with user_errors():  # a bad option, data or checkpoint: its message alone, exit status 2
+        metrics = train(cfg)
     return metrics.get("test", {}).get("test/auroc")
 
 

@@ -10,6 +10,7 @@ from torch import nn
 from torchvision import models
 
 from covidnet.checkpoint_io import load_error_reason
+from covidnet.errors import UserError
 
 ARCHS = {
     "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1),
@@ -21,7 +22,7 @@ INITS = ("scratch", "imagenet", "ct")
 INIT_ARCH = {"ct": "resnet152"}
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """Pretrained weights are missing or do not fit the architecture; the message says how to fix it."""
 
 

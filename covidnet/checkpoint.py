@@ -7,10 +7,11 @@ from pathlib import Path
 import torch
 
 from covidnet.checkpoint_io import load_error_reason
+from covidnet.errors import UserError
 from covidnet.model import CovidClassifier
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint is missing, unreadable or not one of ours; the message says which and what to do."""
 
 

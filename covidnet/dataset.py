@@ -19,6 +19,8 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from covidnet.errors import UserError
+
 SPLITS = ("train", "val", "test")
 COVID, NON_COVID = 1, 0
 CLASS_NAMES = {COVID: "COVID", NON_COVID: "non-COVID"}
@@ -34,7 +36,7 @@ MIN_SIDE = 16
 T = TypeVar("T")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """The dataset on disk is missing, incomplete or inconsistent; the message says what and how to fix it."""
 
 

@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 
 from covidnet import stats
 from covidnet.atomic import atomic_path, write_text
+from covidnet.errors import UserError
 
 REFERENCE_INIT = "scratch"
 # Settings shown at the top of the report when every job has them (as written in the job's config).
@@ -45,7 +46,7 @@ NOT_FACTORS = {"seed", "ckpt_path", "data.root", "paths.log_dir"}
 FIGURES = ("roc.png", "learning_curves.png", "data_efficiency.png")
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """The directory is not a sweep the report can read; the message says what was expected."""
 
 

@@ -18,10 +18,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from covidnet.atomic import atomic_path, write_json
+from covidnet.config_check import TRAIN, check_config
+from covidnet.errors import UserError
 from covidnet.predict import predict_probs
 
 
-class RunDirError(RuntimeError):
+class RunDirError(UserError, RuntimeError):
     """Starting would overwrite an earlier run's results."""
 
 
@@ -77,6 +79,7 @@ def prepare_multirun_job_for_ddp() -> None:
 
 def train(cfg: DictConfig) -> dict:
     """Train and test one model as configured; return the metrics also written to metrics.json."""
+    check_config(cfg, TRAIN)  # every option, before any data is read or model built
     prepare_multirun_job_for_ddp()
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)

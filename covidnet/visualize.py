@@ -33,14 +33,16 @@ from covidnet.cam import (
 from covidnet.atomic import write_json
 from covidnet.cam_metrics import body_mask, confidence_drop, mass_share, pointing_hit, random_cams, summarize
 from covidnet.checkpoint import CheckpointError, load_checkpoint
+from covidnet.config_check import VISUALIZE, check_config
 from covidnet.data import CovidCTDataModule
 from covidnet.dataset import CLASS_NAMES, DatasetError, Sample, read_split
+from covidnet.errors import UserError
 
 OUTPUT_FILES = ("figure.png", "images.csv", "results.json")
 SCORE_IMAGES = ("figure", "split")
 
 
-class VisualizeError(ValueError):
+class VisualizeError(UserError, ValueError):
     """A visualize.py setting cannot be honoured; the message says which and what to do."""
 
 
@@ -250,6 +252,7 @@ def draw(models: list[LoadedModel], maps: dict[str, Maps], rows: list[int], samp
 def visualize(cfg: DictConfig) -> dict:
     """Draw the figure and compute the numbers; returns the written paths and the results."""
     start = time.time()
+    check_config(cfg, VISUALIZE)  # every option, before any checkpoint or image is read
     methods = check_methods(list(cfg.methods))
     target = check_target(cfg.target)
     if cfg.score_images not in SCORE_IMAGES:

@@ -1,0 +1,63 @@
+"""What the entry points (train.py, visualize.py, evaluate.py) share: expected errors shown as one message.
+
+A ``UserError`` (a bad option, bad data, a bad checkpoint or weights file, a used run directory) is the
+user's to fix and its message says how, so it is printed alone on stderr and the process exits with status
+2, without Lightning's or Hydra's traceback. ``HYDRA_FULL_ERROR=1`` (or ``COVIDNET_DEBUG=1``) re-raises it
+with the whole traceback. In a multirun the error is re-raised as it is: Hydra records the job as failed,
+the other jobs still run, and ``covidnet.job_failures`` names it. Any other exception is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+
+from covidnet.errors import UserError
+
+EXIT_USER_ERROR = 2
+DEBUG_VARS = ("HYDRA_FULL_ERROR", "COVIDNET_DEBUG")
+
+
+def find_user_error(err: BaseException) -> UserError | None:
+    """``err`` or the first ``UserError`` it was raised from (Hydra's instantiate wraps what a constructor raised)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def debugging() -> bool:
+    return any(os.environ.get(name, "") not in ("", "0") for name in DEBUG_VARS)
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Run the body; turn an expected error into its message on stderr and exit status 2."""
+    try:
+        yield
+    except Exception as err:
+        user = find_user_error(err)
+        if user is None or debugging() or _in_multirun():
+            raise
+        message = f"Error: {user}"
+        # into the run's log file too (Hydra's file handler), so the run directory says why it stopped
+        record = logging.LogRecord("covidnet", logging.ERROR, __file__, 0, message, None, None)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+        print(message, file=sys.stderr)
+        print(f"({DEBUG_VARS[0]}=1 shows the traceback.)", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None

@@ -1,0 +1,17 @@
+"""The one base class of mistakes a user can fix; entry points show its message alone (``covidnet.cli``).
+
+An option out of range, data that is missing or broken, a checkpoint or weights file that is missing, not
+ours or corrupt: the message names the thing and the fix, so a traceback would only hide it. Exceptions of
+any other type are bugs and keep their traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Base of every expected error (``ConfigError``, ``DatasetError``, ``CheckpointError``, ``WeightsError``,
+    ``VisualizeError``, ``RunDirError``, ...): ``python train.py``/``visualize.py`` print its message and exit 2."""
+
+
+class ConfigError(UserError, ValueError):
+    """An option has a value outside what it allows (``covidnet.config_check``), or a resume would change one."""

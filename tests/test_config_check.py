@@ -1,0 +1,120 @@
+"""Every option is checked before any work, and an expected error is one message without a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from covidnet.cli import EXIT_USER_ERROR
+from covidnet.config_check import TRAIN, VISUALIZE, check_config, problems
+from covidnet.errors import ConfigError
+from covidnet.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compose_cfg(name: str, overrides: list[str]):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose(name, overrides=overrides)
+
+
+def run_entry(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("overrides", [[], ["experiment=smoke"], ["experiment=cpu128"], ["init=imagenet"], ["init=ct"]])
+def test_shipped_configs_pass_the_check(overrides):
+    assert problems(compose_cfg("train", overrides), TRAIN) == []
+
+
+def test_visualize_defaults_pass_the_check():
+    assert problems(compose_cfg("visualize", ["ckpt=a.ckpt"]), VISUALIZE) == []
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("data.image_size=-5", "data.image_size=-5: must be an integer in [32, 2048]"),
+        ("data.image_size=abc", "data.image_size=abc: must be an integer in [32, 2048]"),
+        ("data.image_size=64.5", "data.image_size=64.5: must be an integer"),
+        ("data.batch_size=0", "data.batch_size=0: must be an integer >= 2 (BatchNorm"),
+        ("data.batch_size=1", "data.batch_size=1: must be an integer >= 2 (BatchNorm"),
+        ("seed=-1", "seed=-1: must be an integer in [0, 4294967295]"),
+        ("data.crop_scale_min=-0.2", "data.crop_scale_min=-0.2: must be a number in (0, 1]"),
+        ("data.fraction=1.5", "data.fraction=1.5: must be a number in (0, 1]"),
+        ("data.augment=yes", "data.augment=yes: must be true or false"),
+        ("data.normalization=zscore", "data.normalization=zscore: must be one of imagenet"),
+        ("model.freeze=everything", "model.freeze=everything: must be one of none, backbone, up_to_layer4"),
+        ("model.arch=resnet19", "model.arch=resnet19: must be one of resnet152, resnet18, resnet50"),
+        ("model.optimizer.lr=0", "model.optimizer.lr=0: must be a number > 0"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0: must be an integer >= 1 (a run of 0 epochs trains nothing"),
+    ],
+)
+def test_bad_option_names_key_value_and_range(override, expected):
+    with pytest.raises(ConfigError) as err:
+        check_config(compose_cfg("train", [override]), TRAIN)
+    assert expected in str(err.value)
+    assert str(err.value).count("\n") == 1  # that key alone
+
+
+def test_all_bad_options_are_reported_at_once_and_an_interpolated_copy_once():
+    with pytest.raises(ConfigError) as err:
+        check_config(compose_cfg("train", ["seed=-1", "data.batch_size=1", "trainer.max_epochs=0"]), TRAIN)
+    text = str(err.value)
+    assert text.startswith("3 invalid options (nothing was started):")
+    assert "data.seed" not in text  # data.seed=${seed}: reported under seed only
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("n_per_class=0", "n_per_class=0: must be an integer >= 1"),
+        ("methods=[gradcam,gradcam++]", "must be a non-empty list of gradcam, eigencam"),
+        ("device=gpu", "device=gpu: must be cpu, cuda"),
+        ("faithfulness_fraction=1", "faithfulness_fraction=1: must be a number in (0, 1)"),
+    ],
+)
+def test_bad_visualize_option(override, expected):
+    with pytest.raises(ConfigError, match=None) as err:
+        check_config(compose_cfg("visualize", ["ckpt=a.ckpt", override]), VISUALIZE)
+    assert expected in str(err.value)
+
+
+def test_missing_ckpt_is_named():
+    with pytest.raises(ConfigError, match=r"ckpt is not set: it must be a .ckpt file"):
+        check_config(compose_cfg("visualize", []), VISUALIZE)
+
+
+def test_train_checks_before_reading_any_data(tmp_path):
+    """The data root does not exist: had anything been read, the error would be about the data."""
+    cfg = compose_cfg("train", ["data.batch_size=1", f"data.root={tmp_path / 'nowhere'}", f"paths.output_dir={tmp_path / 'out'}"])
+    with pytest.raises(ConfigError, match=r"data.batch_size=1"):
+        train(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_train_py_bad_option_is_one_message_without_traceback(tmp_path):
+    args = ["data.image_size=abc", "seed=-1", f"data.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = run_entry("train.py", *args)
+    assert result.returncode == EXIT_USER_ERROR, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "data.image_size=abc: must be an integer" in result.stderr and "seed=-1: must be" in result.stderr
+    assert "HYDRA_FULL_ERROR=1 shows the traceback" in result.stderr
+    assert "2 invalid options" in (tmp_path / "run" / "train.log").read_text()  # the run directory says why
+
+    full = run_entry("train.py", *args[:-1], f"hydra.run.dir={tmp_path / 'run2'}", env={"HYDRA_FULL_ERROR": "1"})
+    assert full.returncode != 0 and "Traceback" in full.stderr and "ConfigError" in full.stderr
+
+
+@pytest.mark.slow
+def test_visualize_py_bad_option_is_one_message_without_traceback(tmp_path):
+    result = run_entry("visualize.py", "ckpt=a.ckpt", "n_per_class=0", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == EXIT_USER_ERROR, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "n_per_class=0: must be an integer >= 1" in result.stderr
