@@ -1,4 +1,4 @@
-"""Lightning data module for COVID-CT; owns the preprocessing used by training, CAMs and reports."""
+"""Lightning data module for COVID-CT; preprocessing lives in covidnet/preprocess.py, augmentation in covidnet/augment.py."""
 
 from __future__ import annotations
 
@@ -9,50 +9,14 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
+from covidnet.augment import train_augment
 from covidnet.dataset import SPLITS, DatasetError, Sample, check_dataset, is_complete_layout, load_grey, read_split
 from covidnet.download import download_covid_ct
+from covidnet.preprocess import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS, Preprocess, resize_grey  # noqa: F401 (re-exported)
 from covidnet.sampling import EpochSampler
-
-# Mean/std of the ImageNet training set, the statistics torchvision's pretrained ResNets expect.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# normalization name -> (mean, std) applied to the grey image repeated to three channels
-NORMALIZATIONS = {
-    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
-    "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # intensities in [0, 1], as CT foundation models expect
-}
-
-
-def resize_grey(grey: np.ndarray, size: int) -> torch.Tensor:
-    """Float grey HxW in [0, 1] -> uint8 tensor 1 x size x size (antialiased, aspect not kept)."""
-    x = torch.from_numpy(np.ascontiguousarray(grey))[None, None]
-    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return (x[0].clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-class Preprocess:
-    """uint8 grey 1xSxS -> float 3xSxS as the network expects; its inverse recovers the grey image."""
-
-    def __init__(self, normalization: str):
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"Unknown data.normalization={normalization!r}; choose one of {sorted(NORMALIZATIONS)}.")
-        mean, std = NORMALIZATIONS[normalization]
-        self.mean = torch.tensor(mean).view(3, 1, 1)
-        self.std = torch.tensor(std).view(3, 1, 1)
-
-    def __call__(self, grey_u8: torch.Tensor) -> torch.Tensor:
-        x = grey_u8.float().div_(255).expand(3, *grey_u8.shape[-2:])
-        return (x - self.mean) / self.std
-
-    def to_grey(self, x: torch.Tensor) -> torch.Tensor:
-        """Network input (..., 3, H, W) -> grey (..., H, W) in [0, 1], for drawing overlays."""
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
-        return (x * std + mean)[..., 0, :, :].clamp(0, 1)
 
 
 class CachedImages(Dataset):
@@ -156,14 +120,7 @@ class CovidCTDataModule(L.LightningDataModule):
 
     def train_augment(self):
         h = self.hparams
-        steps = [v2.RandomResizedCrop(h.image_size, scale=(h.crop_scale_min, 1.0), ratio=(0.8, 1.25), antialias=True)]
-        if h.hflip:
-            steps.append(v2.RandomHorizontalFlip())
-        if h.rotate_degrees:
-            steps.append(v2.RandomRotation(h.rotate_degrees))
-        if h.jitter:
-            steps.append(v2.ColorJitter(brightness=h.jitter, contrast=h.jitter))
-        return v2.Compose(steps)
+        return train_augment(h.image_size, h.crop_scale_min, h.hflip, h.rotate_degrees, h.jitter)
 
     # --- Lightning hooks -----------------------------------------------------------------------------
     def prepare_data(self) -> None:
