@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from covidnet.checkpoint_io import load_error_reason
 from covidnet.errors import UserError
 from covidnet.model import CovidClassifier
+from covidnet.weights_io import load_error_reason
 
 
 class CheckpointError(UserError, ValueError):

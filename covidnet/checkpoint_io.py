@@ -10,7 +10,6 @@ system; otherwise ``shutil.move`` copies onto the target, and a kill during the 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -73,19 +72,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_torch_save(checkpoint, path)
 
-
-def load_error_reason(err: Exception) -> str:
-    """One actionable line for an exception of ``torch.load(..., weights_only=True)``.
-
-    PyTorch's own text is long and suggests ``weights_only=False``, which would run code from the file.
-    """
-    text = str(err)
-    unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if unsafe:
-        return (
-            f"it holds pickled Python objects ({unsafe.group(1)}), which could run code when loaded; covidnet reads only "
-            "tensors and plain values (weights_only=True) and does not load it. Use a file written by covidnet's "
-            "train.py or by torch.save(model.state_dict())"
-        )
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0][:200] if lines else 'unreadable'}; it may be truncated or corrupt"

@@ -118,7 +118,7 @@ def _archs():
 
 
 def _inits():
-    from covidnet.backbones import INITS
+    from covidnet.inits import INITS
 
     return list(INITS)
 

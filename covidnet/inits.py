@@ -1,0 +1,133 @@
+"""The registry of initialisations (``init=scratch|imagenet|ct``): everything an init means, in one place.
+
+Each entry says where its backbone weights come from (a loader), the only architecture those weights exist
+for, the input normalisation they expect (a name in ``NORMALIZATIONS``, covidnet/preprocess.py) and how fast
+the pretrained backbone learns relative to the new head. conf/init/<name>.yaml only selects the name: the
+configs read the rest from here through the ``${covidnet.init:<name>,<field>}`` resolver, so
+``init=ct`` gives ``model.arch=resnet152``, ``data.normalization=unit``, ``model.backbone_lr_scale=0.1``
+unless an override or an experiment sets them.
+
+Layering (no cycle): weights_io <- ct_weights <- inits <- backbones <- model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torchvision import models
+
+from covidnet.weights_io import WeightsError, read_state_dict
+
+DEFAULT_ARCH = "resnet18"  # for inits whose weights fit any architecture
+
+# (arch, weights_path) -> (backbone state dict, where it came from), or None: keep the random initialisation
+Loader = Callable[[str, "str | None"], "tuple[dict[str, torch.Tensor], str] | None"]
+
+
+@dataclass(frozen=True)
+class Init:
+    name: str
+    load: Loader
+    arch: str | None  # the only architecture the weights exist for; None: any
+    normalization: str  # how the grey image must be presented (covidnet/preprocess.py NORMALIZATIONS)
+    backbone_lr_scale: float  # default learning rate of the backbone relative to the head
+    about: str
+
+    @property
+    def default_arch(self) -> str:
+        return self.arch or DEFAULT_ARCH
+
+    def check_arch(self, arch: str) -> None:
+        if self.arch is not None and arch != self.arch:
+            raise ValueError(f"init={self.name} provides {self.arch} weights only; set model.arch={self.arch} (got {arch}).")
+
+
+def imagenet_weights_file(arch: str) -> Path:
+    """Where torchvision looks for (and downloads) the ImageNet weights of ``arch``."""
+    url = models.get_model_weights(arch).IMAGENET1K_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _random(arch: str, weights_path: str | None) -> None:
+    return None
+
+
+def _imagenet(arch: str, weights_path: str | None) -> tuple[dict[str, torch.Tensor], str]:
+    """torchvision's IMAGENET1K_V1 weights: from ``weights_path``, the torch hub cache, or downloaded."""
+    if weights_path:
+        return read_state_dict(weights_path), str(weights_path)
+    weights = models.get_model_weights(arch).IMAGENET1K_V1
+    expected = imagenet_weights_file(arch)
+    try:
+        state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - network and cache failures alike
+        raise WeightsError(
+            f"Could not obtain the ImageNet weights for {arch} ({type(err).__name__}: {err}). "
+            f"torchvision expects the file {expected} (from {weights.url}). "
+            f"Copy it there, or pass model.weights_path=/path/to/{expected.name}."
+        ) from err
+    return state, str(expected)
+
+
+def _ct(arch: str, weights_path: str | None) -> tuple[dict[str, torch.Tensor], str]:
+    from covidnet.ct_weights import load_ct_state_dict  # the [ct] extra's package is imported only when used
+
+    return load_ct_state_dict(weights_path), "the CT encoder weights"
+
+
+INITS: dict[str, Init] = {
+    i.name: i
+    for i in (
+        # Inputs normalised like the ImageNet arm, so that only the weights differ.
+        Init("scratch", _random, None, "imagenet", 1.0, "random initialisation"),
+        Init("imagenet", _imagenet, None, "imagenet", 0.1, "torchvision's ImageNet weights (IMAGENET1K_V1)"),
+        # The CT encoder saw intensities in [0, 1] without ImageNet mean/std (docs/ct_init.md).
+        Init("ct", _ct, "resnet152", "unit", 0.1, "a CT encoder (Astra's, derived from Merlin) collapsed to 2D; needs the [ct] extra"),
+    )
+}
+
+
+def get_init(name: str) -> Init:
+    if name not in INITS:
+        raise ValueError(f"Unknown init={name!r}; choose one of {', '.join(INITS)}.")
+    return INITS[name]
+
+
+FIELDS = ("arch", "normalization", "backbone_lr_scale")
+
+
+def config_default(name: str, field: str):
+    """``${covidnet.init:<init>,<field>}`` in the configs: the init's architecture, normalisation or lr scale."""
+    if field not in FIELDS:
+        raise ValueError(f"${{covidnet.init:{name},{field}}}: unknown field {field!r}; choose one of {', '.join(FIELDS)}.")
+    init = get_init(name)
+    return init.default_arch if field == "arch" else getattr(init, field)
+
+
+OmegaConf.register_new_resolver("covidnet.init", config_default, replace=True)
+
+
+def resolve_init_defaults(config: dict) -> dict:
+    """A saved, unresolved job config (``.hydra/config.yaml`` as a dict) with every ``${covidnet.init:...}``
+    value replaced by what it stood for in that job, for readers that show settings (the sweep report)."""
+    cfg = OmegaConf.create(config)
+
+    def walk(node) -> None:
+        for key in list(node.keys()):
+            if OmegaConf.is_interpolation(node, key):
+                raw = OmegaConf.to_container(node, resolve=False)[key]
+                if isinstance(raw, str) and raw.startswith("${covidnet.init:"):
+                    try:
+                        node[key] = node[key]
+                    except Exception:  # noqa: BLE001 - an unknown init or field: leave the text as it was written
+                        pass
+            elif OmegaConf.is_dict(node[key]):
+                walk(node[key])
+
+    walk(cfg)
+    return OmegaConf.to_container(cfg, resolve=False)
