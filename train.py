@@ -11,7 +11,7 @@ from covidnet.train import train
 def main(cfg: DictConfig) -> float | None:
     with user_errors():  # a bad option, data or checkpoint: its message alone, exit status 2
         metrics = train(cfg)
-    return metrics.get("test", {}).get("test/auroc")
+    return (metrics.get("test") or {}).get("test/auroc")
 
 
 if __name__ == "__main__":

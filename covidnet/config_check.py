@@ -213,7 +213,7 @@ def _show(value) -> str:
     return str(value)
 
 
-def _interpolated_key(node: DictConfig, leaf: str) -> str | None:
+def interpolated_key(node: DictConfig, leaf: str) -> str | None:
     """``seed`` for a value written ``${seed}``; None for anything else."""
     raw = OmegaConf.to_container(node, resolve=False).get(leaf) if OmegaConf.is_interpolation(node, leaf) else None
     return raw[2:-1] if isinstance(raw, str) and raw.startswith("${") and raw.endswith("}") and ":" not in raw else None
@@ -238,7 +238,7 @@ def problems(cfg: DictConfig, table: dict[str, Rule]) -> list[str]:
         if isinstance(value, ListConfig):
             value = OmegaConf.to_container(value, resolve=True)
         if not rule.ok(value):
-            target = _interpolated_key(node, leaf)
+            target = interpolated_key(node, leaf)
             if target in table and any(line.startswith(f"{target}=") for line in found):
                 continue  # data.seed=${seed}: the bad value is reported once, under the key that was set
             why = f" ({rule.why})" if rule.why else ""

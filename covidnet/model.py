@@ -49,7 +49,8 @@ def binary_metrics(prefix: str) -> MetricCollection:
 
 class CovidClassifier(L.LightningModule):
     """ResNet-18/50/152 with one logit. Hyperparameters are plain values, so a checkpoint alone
-    rebuilds the model (``CovidClassifier.load_from_checkpoint(path, weights_only=True)``)."""
+    rebuilds the model: ``covidnet.checkpoint.load_checkpoint(path)`` (the one loader; it checks the file
+    and skips fetching pretrained weights, which the checkpoint's replace)."""
 
     def __init__(
         self,
@@ -76,14 +77,6 @@ class CovidClassifier(L.LightningModule):
         self.train_metrics = binary_metrics("train/")
         self.val_metrics = binary_metrics("val/")
         self.test_metrics = binary_metrics("test/")
-
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
-        """Lightning's loader, but a checkpoint alone suffices: its weights replace the pretrained ones, so
-        those are not fetched again (an init=imagenet model loads on a machine without the ImageNet file)."""
-        kwargs.setdefault("load_pretrained", False)
-        kwargs.setdefault("weights_only", True)  # tensors and plain values only: no code from the file runs
-        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     # --- model --------------------------------------------------------------------------------------
     def _frozen_children(self) -> list[nn.Module]:

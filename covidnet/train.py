@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 import sys
@@ -19,9 +20,13 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from covidnet import inits  # noqa: F401 - registers ${covidnet.init:...}, which the configs use
 from covidnet.atomic import atomic_path, write_json
+from covidnet.checkpoint import check_weights_fit
 from covidnet.config_check import TRAIN, check_config
 from covidnet.errors import UserError
 from covidnet.predict import predict_probs
+from covidnet.run_record import accepted_record, check_resume, check_writable
+
+log = logging.getLogger(__name__)
 
 
 class RunDirError(UserError, RuntimeError):
@@ -78,30 +83,51 @@ def prepare_multirun_job_for_ddp() -> None:
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
 
 
+def record_dir() -> Path | None:
+    """This process's Hydra config record (``.hydra``, or ``.hydra/resume-<time>`` on a resume; run_record.py)."""
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    return Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir if hydra_cfg.output_subdir else None
+
+
 def train(cfg: DictConfig) -> dict:
     """Train and test one model as configured; return the metrics also written to metrics.json."""
     check_config(cfg, TRAIN)  # every option, before any data is read or model built
     prepare_multirun_job_for_ddp()
     out = Path(cfg.paths.output_dir)
+    check_writable(out, "run directory")
     out.mkdir(parents=True, exist_ok=True)
     check_run_dir(out, cfg.get("ckpt_path"))
+    # a resume continues the run it resumes: same checkpoint check as everywhere, same settings (run_record.py)
+    resume = check_resume(cfg, out, record_dir())
+    if resume and resume.finished is not None:
+        log.info(f"{out} already finished (metrics.json); nothing to resume, its results are kept as they are.")
+        return resume.finished
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
+    if resume and resume.state_dict is not None:
+        check_weights_fit(resume.checkpoint, model, resume.state_dict)
     callbacks = instantiate_all(cfg.get("callbacks"))
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
+    ckpt_cb = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
+    if ckpt_cb is not None and ckpt_cb.dirpath:
+        check_writable(ckpt_cb.dirpath, "checkpoint directory")  # before training, not after the first epoch
+
     start = time.time()
     # resuming reads tensors and plain values only: a checkpoint cannot run code (docs/reliability.md)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    ckpt_path = str(resume.checkpoint) if resume and resume.checkpoint else cfg.get("ckpt_path")
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_seconds = time.time() - start
 
-    ckpt_cb = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
     best_path = ckpt_cb.best_model_path if ckpt_cb else ""
+    last_path = Path(ckpt_cb.dirpath) / "last.ckpt" if ckpt_cb and ckpt_cb.save_last and ckpt_cb.dirpath else None
     metrics: dict = {
         "init": cfg.model.init,
         "arch": cfg.model.arch,
@@ -109,14 +135,22 @@ def train(cfg: DictConfig) -> dict:
         "epochs_trained": trainer.current_epoch,
         "fit_seconds": round(fit_seconds, 1),
         "best_checkpoint": best_path or None,
-        "last_checkpoint": str(Path(ckpt_cb.dirpath) / "last.ckpt") if ckpt_cb and ckpt_cb.save_last else None,
+        "last_checkpoint": str(last_path) if last_path and last_path.is_file() else None,
         "best_val_metric": ckpt_cb.monitor if ckpt_cb else None,
         "best_val_score": float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not None else None,
         "best_epoch": best_epoch(best_path),
         # training images actually used (data.fraction keeps a stratified subset): the data-efficiency axis
         "train_images": len(datamodule.datasets["train"]) if "train" in getattr(datamodule, "datasets", {}) else None,
     }
-    if cfg.get("test"):
+    # without a best-on-validation checkpoint (fast_dev_run, no validation) there is no trained model to test
+    metrics["trained"] = bool(best_path)
+    if resume and resume.accepted:
+        metrics["resumed_with_changes"] = accepted_record(resume.accepted)
+    if cfg.get("test") and not best_path:
+        metrics["test"] = None
+        metrics["not_tested"] = "no best checkpoint was saved (fast_dev_run, or validation never ran): no test result"
+        log.warning(f"{out}: {metrics['not_tested']}; metrics.json records only what was trained.")
+    elif cfg.get("test"):
         results = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True)
         metrics["test"] = {k: float(v) for k, v in results[0].items()} if results else {}
         if trainer.is_global_zero:

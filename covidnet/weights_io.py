@@ -24,7 +24,8 @@ class WeightsError(UserError, ValueError):
 def load_error_reason(err: Exception) -> str:
     """One actionable line for an exception of ``torch.load(..., weights_only=True)``.
 
-    PyTorch's own text is long and suggests ``weights_only=False``, which would run code from the file.
+    PyTorch's own text is long and advises re-running with ``weights_only=False``, which would run code from
+    the file: that advice is never passed on, only the reason the restricted loader gave.
     """
     text = str(err)
     unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
@@ -34,8 +35,33 @@ def load_error_reason(err: Exception) -> str:
             "tensors and plain values (weights_only=True) and does not load it. Use a file written by covidnet's "
             "train.py or by torch.save(model.state_dict())"
         )
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    inner = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:Check the documentation|$)", text, re.S)
+    if inner:
+        text = inner.group(1)
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
     return f"{type(err).__name__}: {lines[0][:200] if lines else 'unreadable'}; it may be truncated or corrupt"
+
+
+def mismatch_summary(own: dict, state: dict, limit: int = 3) -> str | None:
+    """``None`` when ``state`` fits the tensors ``own`` (names and shapes), else counts and the first few names.
+
+    A checkpoint of another architecture differs in hundreds of tensors: PyTorch's strict-load message lists
+    every one (12 KB for a ResNet-18 vs ResNet-50); this says how many and shows ``limit`` of each kind.
+    """
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if not (missing or unexpected or wrong):
+        return None
+    details = []
+    if missing:
+        details.append(f"{len(missing)} missing (e.g. {', '.join(missing[:limit])})")
+    if unexpected:
+        details.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:limit])})")
+    if wrong:
+        shown = ", ".join(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:limit])
+        details.append(f"{len(wrong)} of another shape (e.g. {shown})")
+    return f"{len(own)} tensors expected, {len(state)} in the file: " + "; ".join(details)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

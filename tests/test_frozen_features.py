@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 
 from callbacks import CamLogger
 from callbacks.frozen_features import FeatureDataset, FrozenFeatureCache
+from covidnet.checkpoint import load_checkpoint
 from covidnet.data import CovidCTDataModule
 from covidnet.model import CovidClassifier
 from covidnet.train import train
@@ -69,7 +70,7 @@ def test_training_on_cached_features_changes_only_trained_parameters(synthetic_r
     # a normal whole-network checkpoint: it rebuilds the model, which takes images
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
-    loaded = CovidClassifier.load_from_checkpoint(path).eval()
+    loaded = load_checkpoint(path)[0]
     assert set(loaded.state_dict()) == set(model.state_dict())
     images = torch.stack([dm.preprocess(img) for img in dm.datasets["test"].source.images])
     with torch.inference_mode():
@@ -98,7 +99,7 @@ def test_experiment_config_trains_tests_and_predicts_on_cached_features(syntheti
     assert 0 <= metrics["test"]["test/auroc"] <= 1
     assert len(list((tmp_path / "frozen_features").glob("*.pt"))) == 3  # stem..layer3 output of train, val, test
     # the best checkpoint, fed images, predicts what train() wrote from cached features
-    best = CovidClassifier.load_from_checkpoint(metrics["best_checkpoint"]).eval()
+    best = load_checkpoint(metrics["best_checkpoint"])[0]
     dm = instantiate(cfg.data)
     dm.setup()
     x = torch.stack([dm.preprocess(img) for img in dm.datasets["test"].images])

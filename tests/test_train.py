@@ -21,7 +21,6 @@ from torchvision import models
 
 from covidnet.checkpoint import load_checkpoint
 from covidnet.data import CovidCTDataModule
-from covidnet.model import CovidClassifier
 from covidnet.predict import predict_probs
 from covidnet.train import train
 
@@ -203,10 +202,10 @@ def test_resume_continues_from_the_checkpoint(trained, synthetic_root, tmp_path)
     assert json.loads((out / "metrics.json").read_text())["epochs_trained"] == 2
 
 
-def test_load_from_checkpoint_rebuilds_the_model_alone(trained):
+def test_load_checkpoint_rebuilds_the_model_alone(trained):
     metrics, _ = trained
     best = metrics["best_checkpoint"]
-    model = CovidClassifier.load_from_checkpoint(best, weights_only=True, map_location="cpu")
+    model = load_checkpoint(best)[0]
     state = torch.load(best, weights_only=True)["state_dict"]
     assert model.hparams.arch == "resnet18" and model.net.fc.out_features == 1
     for k, v in model.state_dict().items():
@@ -298,7 +297,7 @@ def test_imagenet_job_started_from_the_stand_in_weights(sweeps, tmp_path, monkey
     best = json.loads((sweep / "init=imagenet" / "metrics.json").read_text())["best_checkpoint"]
     # the checkpoint alone rebuilds the model: no ImageNet weights needed (empty hub cache here)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
-    model = CovidClassifier.load_from_checkpoint(best, weights_only=True, map_location="cpu")
+    model = load_checkpoint(best)[0]
     assert model.hparams.init == "imagenet" and model.net.fc.out_features == 1
     state = torch.load(best, weights_only=True)["state_dict"]
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
