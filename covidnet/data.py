@@ -125,7 +125,8 @@ class CovidCTDataModule(L.LightningDataModule):
     # --- Lightning hooks -----------------------------------------------------------------------------
     def prepare_data(self) -> None:
         root = Path(self.hparams.root)
-        if not is_complete_layout(root) and self.hparams.download:
+        # only into a missing or empty folder: a folder holding anything else gets setup()'s list of what is missing
+        if not is_complete_layout(root) and self.hparams.download and not (root.is_dir() and any(root.iterdir())):
             download_covid_ct(root)
 
     def setup(self, stage: str | None = None) -> None:

@@ -73,8 +73,16 @@ def is_complete_layout(root: Path) -> bool:
 
 
 def read_names(path: Path) -> list[str]:
-    """File names listed in a split file (one per line; blank lines ignored)."""
-    return [line.strip() for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    """File names listed in a split file (one per line; blank lines ignored). ``utf-8-sig``: a byte-order mark
+    that an editor put at the start is not part of the first name."""
+    return [line.strip() for line in Path(path).read_text(encoding="utf-8-sig", errors="replace").splitlines() if line.strip()]
+
+
+def escaped(path: Path | str) -> str:
+    """A path as it should appear in a message: with invisible or odd characters escaped (``'a\\u200b.png'``),
+    so a name that looks right but is not can be seen to differ."""
+    text = str(path)
+    return text if text.isprintable() and text == text.strip() else ascii(text)
 
 
 def read_split(root: Path | str, split: str) -> list[Sample]:
@@ -98,7 +106,8 @@ def layout_message(root: Path, missing: list[Path]) -> str:
     return (
         f"COVID-CT data not found at {root} (the official layout is incomplete). Missing:\n  {shown}{more}\n"
         "Fix: pass data.root=/path/to/covid-ct (a folder holding Images-processed/ and Data-split/), "
-        "set COVIDNET_DATA, or add data.download=true to fetch it from the official repository."
+        "set COVIDNET_DATA, or fetch it from the official repository with data.download=true (the default of train.py) "
+        "into a data.root that does not exist yet or is empty."
     )
 
 
@@ -162,10 +171,10 @@ def check_dataset(root: Path | str, load: Callable[[Path], T] | None = None, wor
         for s in samples:
             if s.path in seen:
                 where = f"in both the {seen[s.path]} and {split} splits" if seen[s.path] != split else f"twice in the {split} split"
-                problems.append(f"{s.path.name} is listed {where}")
+                problems.append(f"{escaped(s.path.name)} is listed {where}")
             seen.setdefault(s.path, split)
             if not s.path.is_file():
-                problems.append(f"missing image: {s.path} (listed in {split_file(root, s.label, split).name})")
+                problems.append(f"missing image: {escaped(s.path)} (listed in {split_file(root, s.label, split).name})")
     loaded: dict[Path, T] = {}
     if load is not None:
         paths = [p for p in seen if p.is_file()]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,8 +246,32 @@ def draw(models: list[LoadedModel], maps: dict[str, Maps], rows: list[int], samp
                 text = f"{caption(s.label, float(mp.probs[i]))}\n{target_text(method, mp.categories[i], target)}"
                 row.append((overlay(greys[m.name][r], mp.cams[method][i]), text))
         panels.append(row)
-    columns = ["input"] + [f"{m.name}\n{method}" for m in models for method in methods]
+    labels = column_labels([m.name for m in models])
+    columns = ["input"] + [f"{label}\n{method}" for label in labels for method in methods]
     return panel_grid(panels, columns, title=title)
+
+
+def column_labels(names: list[str], width: int = 24) -> list[str]:
+    """Figure column headers: what distinguishes each model within the figure, wrapped to ``width`` characters.
+
+    Sweep job names (``data.image_size=64,init=scratch,trainer.max_epochs=1``) lose the ``key=value`` parts
+    all models share (``init=scratch`` vs ``init=imagenet`` remains); the full names are in images.csv and
+    results.json. ``width`` fits the narrowest panel (160 px) in the default 11 px font.
+    """
+    parts = [name.split(",") if "=" in name else [name] for name in names]
+    common = set.intersection(*(set(p) for p in parts)) if len(parts) > 1 else set()
+    labels = []
+    for name, these in zip(names, parts):
+        kept = [p for p in these if p not in common] or [name]
+        lines: list[str] = []
+        for part in kept:
+            for piece in textwrap.wrap(part, width) or [part]:
+                if lines and len(lines[-1]) + 2 + len(piece) <= width:
+                    lines[-1] += f", {piece}"
+                else:
+                    lines.append(piece)
+        labels.append("\n".join(lines))
+    return labels
 
 
 def visualize(cfg: DictConfig) -> dict:
