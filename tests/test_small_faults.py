@@ -47,7 +47,7 @@ def test_unwritable_checkpoint_dir_is_found_before_training(fresh_synthetic, tmp
     blocker.write_text("not a folder")
     overrides = ["experiment=smoke", "data.image_size=32", "data.batch_size=4", "callbacks.cam=null", f"data.root={fresh_synthetic}",
                  f"paths.output_dir={tmp_path / 'out'}", f"callbacks.model_checkpoint.dirpath={blocker / 'checkpoints'}",
-                 f"+callbacks.rec._target_=fault_helpers.RecordBatches", f"+callbacks.rec.path={tmp_path / 'batches.jsonl'}"]
+                 "+callbacks.rec._target_=fault_helpers.RecordBatches", f"+callbacks.rec.path={tmp_path / 'batches.jsonl'}"]
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     with pytest.raises(UserError, match=r"The checkpoint directory .*a-file/checkpoints cannot be written"):
