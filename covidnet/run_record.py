@@ -246,8 +246,10 @@ def check_resume(cfg: DictConfig, out: Path, record_dir: Path | None = None) -> 
     metrics = out / "metrics.json"
     if metrics.is_file():
         done = json.loads(metrics.read_text())
-        # finished with exactly these settings (and accepted changes): nothing left to train or test
-        if json.loads(json.dumps(done.get("resumed_with_changes") or {})) == json.loads(json.dumps(accepted_record(allowed))):
+        # finished with exactly these settings (and accepted changes) and epochs: nothing left to train or test
+        same = json.loads(json.dumps(done.get("resumed_with_changes") or {})) == json.loads(json.dumps(accepted_record(allowed)))
+        epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+        if same and isinstance(epochs, int) and (done.get("epochs_trained") or 0) >= epochs:
             resume.finished = done
     return resume
 

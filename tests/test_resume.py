@@ -159,5 +159,5 @@ def test_resume_from_weights_of_another_architecture_is_summarised(tiny_root, tm
     with pytest.raises(CheckpointError) as err:
         train(cfg)
     text = str(err.value)
-    assert "do not fit" in text and "missing" in text and "unexpected" in text and "of another shape" in text
+    assert "do not fit" in text and "unexpected (e.g." in text and "of another shape (e.g." in text
     assert len(text) < 1200
