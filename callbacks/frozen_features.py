@@ -2,19 +2,19 @@
 
 With ``model.freeze=backbone`` (or ``up_to_layer4``) and no training augmentation, the frozen layers see the
 same images in the same (eval) mode every epoch, so their output never changes. This callback computes it
-once per split and swaps each split's dataset for the cached outputs; the model's forward then runs only the
-trained part on them (``CovidClassifier.forward`` tells images, N x 3 x H x W, from features). The model and
-its checkpoints are unchanged: whole-network state_dicts that take images, as usual.
+once per split (``CovidClassifier.features``), has the data module serve it instead of the images
+(``datamodule.wrap_datasets``) and sets the model to take it (``CovidClassifier.take_features``: its steps
+then run ``head`` only). The model and its checkpoints are unchanged: whole-network state_dicts that take
+images, as usual.
 
 The stem..layer3 output (frozen in both modes) can also be kept in ``cache_dir``, keyed by a hash of those
-layers' weights, the split's cached images and the normalisation: the same weights (``init=ct``, or a scratch
-model of the same seed) then skip the costly part in later runs. ``backbone`` mode adds layer4 + pooling to it.
+layers' weights and the split's network inputs: the same weights (``init=ct``, or a scratch model of the same
+seed) then skip the costly part in later runs. ``backbone`` mode adds layer4 + pooling to it. This callback
+owns that slicing of the frozen part (stem..layer3, then the rest).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 import lightning as L
@@ -22,21 +22,26 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import Dataset
 
+from callbacks.cam_logger import CamLogger
+from covidnet.atomic import atomic_path
 from covidnet.model import FREEZE_MODES
+from covidnet.predict import eval_mode
+from covidnet.weights_io import tensors_sha256
 
 SHARED_PREFIX_END = "layer3"  # last stage frozen in every freeze mode: what cache_dir holds
 
 
 class FeatureDataset(Dataset):
-    """A split's frozen features and labels; ``source`` is the image dataset they were computed from."""
+    """A split's frozen features and labels; ``source`` is the image dataset they are computed from."""
 
     def __init__(self, source: Dataset):
-        self.source, self.labels = source, source.labels
+        self.source = source
         self.features: torch.Tensor | None = None
-        self.key: str | None = None  # hash of the frozen weights + images the features came from
+        self.labels: torch.Tensor | None = None
+        self.key: str | None = None  # hash of the frozen weights + inputs the features came from
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.source)
 
     def __getitem__(self, item: int | tuple[int, int]):
         i = item[0] if isinstance(item, tuple) else item  # EpochSampler's (index, seed): no augmentation to seed
@@ -45,23 +50,23 @@ class FeatureDataset(Dataset):
         return self.features[i], self.labels[i]
 
 
-def tensors_hash(tensors, extra: str = "") -> str:
-    h = hashlib.sha256(extra.encode())
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(str((t.dtype, tuple(t.shape))).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+def split_frozen_stages(model) -> tuple[list, list]:
+    """The frozen steps as (stem..layer3, the rest): the first part is the same in every freeze mode."""
+    frozen = model.frozen_stages()
+    names = [name for name, _ in frozen]
+    end = names.index(SHARED_PREFIX_END) + 1
+    return frozen[:end], frozen[end:]
 
 
-def stage_state(model, last: str) -> list[torch.Tensor]:
-    """Parameters and buffers of the stages up to ``last``: what their output depends on."""
-    tensors = []
-    for name, module in model.stages():
-        tensors += list(module.state_dict().values())
-        if name == last:
-            return tensors
-    raise ValueError(f"No stage {last!r}")
+def stage_state(stages) -> list[torch.Tensor]:
+    """Parameters and buffers of ``stages``: what their output depends on."""
+    return [t for _, module in stages for t in module.state_dict().values()]
+
+
+def run(stages, x: torch.Tensor) -> torch.Tensor:
+    for _, module in stages:
+        x = module(x)
+    return x
 
 
 class FrozenFeatureCache(L.Callback):
@@ -71,8 +76,9 @@ class FrozenFeatureCache(L.Callback):
     def __init__(self, enabled: bool = False, cache_dir: str | None = None, batch_size: int = 32):
         self.enabled, self.batch_size = enabled, batch_size
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.feature_sets: dict[str, FeatureDataset] = {}
 
-    # --- checks and swapping the datasets ------------------------------------------------------------
+    # --- checks, and having the loaders serve features ------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self.enabled:
             return
@@ -80,27 +86,32 @@ class FrozenFeatureCache(L.Callback):
         if FREEZE_MODES.get(freeze) is None:
             raise ValueError(f"callbacks.frozen_features.enabled=true needs model.freeze=backbone or up_to_layer4, not {freeze!r}.")
         dm = trainer.datamodule
-        datasets = getattr(dm, "datasets", None)
-        if not datasets:
-            raise ValueError("callbacks.frozen_features needs covidnet's data module (datamodule.datasets per split).")
-        if getattr(datasets.get("train"), "augment", None) is not None:
+        if not hasattr(dm, "wrap_datasets"):
+            raise ValueError("callbacks.frozen_features needs covidnet's data module (CovidCTDataModule.wrap_datasets).")
+        if getattr(dm.datasets.get("train"), "augment", None) is not None:
             raise ValueError(
                 "callbacks.frozen_features.enabled=true computes each frozen feature once, which training augmentation "
                 "would make wrong: set data.augment=false (it switches off data.crop_scale_min, data.hflip, "
                 "data.rotate_degrees and data.jitter), or switch the cache off."
             )
-        for cb in trainer.callbacks:
-            if type(cb).__name__ == "CamLogger":
-                raise ValueError(
-                    "callbacks.frozen_features feeds the model cached features, not images, so CAMs cannot be drawn during "
-                    "training: add callbacks.cam=null (draw CAMs of the checkpoint afterwards with visualize.py)."
-                )
-        for split, dataset in datasets.items():
-            if not isinstance(dataset, FeatureDataset):
-                datasets[split] = FeatureDataset(dataset)
+        if any(isinstance(cb, CamLogger) for cb in trainer.callbacks):
+            raise ValueError(
+                "callbacks.frozen_features feeds the model cached features, not images, so CAMs cannot be drawn during "
+                "training: add callbacks.cam=null (draw CAMs of the checkpoint afterwards with visualize.py)."
+            )
+        dm.wrap_datasets(self.wrap)
+        pl_module.take_features(True)
+
+    def wrap(self, split: str, dataset: Dataset) -> FeatureDataset:
+        """The data module's hook: what its loaders read for ``split`` (filled before any loader is read)."""
+        if split not in self.feature_sets or self.feature_sets[split].source is not dataset:
+            self.feature_sets[split] = FeatureDataset(dataset)
+        return self.feature_sets[split]
 
     # --- computing them after any checkpoint is restored, before a loader is read ----------------------
     def on_fit_start(self, trainer, pl_module) -> None:
+        # Anything that changes the frozen layers (e.g. estimating BatchNorm statistics of frozen random layers)
+        # must have run by now: the features computed here stand for the whole fit.
         self.fill(trainer, pl_module, ("train", "val"))
 
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -113,50 +124,45 @@ class FrozenFeatureCache(L.Callback):
     def fill(self, trainer, pl_module, splits) -> None:
         if not self.enabled:
             return
-        datasets = trainer.datamodule.datasets
-        frozen_last = pl_module.frozen_features_last()
-        weights_key = tensors_hash(stage_state(pl_module, frozen_last))
+        prefix, rest = split_frozen_stages(pl_module)
+        weights_key = tensors_sha256(stage_state(prefix + rest))
         for split in splits:
-            ds = datasets[split]
-            key = tensors_hash([ds.source.images], f"{weights_key}/{ds.source.preprocess.mean}/{ds.source.preprocess.std}")
+            ds = trainer.datamodule.loader_dataset(split)
+            key = tensors_sha256(self.inputs(ds.source), weights_key)
             if ds.key != key:  # new weights (e.g. another checkpoint) or first use
-                ds.features, ds.key = self.compute(pl_module, ds.source, frozen_last), key
+                ds.features, ds.labels = self.compute(pl_module, ds.source)
+                ds.key = key
+
+    def inputs(self, source: Dataset):
+        """The network inputs of ``source`` in batches (its deterministic preprocessing; no augmentation)."""
+        for start in range(0, len(source), self.batch_size):
+            yield torch.stack([source[i][0] for i in range(start, min(len(source), start + self.batch_size))])
 
     @torch.inference_mode()
-    def compute(self, model, source: Dataset, frozen_last: str) -> torch.Tensor:
-        """Frozen output for every image of ``source``, in eval mode (the frozen parts always are)."""
-        was_training = model.training
-        model.eval()
-        try:
-            shared = self.shared_prefix(model, source)
-            if frozen_last == SHARED_PREFIX_END:
-                return shared
+    def compute(self, model, source: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """(frozen output, labels) for every item of ``source``, in eval mode (the frozen parts always are)."""
+        labels = torch.stack([torch.as_tensor(source[i][1]) for i in range(len(source))])
+        prefix, rest = split_frozen_stages(model)
+        with eval_mode(model):
+            shared = self.shared_prefix(model, source, prefix)
+            if not rest:
+                return shared, labels
             device = next(model.parameters()).device
-            names = [name for name, _ in model.stages()]
-            first = names[names.index(SHARED_PREFIX_END) + 1]
-            out = [model.run_stages(shared[i : i + self.batch_size].to(device), first, frozen_last).cpu() for i in range(0, len(shared), self.batch_size)]
-            return torch.cat(out)
-        finally:
-            model.train(was_training)
+            out = [run(rest, shared[i : i + self.batch_size].to(device)).cpu() for i in range(0, len(shared), self.batch_size)]
+            return torch.cat(out), labels
 
-    def shared_prefix(self, model, source: Dataset) -> torch.Tensor:
-        """stem..layer3 output of every image, from ``cache_dir`` when these weights and images were seen before."""
+    def shared_prefix(self, model, source: Dataset, prefix) -> torch.Tensor:
+        """stem..layer3 output of every item, from ``cache_dir`` when these weights and inputs were seen before."""
         path = None
         if self.cache_dir is not None:
-            prep = source.preprocess
-            key = tensors_hash([*stage_state(model, SHARED_PREFIX_END), source.images], f"{prep.mean}/{prep.std}")
+            key = tensors_sha256(self.inputs(source), tensors_sha256(stage_state(prefix)))
             path = self.cache_dir / f"{model.hparams.arch}-{SHARED_PREFIX_END}-{key[:32]}.pt"
             if path.exists():
                 return torch.load(path, weights_only=True)
         device = next(model.parameters()).device
-        out = []
-        for i in range(0, len(source), self.batch_size):
-            x = torch.stack([source.preprocess(img) for img in source.images[i : i + self.batch_size]])
-            out.append(model.frozen_features(x.to(device), last=SHARED_PREFIX_END).cpu())
-        features = torch.cat(out)
+        features = torch.cat([run(prefix, x.to(device)).cpu() for x in self.inputs(source)])
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            torch.save(features, tmp)
-            os.replace(tmp, path)  # readers never see half a file
+            with atomic_path(path) as tmp:  # readers never see half a file
+                torch.save(features, tmp)
         return features

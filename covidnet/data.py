@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -108,6 +109,7 @@ class CovidCTDataModule(L.LightningDataModule):
         stratified_subset([], fraction, seed)  # and on a bad fraction
         self.samples: dict[str, list[Sample]] = {}
         self.datasets: dict[str, CachedImages] = {}
+        self._wrap: Callable[[str, Dataset], Dataset] | None = None  # see wrap_datasets
 
     # --- preprocessing shared with CAMs and reports -------------------------------------------------
     def load_image(self, path: str | Path) -> torch.Tensor:
@@ -145,22 +147,34 @@ class CovidCTDataModule(L.LightningDataModule):
             augment = self.train_augment() if split == "train" and self.hparams.augment else None
             self.datasets[split] = CachedImages(images, labels, self.preprocess, augment)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    # --- what the loaders serve -----------------------------------------------------------------------
+    def wrap_datasets(self, wrap: Callable[[str, Dataset], Dataset] | None) -> None:
+        """Have the loaders serve ``wrap(split, image dataset)`` instead of each split's image dataset (e.g. cached
+        frozen features, callbacks/frozen_features.py); ``None`` serves the images again. ``datasets`` keeps the
+        image datasets either way, and samplers, batches and order stay the same."""
+        self._wrap = wrap
+
+    def loader_dataset(self, split: str) -> Dataset:
+        """What the loaders of ``split`` read: its image dataset, or what ``wrap_datasets`` made of it."""
         if split not in self.datasets:
             raise DatasetError(f"The {split} split is not loaded; call setup() first.")
+        return self.datasets[split] if self._wrap is None else self._wrap(split, self.datasets[split])
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.loader_dataset(split)
         h = self.hparams
         pin = torch.cuda.is_available() if h.pin_memory is None else h.pin_memory
         # training order and augmentation are a function of (seed, epoch): a resumed run replays them exactly
-        sampler = EpochSampler(len(self.datasets[split]), h.seed, self._train_position) if shuffle else self._eval_sampler(split)
+        sampler = EpochSampler(len(dataset), h.seed, self._train_position) if shuffle else self._eval_sampler(split)
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=h.batch_size,
             sampler=sampler,
             num_workers=h.num_workers,
             pin_memory=pin,
             persistent_workers=h.num_workers > 0,
             # a last batch of one image would break BatchNorm in training
-            drop_last=shuffle and len(self.datasets[split]) > h.batch_size,
+            drop_last=shuffle and len(dataset) > h.batch_size,
         )
 
     def _eval_sampler(self, split: str) -> UnrepeatedDistributedSampler | None:

@@ -73,6 +73,7 @@ class CovidClassifier(L.LightningModule):
         # A checkpoint already holds the trained weights; skip fetching pretrained ones again.
         self.net = build_resnet(arch, init if load_pretrained else "scratch", weights_path if load_pretrained else None)
         self._apply_freeze()
+        self.feature_inputs = False  # see take_features
         self.loss_fn = nn.BCEWithLogitsLoss()
         self.train_metrics = binary_metrics("train/")
         self.val_metrics = binary_metrics("val/")
@@ -99,47 +100,52 @@ class CovidClassifier(L.LightningModule):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of shape (N,). Images (N, 3, H, W) go through the whole network; anything else is taken
-        for the frozen part's output (``frozen_features``, cached by callbacks/frozen_features.py) and goes
-        through the trained part only. No stage's output has 3 channels, so the two cannot be confused."""
-        if x.dim() == 4 and x.shape[1] == 3:
-            return self.net(x).squeeze(1)
-        trained = FREEZE_MODES[self.hparams.freeze]
-        if trained is None:
-            raise ValueError(f"Expected images of shape (N, 3, H, W), got {tuple(x.shape)} (model.freeze=none has no frozen features).")
-        return self.run_stages(x, trained[0], "fc").squeeze(1)
+        """Logits of shape (N,) for images (N, 3, H, W), through the whole network."""
+        return self.net(x).squeeze(1)
 
-    # --- stages, for training on cached frozen features -----------------------------------------------
+    # --- the frozen part and the trained part ---------------------------------------------------------
     def stages(self) -> list[tuple[str, nn.Module]]:
         """The ResNet's forward pass as named steps (torchvision's ResNet.forward, flatten made a step)."""
         n = self.net
         names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool")
         return [(name, getattr(n, name)) for name in names] + [("flatten", nn.Flatten(1)), ("fc", n.fc)]
 
-    def run_stages(self, x: torch.Tensor, first: str, last: str) -> torch.Tensor:
-        """Apply the steps from ``first`` to ``last`` (inclusive) to ``x``."""
+    def frozen_stages(self) -> list[tuple[str, nn.Module]]:
+        """The steps before the first trained one (stem..layer3 for up_to_layer4, up to flatten for backbone)."""
+        trained = FREEZE_MODES[self.hparams.freeze]
+        if trained is None:
+            raise ValueError("model.freeze=none: nothing is frozen, so there are no frozen features.")
         names = [name for name, _ in self.stages()]
-        i, j = names.index(first), names.index(last)
-        for _, module in self.stages()[i : j + 1]:
+        return self.stages()[: names.index(trained[0])]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> the frozen part's output: what ``head`` takes (and callbacks/frozen_features.py caches)."""
+        for _, module in self.frozen_stages():
             x = module(x)
         return x
 
-    def frozen_features_last(self) -> str:
-        """Name of the last frozen step (layer3 for up_to_layer4, flatten for backbone)."""
-        trained = FREEZE_MODES[self.hparams.freeze]
-        if trained is None:
-            raise ValueError("model.freeze=none: nothing is frozen, so there are no frozen features to cache.")
-        names = [name for name, _ in self.stages()]
-        return names[names.index(trained[0]) - 1]
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """The frozen part's output -> logits (N,): the trained steps only. ``head(features(x)) == forward(x)``."""
+        n = len(self.frozen_stages())
+        for _, module in self.stages()[n:]:
+            features = module(features)
+        return features.squeeze(1)
 
-    def frozen_features(self, x: torch.Tensor, last: str | None = None) -> torch.Tensor:
-        """Output of the frozen part (up to ``last``, default: all of it) for images ``x``."""
-        return self.run_stages(x, "conv1", last or self.frozen_features_last())
+    def take_features(self, enabled: bool = True) -> None:
+        """Make the steps (and :meth:`logits`) expect the frozen part's output instead of images: set by
+        callbacks/frozen_features.py while its loaders serve cached features. ``forward`` always takes images."""
+        if enabled:
+            self.frozen_stages()  # raises for freeze=none
+        self.feature_inputs = enabled
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N,) of a batch as this model's loaders serve it: images, or frozen features (take_features)."""
+        return self.head(x) if self.feature_inputs else self(x)
 
     # --- steps --------------------------------------------------------------------------------------
     def _shared_step(self, batch, metrics: MetricCollection, stage: str):
         x, y = batch
-        logits = self(x)
+        logits = self.logits(x)
         loss = self.loss_fn(logits, y)
         metrics.update(torch.sigmoid(logits.detach()), y.long())
         self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True, prog_bar=stage != "train")
@@ -173,12 +179,13 @@ class CovidClassifier(L.LightningModule):
         body = [p for n, p in self.net.named_parameters() if not n.startswith("fc.") and p.requires_grad]
         groups = [{"params": head, "name": "head"}]
         if body:
-            base_lr = self.optimizer_factory.keywords.get("lr") if hasattr(self.optimizer_factory, "keywords") else None
-            group = {"params": body, "name": "backbone"}
-            if base_lr is not None and self.hparams.backbone_lr_scale != 1.0:
-                group["lr"] = base_lr * self.hparams.backbone_lr_scale
-            groups.append(group)
+            groups.append({"params": body, "name": "backbone"})
         optimizer = self.optimizer_factory(params=groups)
+        # Scaled after the optimizer is built, so it holds whatever the learning rate came from (the partial's
+        # lr, or the optimizer's own default when the partial names none); schedulers built next start from it.
+        for group in optimizer.param_groups:
+            if group.get("name") == "backbone":
+                group["lr"] *= self.hparams.backbone_lr_scale
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)

@@ -39,16 +39,17 @@ def test_cached_features_give_the_whole_networks_logits(synthetic_root, tmp_path
     images = torch.stack([dm.preprocess(img) for img in dm.datasets["val"].images])
     cache = FrozenFeatureCache(enabled=True, cache_dir=str(tmp_path), batch_size=5)  # batches unlike the loader's
     for _ in range(2):  # computed, then read back from cache_dir
-        features = cache.compute(model, dm.datasets["val"], model.frozen_features_last())
+        features, labels = cache.compute(model, dm.datasets["val"])
         model.eval()
         with torch.inference_mode():
-            torch.testing.assert_close(model(features), model(images))
+            torch.testing.assert_close(model.head(features), model(images))
+        assert torch.equal(labels, dm.datasets["val"].labels)
     assert features.shape[1] != 3 and len(list(tmp_path.glob("*.pt"))) == 1
     # train mode: the frozen part keeps its BatchNorm statistics (eval), so features stay valid
     model.train()
     assert not model.net.layer1.training and model.net.fc.training
     with torch.no_grad():
-        torch.testing.assert_close(model.frozen_features(images), features)
+        torch.testing.assert_close(model.features(images), features)
 
 
 @pytest.mark.parametrize("freeze", ["backbone", "up_to_layer4"])
@@ -57,7 +58,8 @@ def test_training_on_cached_features_changes_only_trained_parameters(synthetic_r
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = L.Trainer(max_epochs=1, callbacks=[FrozenFeatureCache(enabled=True)], **QUIET)
     trainer.fit(model, datamodule=dm)
-    assert isinstance(dm.datasets["train"], FeatureDataset) and dm.datasets["train"].features is not None
+    served = dm.loader_dataset("train")  # the data module's hook serves the features; its image datasets stay
+    assert isinstance(served, FeatureDataset) and served.features is not None and served.source is dm.datasets["train"]
     trained = ("net.fc.",) if freeze == "backbone" else ("net.fc.", "net.layer4.")
     for name, value in model.state_dict().items():
         if not name.startswith("net.") or "num_batches_tracked" in name:
@@ -72,7 +74,7 @@ def test_training_on_cached_features_changes_only_trained_parameters(synthetic_r
     trainer.save_checkpoint(path)
     loaded = load_checkpoint(path)[0]
     assert set(loaded.state_dict()) == set(model.state_dict())
-    images = torch.stack([dm.preprocess(img) for img in dm.datasets["test"].source.images])
+    images = torch.stack([dm.preprocess(img) for img in dm.datasets["test"].images])
     with torch.inference_mode():
         torch.testing.assert_close(loaded(images), model.eval()(images))
 
