@@ -66,40 +66,49 @@ class ProbabilityTarget:
         return p if self.category == 1 else 1 - p
 
 
+ORDERS = ("morf", "lerf")  # most relevant first, least relevant first
+# output stride of each ResNet stage: a layer4 map has one cell per 32 x 32 input pixels
+LAYER_STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+
+
 class RemoveTopFraction:
     """Perturbation for pytorch-grad-cam's metrics: remove exactly ``fraction`` of the pixels, the most
-    relevant first, and fill them by ROAD's noisy linear imputation.
+    relevant first (``order="morf"``) or the least relevant first (``"lerf"``), and fill them by ROAD's
+    noisy linear imputation.
 
     Ranking (not a percentile threshold) keeps the removed share fixed even when a map has many equal
     values (GradCAM is zero on much of the image); ties are broken in a seeded random order.
     """
 
-    def __init__(self, fraction: float, seed: int = 0):
+    def __init__(self, fraction: float, seed: int = 0, order: str = "morf"):
         if not 0 < fraction < 1:
             raise ValueError(f"faithfulness fraction={fraction} must be in (0, 1).")
-        self.fraction, self.seed, self.imputer = fraction, seed, NoisyLinearImputer()
+        if order not in ORDERS:
+            raise ValueError(f"removal order={order!r}: choose morf (most relevant first) or lerf (least relevant first).")
+        self.fraction, self.seed, self.order, self.imputer = fraction, seed, order, NoisyLinearImputer()
 
     def __call__(self, image: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
         flat = cam.numpy().reshape(-1)
         tie = np.random.default_rng(self.seed).random(flat.size)
-        order = np.lexsort((tie, -flat))
+        order = np.lexsort((tie, -flat if self.order == "morf" else flat))
         keep = np.ones(flat.size, np.float32)
         keep[order[: int(round(self.fraction * flat.size))]] = 0
         return self.imputer(image, torch.from_numpy(keep.reshape(cam.shape)))
 
 
 def confidence_drop(model: nn.Module, x: torch.Tensor, cams: np.ndarray, categories, fraction: float = 0.2,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: the drop in P(target), and in the target's signed logit, when the ``fraction`` most
-    relevant pixels are removed (ROAD, most relevant first).
+                    seed: int = 0, order: str = "morf") -> tuple[np.ndarray, np.ndarray]:
+    """Per image: the drop in P(target), and in the target's signed logit, when ``fraction`` of the pixels
+    are removed by the map, most relevant first (``order="morf"``) or least relevant first (``"lerf"``),
+    and filled by ROAD's imputation.
 
-    Larger = more faithful: the pixels the map marks matter to the model. The logit drop still says
-    something when the probability is saturated (P near 0 or 1). Compare with :func:`random_cams`
-    (the same removal at random pixels).
+    MoRF: larger = more faithful (the pixels the map marks matter). LeRF: smaller = more faithful (what
+    the map calls irrelevant is). The logit drop still says something when the probability is saturated
+    (P near 0 or 1). Compare with :func:`block_random_cams` (random maps of the same spatial structure).
     """
     was_training = model.training
     model.eval()
-    metric = PerturbationConfidenceMetric(RemoveTopFraction(fraction, seed))
+    metric = PerturbationConfidenceMetric(RemoveTopFraction(fraction, seed, order))
     targets = [ProbabilityTarget(c) for c in categories]
     try:
         with torch.random.fork_rng(devices=[]), torch.inference_mode(False):
@@ -114,8 +123,24 @@ def confidence_drop(model: nn.Module, x: torch.Tensor, cams: np.ndarray, categor
     return -np.asarray(change, dtype=np.float64).reshape(len(x)), logit_drop.double().cpu().numpy()
 
 
-def random_cams(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    """Uniform random maps: the chance level for :func:`confidence_drop`."""
+def block_random_cams(shape: tuple[int, ...], stride: int = 32, seed: int = 0) -> np.ndarray:
+    """Random maps with a CAM's spatial structure: uniform random values on the map's own grid (one cell
+    per ``stride`` x ``stride`` input pixels, 4 x 4 at 128 px for layer4), upsampled bilinearly to the
+    input like a GradCAM (pytorch-grad-cam resizes with cv2's bilinear interpolation).
+
+    Removing their top fraction removes a few contiguous blobs, as the real map's top fraction does, but
+    at random places: the chance level that a map must beat. Pixel-independent noise is no such control,
+    since ROAD's imputation fills isolated pixels back from their neighbours (:func:`pixel_random_cams`).
+    """
+    n, h, w = shape
+    rng = np.random.default_rng(seed)
+    grid = rng.random((n, max(1, -(-h // stride)), max(1, -(-w // stride)))).astype(np.float32)
+    return np.stack([cv2.resize(g, (w, h), interpolation=cv2.INTER_LINEAR) for g in grid]).astype(np.float32)
+
+
+def pixel_random_cams(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Pixel-independent uniform random maps. Kept as a named reference only: removing isolated random
+    pixels barely changes an image after ROAD's imputation, so almost any map beats it (docs/cam.md)."""
     return np.random.default_rng(seed).random(shape).astype(np.float32)
 
 

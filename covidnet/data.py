@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +17,12 @@ from torch.utils.data import DataLoader, Dataset
 from covidnet.augment import train_augment
 from covidnet.dataset import SPLITS, DatasetError, Sample, check_dataset, is_complete_layout, load_grey, read_split
 from covidnet.download import download_covid_ct
+from covidnet.near_duplicates import Item, cross_split_names, find_pairs, thumbnails
+from covidnet.near_duplicates import summary as near_duplicate_summary
 from covidnet.preprocess import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS, Preprocess, resize_grey  # noqa: F401 (re-exported)
 from covidnet.sampling import EpochSampler
+
+log = logging.getLogger(__name__)
 
 
 class CachedImages(Dataset):
@@ -110,6 +115,8 @@ class CovidCTDataModule(L.LightningDataModule):
         self.samples: dict[str, list[Sample]] = {}
         self.datasets: dict[str, CachedImages] = {}
         self._wrap: Callable[[str, Dataset], Dataset] | None = None  # see wrap_datasets
+        self.near_duplicates: list = []  # set by setup(): near-duplicate pairs of pictures (covidnet/near_duplicates.py)
+        self.test_near_duplicates: set[str] = set()  # test images with a near-duplicate in train or val
 
     # --- preprocessing shared with CAMs and reports -------------------------------------------------
     def load_image(self, path: str | Path) -> torch.Tensor:
@@ -138,6 +145,7 @@ class CovidCTDataModule(L.LightningDataModule):
         if not is_complete_layout(root):
             read_split(root, "train")  # raises the layout message naming what is missing
         splits, cache = check_dataset(root, load=self.load_image)
+        self.check_near_duplicates(splits, cache)
         splits["train"] = stratified_subset(splits["train"], self.hparams.fraction, self.hparams.seed)
         self.samples = splits
         for split in SPLITS:
@@ -146,6 +154,17 @@ class CovidCTDataModule(L.LightningDataModule):
             labels = torch.tensor([s.label for s in samples], dtype=torch.float32)
             augment = self.train_augment() if split == "train" and self.hparams.augment else None
             self.datasets[split] = CachedImages(images, labels, self.preprocess, augment)
+
+    def check_near_duplicates(self, splits: dict[str, list[Sample]], cache: dict) -> None:
+        """Near-duplicate pictures within and across the splits (covidnet/near_duplicates.py): a warning, not a
+        refusal; the test images with one in train/val are remembered for the clean test metrics."""
+        items = [Item(s.name, s.label, split) for split in SPLITS for s in splits[split]]
+        thumbs = thumbnails(torch.stack([cache[s.path] for split in SPLITS for s in splits[split]]))
+        self.near_duplicates = find_pairs(items, thumbs)
+        self.test_near_duplicates = cross_split_names(self.near_duplicates, "test", ("train", "val"))
+        message = near_duplicate_summary(self.near_duplicates)
+        if message:
+            log.warning(message)
 
     # --- what the loaders serve -----------------------------------------------------------------------
     def wrap_datasets(self, wrap: Callable[[str, Dataset], Dataset] | None) -> None:

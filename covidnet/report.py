@@ -739,7 +739,7 @@ def cam_section(sweep: Sweep, compute: bool, overrides: list[str] | None = None)
     header = sweep.factors + ["runs"]
     for m in methods:
         header += [f"{m}: confidence drop", f"{m}: CAM mass outside body"]
-    header += ["random-map drop", "outside-body area"]
+    header += ["block-random-map drop", "outside-body area"]
     local = bool(results.get("localisation"))
     if local:
         for m in methods:
@@ -750,7 +750,7 @@ def cam_section(sweep: Sweep, compute: bool, overrides: list[str] | None = None)
         row = list(key) + [str(len(runs))]
         for m in methods:
             row += [mean_of(runs, "faithfulness", m, "prob_drop"), mean_of(runs, "shortcut", m)]
-        row += [mean_of(runs, "faithfulness", "random", "prob_drop"), mean_of(runs, "shortcut", "outside_body_area")]
+        row += [mean_of(runs, "faithfulness", "block_random", "prob_drop"), mean_of(runs, "shortcut", "outside_body_area")]
         if local:
             for m in methods:
                 row += [mean_of(runs, "localisation", m, "pointing_game_hit_rate"), mean_of(runs, "localisation", m, "mass_in_lesion")]

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -25,6 +26,7 @@ from covidnet.config_check import TRAIN, check_config
 from covidnet.errors import UserError
 from covidnet.predict import predict_probs
 from covidnet.run_record import accepted_record, check_resume, check_writable
+from covidnet.stats import binary_metrics
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,17 @@ def instantiate_all(group: DictConfig | None) -> list:
 def best_epoch(path: str) -> int | None:
     match = re.search(r"epoch=(\d+)", Path(path).name) if path else None
     return int(match.group(1)) if match else None
+
+
+def without_near_duplicates(names: list[str], labels, probs, excluded: set[str]) -> dict:
+    """Test metrics on the test images that have no near-duplicate picture in train or val (docs/near_duplicates.md),
+    reported beside the metrics on the whole split."""
+    keep = np.array([n not in excluded for n in names], bool)
+    labels, probs = np.asarray(labels)[keep], np.asarray(probs, float)[keep]
+    out: dict = {"n_images": int(keep.sum()), "excluded": sorted(n for n in names if n in excluded)}
+    if len(labels) and 0 < labels.sum() < len(labels):
+        out.update({f"test/{k}": float(v) for k, v in binary_metrics(labels, probs).items()})
+    return out
 
 
 def check_run_dir(out: Path, ckpt_path: str | None) -> None:
@@ -160,6 +173,8 @@ def train(cfg: DictConfig) -> dict:
                 writer = csv.writer(f)
                 writer.writerow(["file", "label", "prob_covid"])
                 writer.writerows(zip(names, labels.tolist(), [f"{p:.6f}" for p in probs]))
+            metrics["test_without_near_duplicates"] = without_near_duplicates(
+                names, labels, probs, getattr(datamodule, "test_near_duplicates", set()))
     metrics["wall_seconds"] = round(time.time() - start, 1)
     if trainer.is_global_zero:
         write_json(out / "metrics.json", metrics)

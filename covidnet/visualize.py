@@ -32,7 +32,16 @@ from covidnet.cam import (
     target_text,
 )
 from covidnet.atomic import write_json
-from covidnet.cam_metrics import body_mask, confidence_drop, mass_share, pointing_hit, random_cams, summarize
+from covidnet.cam_metrics import (
+    LAYER_STRIDES,
+    block_random_cams,
+    body_mask,
+    confidence_drop,
+    mass_share,
+    pixel_random_cams,
+    pointing_hit,
+    summarize,
+)
 from covidnet.checkpoint import CheckpointError, load_checkpoint
 from covidnet.config_check import VISUALIZE, check_config
 from covidnet.data import CovidCTDataModule
@@ -168,15 +177,26 @@ def compute_maps(m: LoadedModel, paths: list[Path], labels: list[int], methods: 
 
 
 # --- numbers ----------------------------------------------------------------------------------------------
-def faithfulness(m: LoadedModel, maps: Maps, fraction: float, seed: int, batch_size: int) -> dict[str, dict[str, np.ndarray]]:
-    """Per map (and ``random``, the chance level): each image's drop in P(target) and in the target logit
-    when the top ``fraction`` of pixels by the map is removed."""
+def faithfulness(m: LoadedModel, maps: Maps, fraction: float, seed: int, batch_size: int, layer: str = "layer4") -> dict[str, dict[str, np.ndarray]]:
+    """Per map and per control, each image's drop in P(target) and in the target logit when ``fraction`` of
+    the pixels is removed by the map: most relevant first (``prob_drop``, ``logit_drop``) and least relevant
+    first (``lerf_prob_drop``, ``lerf_logit_drop``). Controls: ``block_random`` (random maps on the CAM's
+    own grid, upsampled like a CAM: the chance level) and ``pixel_random`` (pixel-independent noise, which
+    ROAD's imputation undoes; a reference only). docs/cam.md says what each rules out."""
+    shape = next(iter(maps.cams.values())).shape
     per_map = dict(maps.cams)
-    per_map["random"] = random_cams(next(iter(maps.cams.values())).shape, seed)
+    per_map["block_random"] = block_random_cams(shape, LAYER_STRIDES.get(layer, 32), seed)
+    per_map["pixel_random"] = pixel_random_cams(shape, seed)
     out = {}
     for name, cams in per_map.items():
-        parts = [confidence_drop(m.model, maps.x[s], cams[s], maps.categories[s], fraction, seed) for s in batches(len(maps.x), batch_size)]
-        out[name] = {"prob_drop": np.concatenate([p for p, _ in parts]), "logit_drop": np.concatenate([g for _, g in parts])}
+        out[name] = {}
+        for order, prefix in (("morf", ""), ("lerf", "lerf_")):
+            parts = [confidence_drop(m.model, maps.x[s], cams[s], maps.categories[s], fraction, seed, order) for s in batches(len(maps.x), batch_size)]
+            out[name][f"{prefix}prob_drop"] = np.concatenate([p for p, _ in parts])
+            out[name][f"{prefix}logit_drop"] = np.concatenate([g for _, g in parts])
+    for name in maps.cams:  # paired on the same images: the map minus the structured control
+        for kind in ("prob_drop", "logit_drop", "lerf_prob_drop", "lerf_logit_drop"):
+            out[name][f"{kind}_minus_block_random"] = out[name][kind] - out["block_random"][kind]
     return out
 
 
@@ -310,7 +330,7 @@ def visualize(cfg: DictConfig) -> dict:
     per_image: dict[str, dict] = {}
     for m in models:
         mp = maps[m.name]
-        drops = faithfulness(m, mp, float(cfg.faithfulness_fraction), int(cfg.seed), int(cfg.batch_size))
+        drops = faithfulness(m, mp, float(cfg.faithfulness_fraction), int(cfg.seed), int(cfg.batch_size), cfg.layer)
         shares, area = shortcut(m, mp)
         results["faithfulness"][m.name] = {k: {kind: summarize(d) for kind, d in v.items()} for k, v in drops.items()}
         results["shortcut"][m.name] = {"outside_body_area": summarize(area), **{k: summarize(v) for k, v in shares.items()}}
@@ -362,9 +382,13 @@ def print_summary(results: dict, written: dict, methods: list[str]) -> None:
     print(f"CAM results ({results['n_scored']} {results['split']} images scored, target={results['target']}):")
     for name in results["models"]:
         f, sc = results["faithfulness"][name], results["shortcut"][name]
-        print(f"  {name}: outside-body area {fmt(sc['outside_body_area'])}; random removal drops P {fmt(f['random']['prob_drop'])}, logit {fmt(f['random']['logit_drop'])}")
+        print(f"  {name}: outside-body area {fmt(sc['outside_body_area'])}; removal drops logit, most/least relevant first: "
+              f"block-random {fmt(f['block_random']['logit_drop'])}/{fmt(f['block_random']['lerf_logit_drop'])}, "
+              f"pixel-random {fmt(f['pixel_random']['logit_drop'])}")
         for meth in methods:
-            print(f"    {meth}: drops P {fmt(f[meth]['prob_drop'])}, logit {fmt(f[meth]['logit_drop'])}; CAM mass outside body {fmt(sc[meth])}")
+            print(f"    {meth}: drops P {fmt(f[meth]['prob_drop'])}, logit {fmt(f[meth]['logit_drop'])} (minus block-random "
+                  f"{fmt(f[meth]['logit_drop_minus_block_random'])}), least relevant first {fmt(f[meth]['lerf_logit_drop'])}; "
+                  f"CAM mass outside body {fmt(sc[meth])}")
         loc = (results.get("localisation") or {}).get(name)
         if loc:
             parts = [f"{meth}: pointing {fmt(loc[meth]['pointing_game_hit_rate'])}, in lesion {fmt(loc[meth]['mass_in_lesion'])}" for meth in methods]

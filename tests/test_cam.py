@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from callbacks import CamLogger
 from cam_training import IMAGE_SIZE, blob_run
 from covidnet.cam import compute_cams, oriented_projection, predict
-from covidnet.cam_metrics import body_mask, confidence_drop, mass_share, pointing_hit, random_cams
+from covidnet.cam_metrics import LAYER_STRIDES, block_random_cams, body_mask, confidence_drop, mass_share, pointing_hit
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from covidnet.model import CovidClassifier
 from covidnet.train import instantiate_all
@@ -227,12 +227,13 @@ def test_train_config_has_the_callback_and_null_switches_it_off(tmp_path):
 
 
 # --- numbers -----------------------------------------------------------------------------------------------
-def test_removing_the_blob_by_gradcam_hurts_more_than_random_removal(run):
+def test_removing_the_blob_by_gradcam_hurts_more_than_structured_random_removal(run):
     x, _, names = split_batch(run, "test")
     covid = [i for i, n in enumerate(names) if n in run.centres]
     cams = compute_cams(run.model, x[covid], "gradcam", [1] * len(covid), layer="layer3")
     prob_drop, logit_drop = confidence_drop(run.model, x[covid], cams, [1] * len(covid), fraction=0.2)
-    rand_prob, rand_logit = confidence_drop(run.model, x[covid], random_cams(cams.shape), [1] * len(covid), fraction=0.2)
+    control = block_random_cams(cams.shape, LAYER_STRIDES["layer3"], seed=0)  # random blobs on the layer3 grid
+    rand_prob, rand_logit = confidence_drop(run.model, x[covid], control, [1] * len(covid), fraction=0.2)
     assert prob_drop.shape == logit_drop.shape == (len(covid),)
     assert logit_drop.mean() > rand_logit.mean() + 1.0
     assert prob_drop.mean() >= rand_prob.mean()
