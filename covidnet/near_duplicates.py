@@ -133,8 +133,8 @@ def summary(pairs: list[Pair]) -> str:
         return ""
     cross = [p for p in dup if p.cross_split]
     conflict = [p for p in dup if p.a.label != p.b.label]
-    lines = [f"near-duplicate images (correlation >= {CORRELATION_MIN} at {THUMB} px and pHash distance <= {HAMMING_MAX}): "
-             f"{len(dup)} pair(s), {len(cross)} across splits, {len(conflict)} with opposite labels"]
+    lines = [(f"near-duplicate images (correlation >= {CORRELATION_MIN} at {THUMB} px and pHash distance <= {HAMMING_MAX}): "
+              f"{len(dup)} pair(s), {len(cross)} across splits, {len(conflict)} with opposite labels")]
     for p in cross:
         lines.append(f"  {p.a.split} {p.a.name} (label {p.a.label}) ~ {p.b.split} {p.b.name} (label {p.b.label}): "
                      f"correlation {p.correlation:.3f}, hamming {p.hamming}")
@@ -177,7 +177,7 @@ def clean_effect(run_dirs: list[Path], excluded: set[str], n_boot: int = 2000, s
     keep = np.array([n not in excluded for n in names])
     idx = bootstrap_indices(len(names), n_boot, seed)
     lab_b, prob_b, keep_b = labels[idx], probs[idx], keep[idx]
-    out = {"runs": [str(d) for d in run_dirs], "n_test": int(len(names)), "excluded": sorted(set(names) & excluded), "metrics": {}}
+    out = {"runs": [str(d) for d in run_dirs], "n_test": len(names), "excluded": sorted(set(names) & excluded), "metrics": {}}
     everything = binary_metrics(labels, probs)
     clean = binary_metrics(labels[keep], probs[keep])
     for metric in ("auroc", "acc"):

@@ -11,7 +11,15 @@ from PIL import Image
 
 from covidnet.data import CovidCTDataModule
 from covidnet.dataset import COVID, NON_COVID, image_dir, read_names, split_file
-from covidnet.near_duplicates import Item, clean_effect, cross_split_names, dataset_pairs, find_pairs, thumbnail, write_csv
+from covidnet.near_duplicates import (
+    Item,
+    clean_effect,
+    cross_split_names,
+    dataset_pairs,
+    find_pairs,
+    thumbnail,
+    write_csv,
+)
 from covidnet.train import without_near_duplicates
 
 
