@@ -11,7 +11,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 DATA=$PWD/.devdata/covid-ct
 SWEEP=/tmp/sweep
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc
+# nproc --all: plain nproc honours OMP_NUM_THREADS=1 above and printed 1 in the committed machine.txt
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; echo "cpus $(nproc --all)"
   python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"; } > "$OUT/machine.txt" 2>&1
 
 OMP_NUM_THREADS=4 timeout 100 python3 benchmarks/throughput.py --device cuda --data-root "$DATA" > "$OUT/bench_gpu.txt" 2>&1
@@ -23,8 +24,9 @@ job() {  # one Hydra job per process, all in one sweep directory
 }
 for s in 0 1 2; do
   for lr in 3e-4 1e-3 3e-3; do job init=scratch model.optimizer.lr=$lr seed=$s & done
-  job init=scratch trainer.max_epochs=100 seed=$s &
-  for f in 0.25 0.5; do job init=scratch data.fraction=$f seed=$s & done
+  # these ran at lr 1e-3, the default when this session ran (now 3e-4): pinned so the script reproduces the committed sweep
+  job init=scratch model.optimizer.lr=1e-3 trainer.max_epochs=100 seed=$s &
+  for f in 0.25 0.5; do job init=scratch model.optimizer.lr=1e-3 data.fraction=$f seed=$s & done
 done
 wait
 python3 -m covidnet.report $SWEEP > "$OUT/report_log.txt" 2>&1

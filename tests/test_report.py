@@ -21,7 +21,7 @@ from PIL import Image
 from synthetic import make_dataset
 from torchvision.models import resnet18
 
-from covidnet import stats
+from covidnet import job_failures, stats
 from covidnet.hydra_callbacks import SweepReport
 from covidnet.report import load_sweep, main, read_curves, write_report
 
@@ -195,7 +195,11 @@ def test_report_on_a_pipeline_sweep(tiny_sweep):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2:4] == ["2 / 2", "10"]  # runs per arm, paired test images
     assert float(cells[4].split(" [")[0]) == pytest.approx(diff, abs=6e-4)
-    assert "includes zero" in text or "excludes zero" in text
+    # the sentence under the table says what this interval says: zero inside -> "includes zero", else "excludes zero"
+    low, high = (float(v) for v in cells[4].split(" [")[1].rstrip("]").split(", "))
+    (sentence,) = [line for line in text.splitlines() if line.startswith("- ") and "AUROC: imagenet" in line]
+    assert ("The interval includes zero" in sentence) == (low <= 0 <= high)
+    assert ("the interval excludes zero" in sentence) == (not low <= 0 <= high)
 
     # failed and missing jobs are listed, not dropped
     problems = text.split("## Failed, interrupted or missing jobs")[1].split("## Figures")[0]
@@ -219,7 +223,6 @@ def test_learning_curves_come_from_the_tensorboard_events(tiny_sweep):
 
 
 def test_cam_numbers_per_init_from_visualize(tiny_sweep):
-    pytest.importorskip("covidnet.visualize")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -241,7 +244,6 @@ def test_cam_numbers_per_init_from_visualize(tiny_sweep):
 
 def test_recorded_failures_are_shown(tmp_path):
     """A job that failed shows the error recorded by covidnet.job_failures or passed by the caller."""
-    job_failures = pytest.importorskip("covidnet.job_failures")
     from hydra.types import RunMode
 
     fake_job(tmp_path / "init=scratch,seed=0", ["init=scratch", "seed=0"], [0, 1, 0, 1], [0.2, 0.7, 0.4, 0.9])
