@@ -73,8 +73,10 @@ def test_best_epoch_is_not_the_last_and_the_test_uses_it(run):
     # ... and not the last one's, which differ (its head is inverted)
     assert np.abs(written - last_probs).max() > 0.05
     assert float(binary_metrics(labels, last_probs)["auroc"]) != pytest.approx(metrics["test"]["test/auroc"], abs=1e-3)
-    # the clean test metrics are reported beside the full ones (synthetic data: no near-duplicates)
+    # the clean test metrics are reported beside the full ones, on the test images without a near-duplicate
+    # in train/val (blobs at nearly the same place can make two synthetic images near-duplicates)
     clean = metrics["test_without_near_duplicates"]
-    assert clean["n_images"] == len(names) and clean["excluded"] == []
-    assert clean["test/auroc"] == pytest.approx(metrics["test"]["test/auroc"], abs=1e-5)
+    assert set(clean["excluded"]) <= set(names) and clean["n_images"] == len(names) - len(clean["excluded"])
+    keep = np.array([n not in clean["excluded"] for n in names])
+    assert clean["test/auroc"] == pytest.approx(float(binary_metrics(labels[keep], best_probs[keep])["auroc"]), abs=1e-5)
     assert json.loads((out / "metrics.json").read_text())["best_epoch"] == metrics["best_epoch"]
