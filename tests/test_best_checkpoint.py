@@ -19,6 +19,7 @@ from covidnet.checkpoint import load_checkpoint
 from covidnet.data import CovidCTDataModule
 from covidnet.predict import predict_probs
 from covidnet.stats import binary_metrics
+from synthetic import make_dataset
 from test_train import tiny_cfg
 
 EPOCHS = 3
@@ -43,11 +44,13 @@ def ckpt_probs(path):
 
 
 @pytest.fixture(scope="module")
-def run(synthetic_root, tmp_path_factory):
+def run(tmp_path_factory):
     from covidnet.train import train
 
+    root = tmp_path_factory.mktemp("best-data") / "covid-ct"
+    make_dataset(root, {"train": 8, "val": 4, "test": 4}, seed=2)  # small: three epochs in seconds
     out = tmp_path_factory.mktemp("best")
-    cfg = tiny_cfg(synthetic_root, out, f"trainer.max_epochs={EPOCHS}", "model.optimizer.lr=1e-3",
+    cfg = tiny_cfg(root, out, f"trainer.max_epochs={EPOCHS}", "model.optimizer.lr=1e-3",
                    "+callbacks.invert._target_=test_best_checkpoint.InvertHeadAtLastValidation")
     return train(cfg), out
 
