@@ -78,10 +78,12 @@ def check_outputs(result: dict, n_models: int) -> dict:
         assert [int(r[f"{name}:target"]) for r in rows] == [int(r["label"]) for r in rows]  # target=label
     for name in results["models"]:
         assert all(0 <= float(r[f"{name}:prob_covid"]) <= 1 for r in rows)
-        for method in ("gradcam", "eigencam", "random"):
-            assert results["faithfulness"][name][method]["prob_drop"]["n"] == len(rows)
-            assert results["faithfulness"][name][method]["logit_drop"]["n"] == len(rows)
-            assert all(-1 <= float(r[f"{name}:{method}:prob_drop"]) <= 1 for r in rows if method != "random")
+        for method in ("gradcam", "eigencam", "block_random", "pixel_random"):
+            for kind in ("prob_drop", "logit_drop", "lerf_prob_drop", "lerf_logit_drop"):  # both removal orders
+                assert results["faithfulness"][name][method][kind]["n"] == len(rows)
+        for method in ("gradcam", "eigencam"):
+            assert results["faithfulness"][name][method]["logit_drop_minus_block_random"]["n"] == len(rows)
+            assert all(-1 <= float(r[f"{name}:{method}:prob_drop"]) <= 1 for r in rows)
         for method in ("gradcam", "eigencam"):
             share = results["shortcut"][name][method]["mean"]
             assert share is not None and 0 <= share <= 1
