@@ -10,6 +10,14 @@ Bootstrap protocol (the same everywhere, so an interval can be recomputed indepe
 one row per resample; a statistic is computed on every row; the interval is the
 ``(alpha/2, 1 - alpha/2)`` percentile (numpy's default linear interpolation) of the finite values.
 A resample holding one class only has no AUROC; it is left out and counted in ``n_undefined``.
+
+Where images belong to patients (slices of a scan), images are not independent and resampling them would
+give intervals far too narrow: pass ``groups`` (one patient id per image) and whole patients are resampled
+instead, stratified by the patient's label (as many COVID patients as the set has, drawn from its COVID
+patients, and likewise for non-COVID), so every resample holds both classes when the set does. Protocol:
+``rng = np.random.default_rng(seed)``; per resample, per label in ascending order, ``rng.integers(0, k, k)``
+over that label's k patients in order of first appearance; the resample is the concatenation of the drawn
+patients' images (in image order within a patient).
 """
 
 from __future__ import annotations
@@ -84,6 +92,47 @@ def bootstrap_indices(n: int, n_boot: int = DEFAULT_BOOT, seed: int = DEFAULT_SE
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
+def patient_bootstrap_indices(
+    groups: Sequence, labels: Sequence[int], n_boot: int = DEFAULT_BOOT, seed: int = DEFAULT_SEED
+) -> list[np.ndarray]:
+    """Resampled image indices, one array per resample, drawing whole patients (the protocol in the module docstring)."""
+    groups = list(groups)
+    labels = np.asarray(labels)
+    if not groups:
+        raise ValueError("Cannot bootstrap an empty test set.")
+    order: dict = {}
+    for i, g in enumerate(groups):
+        order.setdefault(g, []).append(i)
+    members = [np.asarray(v) for v in order.values()]
+    group_label = []
+    for g, idx in zip(order, members):
+        values = set(labels[idx].tolist())
+        if len(values) != 1:
+            raise ValueError(f"Patient {g!r} has images with different labels {sorted(values)}; a patient has one label.")
+        group_label.append(values.pop())
+    strata = [np.flatnonzero(np.asarray(group_label) == lab) for lab in sorted(set(group_label))]
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_boot):
+        drawn = [stratum[rng.integers(0, stratum.size, stratum.size)] for stratum in strata]
+        out.append(np.concatenate([members[g] for g in np.concatenate(drawn)]))
+    return out
+
+
+def metrics_on_resamples(labels: np.ndarray, probs: np.ndarray, resamples) -> dict[str, np.ndarray]:
+    """Every metric on every resample: ``resamples`` is an (n_boot, n) index array or a list of index arrays."""
+    labels, probs = np.asarray(labels), np.asarray(probs, float)
+    if isinstance(resamples, np.ndarray) and resamples.ndim == 2:
+        return binary_metrics(labels[resamples], probs[resamples])
+    rows = [binary_metrics(labels[idx], probs[idx]) for idx in resamples]
+    return {m: np.asarray([r[m] for r in rows], float) for m in METRICS}
+
+
+def resample(n: int, groups: Sequence | None, labels: Sequence[int], n_boot: int, seed: int):
+    """Image resamples (an array) or, with ``groups``, patient resamples (a list of arrays)."""
+    return bootstrap_indices(n, n_boot, seed) if groups is None else patient_bootstrap_indices(groups, labels, n_boot, seed)
+
+
 @dataclass(frozen=True)
 class Interval:
     estimate: float
@@ -106,14 +155,30 @@ def percentile_interval(estimate: float, samples: np.ndarray, alpha: float = 0.0
 
 
 def bootstrap_metrics(
-    labels: Sequence[int], probs: Sequence[float], n_boot: int = DEFAULT_BOOT, seed: int = DEFAULT_SEED, alpha: float = 0.05
+    labels: Sequence[int],
+    probs: Sequence[float],
+    n_boot: int = DEFAULT_BOOT,
+    seed: int = DEFAULT_SEED,
+    alpha: float = 0.05,
+    groups: Sequence | None = None,
 ) -> dict[str, Interval]:
-    """Point value and percentile-bootstrap interval of every metric for one run's test predictions."""
+    """Point value and percentile-bootstrap interval of every metric for one run's test predictions
+    (``groups``: one patient id per image, to resample patients)."""
     labels, probs = np.asarray(labels), np.asarray(probs, float)
-    idx = bootstrap_indices(len(labels), n_boot, seed)
+    idx = resample(len(labels), groups, labels, n_boot, seed)
     point = binary_metrics(labels, probs)
-    boot = binary_metrics(labels[idx], probs[idx])
+    boot = metrics_on_resamples(labels, probs, idx)
     return {m: percentile_interval(float(point[m]), boot[m], alpha) for m in METRICS}
+
+
+def bootstrap_mean(
+    values: Sequence[float], n_boot: int = DEFAULT_BOOT, seed: int = DEFAULT_SEED, alpha: float = 0.05, groups: Sequence | None = None
+) -> Interval:
+    """Mean (e.g. of P(COVID)) with its percentile-bootstrap interval, resampling images or patients."""
+    v = np.asarray(values, float)
+    idx = resample(v.size, groups, np.zeros(v.size, int), n_boot, seed)
+    boot = v[idx].mean(-1) if isinstance(idx, np.ndarray) else np.asarray([v[i].mean() for i in idx])
+    return percentile_interval(float(v.mean()), boot, alpha)
 
 
 def paired_difference(
@@ -124,6 +189,7 @@ def paired_difference(
     n_boot: int = DEFAULT_BOOT,
     seed: int = DEFAULT_SEED,
     alpha: float = 0.05,
+    groups: Sequence | None = None,
 ) -> dict[str, Interval]:
     """Mean metric of the runs of arm A minus that of arm B, on the same resampled test images.
 
@@ -131,17 +197,18 @@ def paired_difference(
     per seed; the arms may have different numbers of seeds). On each resample the metric is computed
     for every run and averaged over the runs of each arm, then the arm means are subtracted; so the
     estimate is the difference of the seed-mean metrics in the summary table, and the interval
-    reflects which test images were drawn, for these trained models.
+    reflects which test images were drawn, for these trained models. With ``groups`` (a patient id per
+    image) whole patients are drawn.
     """
     labels = np.asarray(labels)
     a = np.atleast_2d(np.asarray(probs_a, float))
     b = np.atleast_2d(np.asarray(probs_b, float))
     if a.shape[1] != labels.size or b.shape[1] != labels.size:
         raise ValueError(f"Predictions ({a.shape[1]}, {b.shape[1]} images) do not match the {labels.size} labels.")
-    idx = bootstrap_indices(labels.size, n_boot, seed)
+    idx = resample(labels.size, groups, labels, n_boot, seed)
 
-    def arm_mean(probs: np.ndarray, rows: np.ndarray | None) -> dict[str, np.ndarray]:
-        per_run = [binary_metrics(labels if rows is None else labels[rows], p if rows is None else p[rows]) for p in probs]
+    def arm_mean(probs: np.ndarray, rows) -> dict[str, np.ndarray]:
+        per_run = [binary_metrics(labels, p) if rows is None else metrics_on_resamples(labels, p, rows) for p in probs]
         return {m: np.mean([r[m] for r in per_run], axis=0) for m in metrics}
 
     point_a, point_b = arm_mean(a, None), arm_mean(b, None)

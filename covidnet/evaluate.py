@@ -1,0 +1,373 @@
+"""`evaluate(cfg)`: trained checkpoints on image sets beyond the training split (see docs/external.md).
+
+Each model is rebuilt from its checkpoint alone and sees every image through the preprocessing stored
+with it (the data-module hyperparameters in the checkpoint), the same code path as training and
+visualize.py. Sets are read by :mod:`covidnet.sources` and everything is checked (checkpoints, sets, output
+directories) before the first prediction; outputs go to a fresh directory and are never overwritten:
+
+    <out_dir>/<model>/<set>/metrics.json     intervals per slice (patients resampled) and per patient
+    <out_dir>/<model>/<set>/predictions.csv  key, patient, label, diagnosis, position, slice_label, prob_covid
+    <out_dir>/summary.csv                    one row per model, set, level and comparison
+
+With ``into_runs=true`` (checkpoints given as run or sweep directories) each run's results also go to
+``<run dir>/eval/<set>/``, where ``python -m covidnet.report`` picks them up (training with ``eval_sets``
+writes there directly).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from covidnet import stats
+from covidnet.atomic import atomic_path, write_json
+from covidnet.checkpoint import CheckpointError
+from covidnet.data import resize_grey
+from covidnet.dataset import DatasetError
+from covidnet.sources import Record, SourceError, read_source
+
+OUTPUT_FILES = ("metrics.json", "predictions.csv")
+EVAL_AREA = "eval"  # <run dir>/eval/<set>/
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# preprocessing keys a user may state (evaluate.yaml `data:`); the checkpoint's values always win
+STATED_PREPROCESSING = ("image_size", "normalization")
+
+
+class EvalError(ValueError):
+    """An evaluate.py setting or input cannot be honoured; the message says which and what to do."""
+
+
+@dataclass
+class EvalSet:
+    name: str
+    kind: str
+    root: Path
+    records: list[Record]
+    notes: list[str]
+    topk: int
+
+
+# --- sets ---------------------------------------------------------------------------------------------------
+def set_config(name: str, eval_data: str | None = None, overrides: dict | None = None) -> DictConfig:
+    """``conf/eval/<name>.yaml`` on its own (for training's ``eval_sets``), with ``${eval_data}`` resolved."""
+    path = CONF_DIR / "eval" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONF_DIR / "eval").glob("*.yaml"))
+        raise EvalError(f"Unknown eval set {name!r}: no {path}. Known sets: {', '.join(known)}.")
+    base = OmegaConf.create({"eval_data": eval_data if eval_data is not None else "${oc.env:COVIDNET_EVAL_DATA,data}"})
+    merged = OmegaConf.merge(base, {"set": OmegaConf.load(path)}, {"set": overrides or {}})
+    return OmegaConf.create(OmegaConf.to_container(merged, resolve=True)["set"])
+
+
+def load_set(name: str, cfg: DictConfig | dict) -> EvalSet:
+    cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+    for key in ("kind", "root"):
+        if key not in cfg:
+            raise EvalError(f"eval set {name}: no {key} in its config (conf/eval/{name}.yaml).")
+    options = OmegaConf.to_container(cfg.read, resolve=True) if cfg.get("read") is not None else {}
+    root = Path(str(cfg.root)).expanduser()
+    try:
+        records, notes = read_source(str(cfg.kind), root, **options)
+    except SourceError as err:
+        raise EvalError(f"eval set {name}: {err}") from err
+    topk = int(cfg.get("patient_topk", 5))
+    if topk < 1:
+        raise EvalError(f"eval set {name}: patient_topk={topk} must be at least 1.")
+    return EvalSet(name, str(cfg.kind), root.resolve(), records, notes, topk)
+
+
+def decode(s: EvalSet, sizes: set[int], progress: bool = True) -> dict[int, torch.Tensor]:
+    """Each image decoded once, resized to every image size a model needs: ``{size: uint8 N x 1 x S x S}``.
+
+    Every image that fails is listed together, before any model runs."""
+    out: dict[int, list[torch.Tensor]] = {size: [] for size in sizes}
+    problems = []
+    for r in tqdm(s.records, desc=f"{s.name}: reading", unit="img", disable=not progress, file=sys.stderr):
+        try:
+            grey = r.load()
+        except (SourceError, DatasetError) as err:
+            problems.append(str(err))
+            continue
+        for size in sizes:
+            out[size].append(resize_grey(grey, size))
+    if problems:
+        raise EvalError(f"eval set {s.name}: {len(problems)} image(s) cannot be read, nothing was evaluated:\n  " + "\n  ".join(problems[:10]))
+    return {size: torch.stack(v) for size, v in out.items()}
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, preprocess, images: torch.Tensor, batch_size: int, device, desc: str, progress: bool = True) -> np.ndarray:
+    """P(COVID) per image, in order (the model stays in eval mode)."""
+    model.eval()
+    probs = []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress, file=sys.stderr):
+        x = torch.stack([preprocess(img) for img in images[start : start + batch_size]]).to(device)
+        probs.append(torch.sigmoid(model(x)).float().flatten().cpu())
+    return torch.cat(probs).numpy()
+
+
+# --- metrics ---------------------------------------------------------------------------------------------------
+def _num(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), 6)
+
+
+def _interval(iv: stats.Interval) -> dict:
+    return {"estimate": _num(iv.estimate), "low": _num(iv.low), "high": _num(iv.high), "n_boot": iv.n_boot, "n_undefined": iv.n_undefined}
+
+
+def undefined_metrics(labels: np.ndarray) -> set[str]:
+    """Metrics without meaning on this subset: with no non-COVID image, AUROC, specificity and precision; with no COVID image, AUROC, sensitivity, F1 and precision."""
+    out = set()
+    if not (labels == 0).any():
+        out |= {"auroc", "specificity", "precision"}
+    if not (labels == 1).any():
+        out |= {"auroc", "sensitivity", "f1", "precision"}
+    return out
+
+
+def block(labels: np.ndarray, probs: np.ndarray, groups: list | None, n_boot: int, seed: int) -> dict:
+    """Metrics with 95 % intervals on one subset; ``groups`` (patient per image) makes the bootstrap resample patients."""
+    ivs = stats.bootstrap_metrics(labels, probs, n_boot, seed, groups=groups)
+    skip = undefined_metrics(labels)
+    return {
+        "n": int(labels.size),
+        "n_covid": int((labels == 1).sum()),
+        "n_patients": len(set(groups)) if groups is not None else None,
+        "resampled": "patients (stratified by label)" if groups is not None else "images",
+        "metrics": {m: (None if m in skip else _interval(iv)) for m, iv in ivs.items()},
+        "mean_prob_covid": _interval(stats.bootstrap_mean(probs, n_boot, seed, groups=groups)),
+    }
+
+
+def comparisons(records: list[Record]) -> dict[str, np.ndarray]:
+    """Subsets: ``all``, and ``COVID vs <d>`` for each non-COVID diagnosis where there are several."""
+    labels = np.asarray([r.label for r in records])
+    subsets = {"all": np.arange(len(records))}
+    negatives = sorted({r.diagnosis for r in records if r.label == 0})
+    if (labels == 1).any() and len(negatives) > 1:
+        for d in negatives:
+            subsets[f"COVID vs {d}"] = np.flatnonzero([r.label == 1 or r.diagnosis == d for r in records])
+    return subsets
+
+
+def patient_scores(records: list[Record], probs: np.ndarray, topk: int) -> tuple[list[str], np.ndarray, dict[str, np.ndarray], list[str]]:
+    """Per patient (in order of first appearance): id, label, {mean, top-k mean of P(COVID)}, diagnosis."""
+    order: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        order.setdefault(r.patient, []).append(i)
+    ids = list(order)
+    labels = np.asarray([records[v[0]].label for v in order.values()])
+    diagnosis = [records[v[0]].diagnosis for v in order.values()]
+    mean = np.asarray([probs[v].mean() for v in order.values()])
+    top = np.asarray([np.sort(probs[v])[::-1][: min(topk, len(v))].mean() for v in order.values()])
+    return ids, labels, {"mean": mean, f"top{topk}_mean": top}, diagnosis
+
+
+def set_metrics(s: EvalSet, probs: np.ndarray, n_boot: int, seed: int) -> dict:
+    records = s.records
+    labels = np.asarray([r.label for r in records])
+    has_patients = all(r.patient is not None for r in records)
+    groups = [r.patient for r in records] if has_patients else None
+    for p in set(groups or []):
+        if len({r.label for r in records if r.patient == p}) > 1:
+            raise EvalError(f"eval set {s.name}: patient {p} has images of both labels; a patient has one label.")
+    out: dict = {
+        "set": s.name,
+        "kind": s.kind,
+        "root": str(s.root),
+        "n_images": len(records),
+        "n_covid": int(labels.sum()),
+        "diagnoses": {d: sum(r.diagnosis == d for r in records) for d in sorted({r.diagnosis for r in records})},
+        "n_patients": len(set(groups)) if groups else None,
+        "threshold": stats.THRESHOLD,
+        "notes": list(s.notes),
+        "images": {},
+    }
+    for name, idx in comparisons(records).items():
+        g = [groups[i] for i in idx] if groups else None
+        out["images"][name] = block(labels[idx], probs[idx], g, n_boot, seed)
+    if has_patients:
+        ids, plabels, scores, pdiag = patient_scores(records, probs, s.topk)
+        prec = [Record(key=i, path=Path(i), label=int(lab), diagnosis=d, patient=i) for i, lab, d in zip(ids, plabels, pdiag)]
+        out["patients"] = {}
+        for agg, values in scores.items():
+            out["patients"][agg] = {}
+            for name, idx in comparisons(prec).items():
+                out["patients"][agg][name] = block(plabels[idx], values[idx], [ids[i] for i in idx], n_boot, seed)
+        out["patient_probs"] = {i: {a: _num(v[k]) for a, v in scores.items()} | {"label": int(plabels[k]), "diagnosis": pdiag[k]} for k, i in enumerate(ids)}
+    if any(r.slice_label is not None for r in records):
+        # infected COVID slices vs every non-COVID slice; COVID slices without a finding (or a label) left out
+        idx = np.flatnonzero([(r.label == 1 and r.slice_label == 1) or r.label == 0 for r in records])
+        g = [groups[i] for i in idx] if groups else None
+        out["infected_slices"] = block(labels[idx], probs[idx], g, n_boot, seed)
+        out["infected_slices"]["what"] = "COVID slices with a published infection label vs all non-COVID slices"
+    return out
+
+
+def write_predictions(path: Path, records: list[Record], probs: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "patient", "label", "diagnosis", "position", "slice_label", "prob_covid"])
+        for r, p in zip(records, probs):
+            w.writerow([r.key, r.patient or "", r.label, r.diagnosis, "" if r.position is None else r.position,
+                        "" if r.slice_label is None else r.slice_label, f"{p:.6f}"])
+
+
+def read_predictions(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def check_fresh(dirs: list[Path]) -> None:
+    clash = [str(d / f) for d in dirs for f in OUTPUT_FILES if (d / f).exists()]
+    if clash:
+        raise EvalError(f"{len(clash)} result file(s) already exist, e.g. {clash[:3]}; covidnet never overwrites results: "
+                        "choose another out_dir (or leave it at its default), or pass into_runs=false.")
+
+
+def summary_rows(model: str, metrics: dict) -> list[dict]:
+    rows = []
+    levels = [("slices", "", metrics["images"])]
+    levels += [(f"patients ({agg})", "", b) for agg, b in metrics.get("patients", {}).items()]
+    if "infected_slices" in metrics:
+        levels.append(("infected slices", "", {"all": metrics["infected_slices"]}))
+    for level, _, blocks in levels:
+        for subset, b in blocks.items():
+            row = {"model": model, "set": metrics["set"], "level": level, "subset": subset, "n": b["n"], "n_covid": b["n_covid"]}
+            for m in ("auroc", "acc", "sensitivity", "specificity", "f1"):
+                iv = b["metrics"].get(m)
+                row[m] = iv["estimate"] if iv else None
+                row[f"{m}_low"], row[f"{m}_high"] = (iv["low"], iv["high"]) if iv else (None, None)
+            row["mean_prob_covid"] = b["mean_prob_covid"]["estimate"]
+            rows.append(row)
+    return rows
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------------
+def model_preprocessing(dm) -> tuple[int, object]:
+    """(image size, uint8 grey -> network input) exactly as the checkpoint's data module does it."""
+    return int(dm.hparams.image_size), dm.preprocess
+
+
+def preprocessing_notes(name: str, dm_hparams: dict, stated: dict) -> list[str]:
+    notes = []
+    for key, value in stated.items():
+        if value is not None and key in dm_hparams and dm_hparams[key] != value:
+            notes.append(f"{name}: trained with data.{key}={dm_hparams[key]}; data.{key}={value} is ignored "
+                         "(the checkpoint's preprocessing wins)")
+    return notes
+
+
+def run_dir_of(checkpoint: Path) -> Path | None:
+    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+    return run if run is not None and (run / "metrics.json").is_file() else None
+
+
+def evaluate_models(models, sets: list[EvalSet], out_dirs: dict[tuple[str, str], list[Path]], batch_size: int, device, n_boot: int,
+                    seed: int, progress: bool = True) -> list[dict]:
+    """Predict and write results for every (model, set); returns summary rows. ``out_dirs[(model, set)]``: where to write."""
+    check_fresh([d for dirs in out_dirs.values() for d in dirs])
+    rows = []
+    for s in sets:
+        images = decode(s, {model_preprocessing(m.datamodule)[0] for m in models}, progress)
+        for m in models:
+            size, preprocess = model_preprocessing(m.datamodule)
+            probs = predict(m.model, preprocess, images[size], batch_size, device, f"{s.name}: {m.name}", progress)
+            metrics = set_metrics(s, probs, n_boot, seed)
+            metrics["model"] = m.name
+            metrics["checkpoint"] = str(m.path)
+            metrics["preprocessing"] = {k: m.datamodule.hparams.get(k) for k in ("image_size", "normalization")}
+            metrics["notes"] += getattr(m, "notes", [])
+            for d in out_dirs[(m.name, s.name)]:
+                d.mkdir(parents=True, exist_ok=True)
+                write_predictions(d / "predictions.csv", s.records, probs)
+                write_json(d / "metrics.json", metrics)
+            rows += summary_rows(m.name, metrics)
+    return rows
+
+
+def set_names(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Every checkpoint of ``cfg.ckpt`` on every set of ``cfg.eval``; everything is checked before work starts."""
+    from covidnet.visualize import load_models
+
+    sets_cfg = cfg.get("eval") or {}
+    if not sets_cfg:
+        raise EvalError("No set to evaluate on: pass eval=[covid_ct_md,semiseg] (names of conf/eval/*.yaml).")
+    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
+    try:
+        models = load_models(cfg.ckpt, "unused", device)
+    except CheckpointError:
+        raise
+    except ValueError as err:
+        raise EvalError(str(err)) from err
+    stated = {k: cfg.get("data", {}).get(k) for k in STATED_PREPROCESSING}
+    for m in models:
+        m.notes = preprocessing_notes(m.name, dict(m.datamodule.hparams), stated)
+    sets = [load_set(name, sets_cfg[name]) for name in sets_cfg]
+    out = Path(cfg.out_dir).expanduser()
+    out_dirs = {(m.name, s.name): [out / m.name / s.name] for m in models for s in sets}
+    if cfg.get("into_runs"):
+        for m in models:
+            run = run_dir_of(m.path)
+            if run is None:
+                raise EvalError(f"into_runs=true: {m.path} is not in a training run directory (<run>/checkpoints/ with metrics.json).")
+            from covidnet.visualize import best_checkpoint
+
+            if best_checkpoint(run).resolve() != m.path.resolve():
+                raise EvalError(f"into_runs=true: {m.path} is not {run}'s best checkpoint; the run's eval area holds its best checkpoint's results only.")
+            for s in sets:
+                out_dirs[(m.name, s.name)].append(run / EVAL_AREA / s.name)
+    for s in sets:
+        for note in s.notes:
+            print(f"note: {note}")
+    for m in models:
+        for note in m.notes:
+            print(f"note: {note}")
+    rows = evaluate_models(models, sets, out_dirs, int(cfg.batch_size), device, int(cfg.n_boot), int(cfg.seed), bool(cfg.get("progress", True)))
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "summary.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print_summary(rows)
+    print(f"results: {out}")
+    return {"out_dir": str(out), "rows": rows}
+
+
+def evaluate_run(best_checkpoint: str | Path, names: list[str], run_dir: Path, eval_data: str | None = None, batch_size: int = 32,
+                 n_boot: int = stats.DEFAULT_BOOT) -> list[dict]:
+    """Training's ``eval_sets``: one run's best checkpoint on each named set, into ``<run dir>/eval/<set>/``."""
+    from covidnet.visualize import load_models
+
+    sets = [load_set(n, set_config(n, eval_data)) for n in names]
+    models = load_models([str(best_checkpoint)], "unused", "cpu")
+    for m in models:
+        m.notes = []
+    out_dirs = {(m.name, s.name): [Path(run_dir) / EVAL_AREA / s.name] for m in models for s in sets}
+    return evaluate_models(models, sets, out_dirs, batch_size, "cpu", n_boot, stats.DEFAULT_SEED, progress=False)
+
+
+def print_summary(rows: list[dict]) -> None:
+    def fmt(row, m):
+        return "-" if row[m] is None else f"{row[m]:.3f} [{row[m + '_low']:.2f}, {row[m + '_high']:.2f}]"
+
+    print(f"{'model':28} {'set':14} {'level':20} {'subset':18} {'n':>4}  {'AUROC':22} {'sensitivity':22} {'specificity':22} meanP")
+    for r in rows:
+        print(f"{r['model'][:28]:28} {r['set'][:14]:14} {r['level'][:20]:20} {r['subset'][:18]:18} {r['n']:>4}  {fmt(r, 'auroc'):22} "
+              f"{fmt(r, 'sensitivity'):22} {fmt(r, 'specificity'):22} {r['mean_prob_covid']:.3f}")
