@@ -92,7 +92,7 @@ def read_hu(path: Path) -> np.ndarray:
         try:
             ds = pydicom.dcmread(path)
             pixels = ds.pixel_array
-        except Exception as err:  # noqa: BLE001 - pydicom raises many types for undecodable data
+        except Exception as err:
             raise SourceError(f"{path}: pixel data cannot be decoded ({type(err).__name__}: {str(err)[:200]}). If it is compressed: {EXTRA}.") from err
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)

@@ -1,0 +1,202 @@
+"""evaluate.py: checkpoints on DICOM / image-folder / semiseg sets, patient bootstrap, outputs, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from synthetic_dicom import write_scans
+
+from covidnet import stats
+from covidnet.checkpoint import CheckpointError
+from covidnet.data import CovidCTDataModule, Preprocess, resize_grey
+from covidnet.evaluate import EvalError, evaluate, set_config
+from covidnet.model import CovidClassifier
+from covidnet.sources import read_source
+
+ROOT = Path(__file__).resolve().parents[1]
+MD_FOLDERS = {"COVID-19 subjects": ["p1", "p2"], "Cap subjects": ["c1"], "Normal subjects": ["n1", "n2"]}
+pytest.importorskip("pydicom")
+
+
+def make_checkpoint(path: Path, image_size: int = 32, normalization: str = "imagenet", seed: int = 0) -> Path:
+    """A covidnet checkpoint (random weights) with the data-module hyperparameters train.py stores."""
+    torch.manual_seed(seed)
+    model = CovidClassifier(arch="resnet18", init="scratch")
+    dm = CovidCTDataModule(root=str(path.parent), image_size=image_size, normalization=normalization)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "datamodule_hyper_parameters": dict(dm.hparams)}, path)
+    return path
+
+
+def make_run(run: Path, seed: int = 0, **kwargs) -> Path:
+    """A training run directory as train.py leaves it (metrics.json naming the best checkpoint)."""
+    ckpt = make_checkpoint(run / "checkpoints" / "epoch=001-val_auroc=0.5000.ckpt", seed=seed, **kwargs)
+    shutil.copy(ckpt, run / "checkpoints" / "last.ckpt")
+    (run / "metrics.json").write_text(json.dumps({"best_checkpoint": str(ckpt), "seed": seed, "init": "scratch", "test": {}}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory) -> Path:
+    # COVID-CT-MD's folder names, so conf/eval/covid_ct_md.yaml's class map applies as it is
+    return write_scans(tmp_path_factory.mktemp("dicom") / "scans", MD_FOLDERS)
+
+
+@pytest.fixture(scope="module")
+def semiseg(tmp_path_factory) -> Path:
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("semiseg")
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for n in range(5):
+        Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(root / "images" / f"{n}.jpg")
+    return root
+
+
+def config(scans: Path, semiseg: Path, out: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[
+            "eval=[covid_ct_md,semiseg]", f"eval.covid_ct_md.root={scans}", f"eval.semiseg.root={semiseg}",
+            "eval.covid_ct_md.read.slice_labels=null", "eval.covid_ct_md.patient_topk=2",
+            f"out_dir={out}", "n_boot=200", "progress=false", *overrides])
+    return cfg
+
+
+# --- patient bootstrap ------------------------------------------------------------------------------------------
+def test_patient_bootstrap_draws_whole_patients_stratified_by_label():
+    groups = ["a"] * 3 + ["b"] * 2 + ["c"] * 4 + ["d"] * 1 + ["e"] * 2
+    labels = [1] * 3 + [1] * 2 + [0] * 4 + [0] * 1 + [0] * 2
+    resamples = stats.patient_bootstrap_indices(groups, labels, n_boot=300, seed=4)
+    members = {g: [i for i, x in enumerate(groups) if x == g] for g in "abcde"}
+    rng = np.random.default_rng(4)  # the documented protocol, by hand
+    for idx in resamples:
+        drawn_neg = [["c", "d", "e"][k] for k in rng.integers(0, 3, 3)]  # label 0 first (ascending labels)
+        drawn_pos = [["a", "b"][k] for k in rng.integers(0, 2, 2)]
+        assert idx.tolist() == [i for g in drawn_neg + drawn_pos for i in members[g]]
+    # every resample has 2 COVID and 3 non-COVID patients, so both classes
+    assert all(set(np.asarray(labels)[idx].tolist()) == {0, 1} for idx in resamples)
+    with pytest.raises(ValueError, match="different labels"):
+        stats.patient_bootstrap_indices(["a", "a"], [0, 1], n_boot=2)
+
+
+def test_resampling_patients_widens_the_interval_when_slices_of_a_patient_agree():
+    # four patients of 20 slices each; a patient's slices share one probability: 4 independent units, not 80
+    groups = [g for g in "abcd" for _ in range(20)]
+    labels = np.repeat([1, 1, 0, 0], 20)
+    probs = np.repeat([0.9, 0.3, 0.6, 0.1], 20)
+    by_image = stats.bootstrap_metrics(labels, probs, n_boot=1000, seed=0)["acc"]
+    by_patient = stats.bootstrap_metrics(labels, probs, n_boot=1000, seed=0, groups=groups)["acc"]
+    assert by_image.estimate == by_patient.estimate == pytest.approx(0.5)
+    assert by_patient.high - by_patient.low > 2 * (by_image.high - by_image.low)
+    same = stats.paired_difference(labels, probs[None], probs[None].copy(), n_boot=100, groups=groups)
+    assert same["auroc"].estimate == 0 and same["auroc"].low == 0 and same["auroc"].high == 0
+
+
+# --- evaluate end to end ---------------------------------------------------------------------------------------
+def test_evaluate_writes_metrics_and_predictions_through_the_checkpoints_preprocessing(tmp_path, scans, semiseg):
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", image_size=32, normalization="imagenet")
+    out = tmp_path / "out"
+    result = evaluate(config(scans, semiseg, out, f"ckpt={ckpt}"))
+    name = "scratch-resnet18"
+    metrics = json.loads((out / name / "covid_ct_md" / "metrics.json").read_text())
+    with open(out / name / "covid_ct_md" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert metrics["n_images"] == len(rows) == 20 and metrics["n_patients"] == 5 and metrics["n_covid"] == 8
+    assert set(metrics["images"]) == {"all", "COVID vs CAP", "COVID vs normal"}
+    assert metrics["images"]["COVID vs CAP"]["n"] == 12 and metrics["images"]["all"]["resampled"].startswith("patients")
+    assert set(metrics["patients"]) == {"mean", "top2_mean"} and metrics["patients"]["mean"]["all"]["n"] == 5
+    assert set(rows[0]) == {"path", "patient", "label", "diagnosis", "position", "slice_label", "prob_covid"}
+    # the same numbers as the model on the checkpoint's preprocessing, done by hand
+    model, _ = CovidClassifier(arch="resnet18", init="scratch"), None
+    model.load_state_dict(torch.load(ckpt, weights_only=True)["state_dict"])
+    model.eval()
+    records, _ = read_source("dicom", scans, classes={k: 1 if k.startswith("COVID") else 0 for k in MD_FOLDERS})
+    x = torch.stack([Preprocess("imagenet")(resize_grey(r.load(), 32)) for r in records])
+    with torch.no_grad():
+        expected = torch.sigmoid(model(x)).numpy()
+    assert [r["path"] for r in rows] == [r.key for r in records]
+    np.testing.assert_allclose([float(r["prob_covid"]) for r in rows], expected, atol=1e-5)
+    patient_mean = {p: np.mean([float(r["prob_covid"]) for r in rows if r["patient"] == p]) for p in {r["patient"] for r in rows}}
+    assert metrics["patient_probs"]["COVID-19 subjects/p1"]["mean"] == pytest.approx(patient_mean["COVID-19 subjects/p1"], abs=1e-5)
+    semi = json.loads((out / name / "semiseg" / "metrics.json").read_text())
+    assert semi["n_images"] == 5 and semi["images"]["all"]["metrics"]["auroc"] is None
+    assert semi["images"]["all"]["metrics"]["specificity"] is None and semi["images"]["all"]["metrics"]["sensitivity"] is not None
+    assert "patients" not in semi
+    assert (out / "summary.csv").is_file() and len(result["rows"]) == len((out / "summary.csv").read_text().splitlines()) - 1
+    # never overwritten: the second call fails before writing anything
+    before = (out / name / "semiseg" / "metrics.json").stat().st_mtime_ns
+    with pytest.raises(EvalError, match="never overwrites"):
+        evaluate(config(scans, semiseg, out, f"ckpt={ckpt}"))
+    assert (out / name / "semiseg" / "metrics.json").stat().st_mtime_ns == before
+
+
+def test_the_checkpoints_preprocessing_wins_and_evaluate_says_so(tmp_path, scans, semiseg, capsys):
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", image_size=32, normalization="unit")
+    evaluate(config(scans, semiseg, tmp_path / "out", f"ckpt={ckpt}", "data.image_size=224", "data.normalization=unit"))
+    said = capsys.readouterr().out
+    assert "trained with data.image_size=32; data.image_size=224 is ignored (the checkpoint's preprocessing wins)" in said
+    assert "normalization" not in said.split("ignored")[0].split("note:")[-1]
+    metrics = json.loads((tmp_path / "out" / "scratch-resnet18" / "semiseg" / "metrics.json").read_text())
+    assert metrics["preprocessing"] == {"image_size": 32, "normalization": "unit"}
+    assert any("image_size=224 is ignored" in n for n in metrics["notes"])
+
+
+def test_sweep_into_runs_writes_each_runs_eval_area_once(tmp_path, scans, semiseg):
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):
+        make_run(sweep / f"seed={seed}", seed=seed)
+    evaluate(config(scans, semiseg, tmp_path / "out", f"ckpt={sweep}", "into_runs=true"))
+    for seed in (0, 1):
+        assert (sweep / f"seed={seed}" / "eval" / "covid_ct_md" / "predictions.csv").is_file()
+        assert (sweep / f"seed={seed}" / "eval" / "semiseg" / "metrics.json").is_file()
+    with pytest.raises(EvalError, match="never overwrites"):
+        evaluate(config(scans, semiseg, tmp_path / "out2", f"ckpt={sweep}", "into_runs=true"))
+    assert not (tmp_path / "out2").exists()
+    with pytest.raises(EvalError, match="not .*best checkpoint"):
+        evaluate(config(scans, semiseg, tmp_path / "out3", f"ckpt=['{sweep / 'seed=0' / 'checkpoints' / 'last.ckpt'}']", "into_runs=true"))
+
+
+def test_bad_input_fails_before_any_output(tmp_path, scans, semiseg):
+    ckpt = make_checkpoint(tmp_path / "m.ckpt")
+    bad = tmp_path / "bad"
+    shutil.copytree(scans, bad)
+    (bad / "Unknown").mkdir()  # a class folder the set's map does not name
+    with pytest.raises(EvalError, match="does not name: Unknown"):
+        evaluate(config(bad, semiseg, tmp_path / "out", f"ckpt={ckpt}"))
+    (tmp_path / "empty_semiseg" / "images").mkdir(parents=True)
+    with pytest.raises(EvalError, match="no images"):
+        evaluate(config(scans, tmp_path / "empty_semiseg", tmp_path / "out", f"ckpt={ckpt}"))
+    (tmp_path / "junk.ckpt").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        evaluate(config(scans, semiseg, tmp_path / "out", f"ckpt={tmp_path / 'junk.ckpt'}"))
+    with pytest.raises(EvalError, match="No set"), initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        evaluate(compose("evaluate", overrides=[f"ckpt={ckpt}", f"out_dir={tmp_path / 'out'}"]))
+    assert not (tmp_path / "out").exists()
+
+
+def test_set_configs_resolve_their_root_below_eval_data(monkeypatch):
+    monkeypatch.setenv("COVIDNET_EVAL_DATA", "/data/sets")
+    assert set_config("covid_ct_md").root == "/data/sets/covid-ct-md-sample"
+    assert set_config("semiseg", eval_data="../shared/data").root == "../shared/data/covid-semiseg"
+    assert set_config("covid_ct_md").read.window == {"width": 1500, "level": -600}
+    with pytest.raises(EvalError, match="Known sets: covid_ct_md, covid_ct_test, semiseg"):
+        set_config("nope")
+
+
+def test_eval_list_without_brackets():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate_entry", ROOT / "evaluate.py")
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    assert entry.list_overrides(["evaluate.py", "ckpt=x", "eval=covid_ct_md,semiseg"]) == ["evaluate.py", "ckpt=x", "eval=[covid_ct_md,semiseg]"]
+    assert entry.list_overrides(["evaluate.py", "-m", "eval=a,b"]) == ["evaluate.py", "-m", "eval=a,b"]
+    assert entry.list_overrides(["evaluate.py", "eval=semiseg"]) == ["evaluate.py", "eval=semiseg"]
