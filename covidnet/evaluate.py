@@ -350,12 +350,19 @@ def evaluate(cfg: DictConfig) -> dict:
     return {"out_dir": str(out), "rows": rows}
 
 
-def evaluate_run(best_checkpoint: str | Path, names: list[str], run_dir: Path, eval_data: str | None = None, batch_size: int = 32,
+def load_sets_for_training(names, eval_data: str | None) -> list[EvalSet]:
+    """Training's ``eval_sets``: each named set read and checked before training starts (a bad set costs no training)."""
+    names = set_names(names)
+    if len(set(names)) != len(names):
+        raise EvalError(f"eval_sets={names} names a set twice.")
+    return [load_set(n, set_config(n, eval_data)) for n in names]
+
+
+def evaluate_run(best_checkpoint: str | Path, sets: list[EvalSet], run_dir: Path, batch_size: int = 32,
                  n_boot: int = stats.DEFAULT_BOOT) -> list[dict]:
-    """Training's ``eval_sets``: one run's best checkpoint on each named set, into ``<run dir>/eval/<set>/``."""
+    """One run's best checkpoint on each set, into ``<run dir>/eval/<set>/`` (what training's ``eval_sets`` does)."""
     from covidnet.visualize import load_models
 
-    sets = [load_set(n, set_config(n, eval_data)) for n in names]
     models = load_models([str(best_checkpoint)], "unused", "cpu")
     for m in models:
         m.notes = []

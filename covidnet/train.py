@@ -24,6 +24,7 @@ from covidnet.atomic import atomic_path, write_json
 from covidnet.checkpoint import check_weights_fit
 from covidnet.config_check import TRAIN, check_config
 from covidnet.errors import UserError
+from covidnet.evaluate import EVAL_AREA, evaluate_run, load_sets_for_training
 from covidnet.predict import predict_probs
 from covidnet.run_record import accepted_record, check_resume, check_writable
 from covidnet.stats import binary_metrics
@@ -118,6 +119,8 @@ def train(cfg: DictConfig) -> dict:
         log.info(f"{out} already finished (metrics.json); nothing to resume, its results are kept as they are.")
         return resume.finished
     L.seed_everything(cfg.seed, workers=True)
+    # external sets for the best checkpoint (docs/external.md): read and checked now, before any training
+    eval_sets = load_sets_for_training(cfg.get("eval_sets"), cfg.get("eval_data")) if cfg.get("eval_sets") else []
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
@@ -175,6 +178,12 @@ def train(cfg: DictConfig) -> dict:
                 writer.writerows(zip(names, labels.tolist(), [f"{p:.6f}" for p in probs]))
             metrics["test_without_near_duplicates"] = without_near_duplicates(
                 names, labels, probs, getattr(datamodule, "test_near_duplicates", set()))
+    if eval_sets and best_path and trainer.is_global_zero:
+        rows = evaluate_run(best_path, eval_sets, out, batch_size=int(cfg.data.batch_size))
+        metrics["eval_sets"] = {s.name: str(out / EVAL_AREA / s.name) for s in eval_sets}
+        for row in rows:
+            if row["level"] == "slices" and row["subset"] == "all":
+                print(f"{row['set']}: AUROC {row['auroc']}, sensitivity {row['sensitivity']}, mean P(COVID) {row['mean_prob_covid']:.3f}")
     metrics["wall_seconds"] = round(time.time() - start, 1)
     if trainer.is_global_zero:
         write_json(out / "metrics.json", metrics)

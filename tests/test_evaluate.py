@@ -200,3 +200,31 @@ def test_eval_list_without_brackets():
     assert entry.list_overrides(["evaluate.py", "ckpt=x", "eval=covid_ct_md,semiseg"]) == ["evaluate.py", "ckpt=x", "eval=[covid_ct_md,semiseg]"]
     assert entry.list_overrides(["evaluate.py", "-m", "eval=a,b"]) == ["evaluate.py", "-m", "eval=a,b"]
     assert entry.list_overrides(["evaluate.py", "eval=semiseg"]) == ["evaluate.py", "eval=semiseg"]
+
+
+# --- eval_sets in training ---------------------------------------------------------------------------------------
+def test_training_evaluates_its_best_checkpoint_on_each_eval_set(synthetic_root, semiseg, tmp_path):
+    from test_train import tiny_cfg
+
+    from covidnet.train import train
+
+    data = tmp_path / "sets"
+    data.mkdir()
+    (data / "covid-ct").symlink_to(synthetic_root)
+    (data / "covid-semiseg").symlink_to(semiseg)
+    with pytest.raises(EvalError, match="Unknown eval set 'nope'"):
+        train(tiny_cfg(synthetic_root, tmp_path / "bad", "eval_sets=[semiseg,nope]", f"eval_data={data}"))
+    assert not list((tmp_path / "bad").rglob("*.ckpt"))  # refused before any training
+    out = tmp_path / "run"
+    metrics = train(tiny_cfg(synthetic_root, out, "eval_sets=[covid_ct_test,semiseg]", f"eval_data={data}"))
+    assert set(metrics["eval_sets"]) == {"covid_ct_test", "semiseg"}
+    # the in-split test through evaluate's path gives the same P(COVID) as training's own test predictions
+    with open(out / "predictions_test.csv", newline="") as f:
+        own = {r["file"]: float(r["prob_covid"]) for r in csv.DictReader(f)}
+    with open(out / "eval" / "covid_ct_test" / "predictions.csv", newline="") as f:
+        ext = {Path(r["path"]).name: float(r["prob_covid"]) for r in csv.DictReader(f)}
+    assert own.keys() == ext.keys()
+    assert max(abs(own[k] - ext[k]) for k in own) < 1e-5
+    test_auroc = json.loads((out / "eval" / "covid_ct_test" / "metrics.json").read_text())["images"]["all"]["metrics"]["auroc"]["estimate"]
+    assert test_auroc == pytest.approx(metrics["test"]["test/auroc"], abs=1e-4)
+    assert json.loads((out / "eval" / "semiseg" / "metrics.json").read_text())["n_images"] == 5
