@@ -6,6 +6,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from covidnet.cli import user_errors
 from covidnet.evaluate import evaluate
 
 
@@ -17,7 +18,8 @@ def list_overrides(argv: list[str]) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    with user_errors():  # a bad option, set or checkpoint: its message alone, exit status 2
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

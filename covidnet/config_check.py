@@ -149,6 +149,21 @@ def _cam_methods():
     return list(METHODS)
 
 
+def _eval_set_names():
+    from covidnet.evaluate import known_sets
+
+    return known_sets()
+
+
+def eval_set_list() -> Rule:
+    """A list (possibly empty) of set names from conf/eval/ (training's ``eval_sets``)."""
+    def ok(v) -> bool:
+        items = [i.strip() for i in v.split(",") if i.strip()] if isinstance(v, str) else list(v) if isinstance(v, (list, tuple, ListConfig)) else None
+        return items is not None and all(isinstance(i, str) and i in _eval_set_names() for i in items)
+
+    return Rule(lambda: "a list of eval sets among " + ", ".join(_eval_set_names()) + " (conf/eval/), or []", ok)
+
+
 SEED = integer(0, UINT32_MAX)
 
 # train.py (conf/train.yaml and its groups)
@@ -180,6 +195,8 @@ TRAIN: dict[str, Rule] = {
     "trainer.check_val_every_n_epoch": optional(integer(1)),
     "trainer.log_every_n_steps": integer(1),
     "trainer.deterministic": Rule("true, false or warn", lambda v: isinstance(v, bool) or v == "warn"),
+    "eval_sets": eval_set_list(),
+    "eval_data": text(),
 }
 
 # visualize.py (conf/visualize.yaml)
@@ -198,6 +215,21 @@ VISUALIZE: dict[str, Rule] = {
     "batch_size": integer(1),
     "device": Rule("cpu, cuda, cuda:<index> or auto", lambda v: isinstance(v, str) and (v in ("cpu", "cuda", "auto") or (v.startswith("cuda:") and v[5:].isdigit()))),
     "tensorboard": boolean(),
+}
+
+
+# evaluate.py (conf/evaluate.yaml); each set's own keys are checked by covidnet.evaluate.load_set
+EVALUATE: dict[str, Rule] = {
+    "ckpt": VISUALIZE["ckpt"],
+    "eval_data": text(),
+    "data.image_size": optional(integer(32, 2048)),
+    "data.normalization": optional(one_of(_normalizations)),
+    "into_runs": boolean(),
+    "batch_size": integer(1),
+    "device": VISUALIZE["device"],
+    "n_boot": integer(100).because("fewer resamples make the 2.5 % and 97.5 % percentiles meaningless"),
+    "seed": SEED,
+    "progress": boolean(),
 }
 
 

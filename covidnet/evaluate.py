@@ -30,7 +30,9 @@ from tqdm import tqdm
 from covidnet import stats
 from covidnet.atomic import atomic_path, write_json
 from covidnet.checkpoint import CheckpointError
-from covidnet.data import resize_grey
+from covidnet.config_check import EVALUATE, check_config
+from covidnet.errors import UserError
+from covidnet.preprocess import resize_grey
 from covidnet.dataset import DatasetError
 from covidnet.sources import Record, SourceError, read_source
 
@@ -41,7 +43,12 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 STATED_PREPROCESSING = ("image_size", "normalization")
 
 
-class EvalError(ValueError):
+def known_sets() -> list[str]:
+    """Names of the sets in conf/eval/."""
+    return sorted(p.stem for p in (CONF_DIR / "eval").glob("*.yaml"))
+
+
+class EvalError(UserError, ValueError):
     """An evaluate.py setting or input cannot be honoured; the message says which and what to do."""
 
 
@@ -60,8 +67,7 @@ def set_config(name: str, eval_data: str | None = None, overrides: dict | None =
     """``conf/eval/<name>.yaml`` on its own (for training's ``eval_sets``), with ``${eval_data}`` resolved."""
     path = CONF_DIR / "eval" / f"{name}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in (CONF_DIR / "eval").glob("*.yaml"))
-        raise EvalError(f"Unknown eval set {name!r}: no {path}. Known sets: {', '.join(known)}.")
+        raise EvalError(f"Unknown eval set {name!r}: no {path}. Known sets: {', '.join(known_sets())}.")
     base = OmegaConf.create({"eval_data": eval_data if eval_data is not None else "${oc.env:COVIDNET_EVAL_DATA,data}"})
     merged = OmegaConf.merge(base, {"set": OmegaConf.load(path)}, {"set": overrides or {}})
     return OmegaConf.create(OmegaConf.to_container(merged, resolve=True)["set"])
@@ -306,6 +312,7 @@ def evaluate(cfg: DictConfig) -> dict:
     """Every checkpoint of ``cfg.ckpt`` on every set of ``cfg.eval``; everything is checked before work starts."""
     from covidnet.visualize import load_models
 
+    check_config(cfg, EVALUATE)  # every option, before any checkpoint or image is read
     sets_cfg = cfg.get("eval") or {}
     if not sets_cfg:
         raise EvalError("No set to evaluate on: pass eval=[covid_ct_md,semiseg] (names of conf/eval/*.yaml).")

@@ -15,7 +15,8 @@ from synthetic_dicom import write_scans
 
 from covidnet import stats
 from covidnet.checkpoint import CheckpointError
-from covidnet.data import CovidCTDataModule, Preprocess, resize_grey
+from covidnet.data import CovidCTDataModule
+from covidnet.preprocess import Preprocess, resize_grey
 from covidnet.evaluate import EvalError, evaluate, set_config
 from covidnet.model import CovidClassifier
 from covidnet.sources import read_source
@@ -212,8 +213,12 @@ def test_training_evaluates_its_best_checkpoint_on_each_eval_set(synthetic_root,
     data.mkdir()
     (data / "covid-ct").symlink_to(synthetic_root)
     (data / "covid-semiseg").symlink_to(semiseg)
-    with pytest.raises(EvalError, match="Unknown eval set 'nope'"):
+    from covidnet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"eval_sets=.*nope.*: must be a list of eval sets among covid_ct_md"):
         train(tiny_cfg(synthetic_root, tmp_path / "bad", "eval_sets=[semiseg,nope]", f"eval_data={data}"))
+    with pytest.raises(EvalError, match="semiseg set not found"):
+        train(tiny_cfg(synthetic_root, tmp_path / "bad", "eval_sets=[semiseg]", f"eval_data={tmp_path / 'nowhere'}"))
     assert not list((tmp_path / "bad").rglob("*.ckpt"))  # refused before any training
     out = tmp_path / "run"
     metrics = train(tiny_cfg(synthetic_root, out, "eval_sets=[covid_ct_test,semiseg]", f"eval_data={data}"))

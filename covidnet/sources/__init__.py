@@ -26,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from covidnet.errors import UserError
 
-class SourceError(ValueError):
+
+class SourceError(UserError, ValueError):
     """An image set on disk cannot be read as configured; the message names the files and the fix."""
 
 
