@@ -158,6 +158,18 @@ def test_sweep_into_runs_writes_each_runs_eval_area_once(tmp_path, scans, semise
     for seed in (0, 1):
         assert (sweep / f"seed={seed}" / "eval" / "covid_ct_md" / "predictions.csv").is_file()
         assert (sweep / f"seed={seed}" / "eval" / "semiseg" / "metrics.json").is_file()
+    # the report's external columns read them back: per group mean over runs, paired difference on the same images
+    from covidnet.external_summary import external_lines
+
+    lines = external_lines({"init=scratch": [sweep / "seed=0"], "init=ct": [sweep / "seed=1"]}, "init=scratch", n_boot=100)
+    text = "\n".join(lines)
+    assert "### covid_ct_md (dicom, 20 images of 5 patients)" in text and "### semiseg (semiseg, 5 images)" in text
+    auroc = [json.loads((sweep / f"seed={k}" / "eval" / "covid_ct_md" / "metrics.json").read_text())["images"]["all"]["metrics"]["auroc"]["estimate"]
+             for k in (0, 1)]
+    row = next(line for line in lines if line.startswith("| init=ct |"))
+    assert row.split("|")[3].strip() == f"{auroc[1]:.3f}"
+    diff = next(line for line in lines if line.startswith("- init=ct − init=scratch on the same 20 images (patients resampled)"))
+    assert f"Δ auroc {auroc[1] - auroc[0]:+.3f}" in diff
     with pytest.raises(EvalError, match="never overwrites"):
         evaluate(config(scans, semiseg, tmp_path / "out2", f"ckpt={sweep}", "into_runs=true"))
     assert not (tmp_path / "out2").exists()

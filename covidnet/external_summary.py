@@ -1,0 +1,121 @@
+"""External-set columns of a sweep: runs' ``<run dir>/eval/<set>/`` results summarised per group of runs.
+
+Read by the sweep report (one column group per set) and usable on its own. Each run's evaluation holds
+``metrics.json`` and ``predictions.csv`` (written by evaluate.py with ``into_runs=true`` or by training with
+``eval_sets``). Per group (e.g. an init) and set: mean ± std over the runs (seeds) of slice-level AUROC,
+accuracy, sensitivity, specificity and mean P(COVID), and patient-level AUROC (mean slice probability);
+per other group, the paired difference against the reference group on the same external images, with a
+95 % bootstrap interval that resamples patients where the set has them (covidnet.stats).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from covidnet import stats
+
+EVAL_AREA = "eval"
+SLICE_METRICS = ("auroc", "acc", "sensitivity", "specificity")
+
+
+@dataclass
+class SetRuns:
+    """One set's evaluations of the runs of one group."""
+
+    metrics: list[dict] = field(default_factory=list)
+    predictions: list[dict[str, float]] = field(default_factory=list)  # path -> P(COVID), one per run
+    labels: dict[str, int] = field(default_factory=dict)
+    patients: dict[str, str] = field(default_factory=dict)
+
+
+def eval_sets_of(run_dir: Path) -> list[str]:
+    root = Path(run_dir) / EVAL_AREA
+    return sorted(d.name for d in root.iterdir() if (d / "metrics.json").is_file()) if root.is_dir() else []
+
+
+def read_eval(run_dir: Path, set_name: str) -> tuple[dict, list[dict]]:
+    out = Path(run_dir) / EVAL_AREA / set_name
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return json.loads((out / "metrics.json").read_text()), rows
+
+
+def collect(groups: dict[str, list[Path]]) -> dict[str, dict[str, SetRuns]]:
+    """``{set: {group: SetRuns}}`` for every set any run of ``groups`` was evaluated on."""
+    out: dict[str, dict[str, SetRuns]] = {}
+    for group, runs in groups.items():
+        for run in runs:
+            for name in eval_sets_of(run):
+                metrics, rows = read_eval(run, name)
+                s = out.setdefault(name, {}).setdefault(group, SetRuns())
+                s.metrics.append(metrics)
+                s.predictions.append({r["path"]: float(r["prob_covid"]) for r in rows})
+                s.labels.update({r["path"]: int(r["label"]) for r in rows})
+                s.patients.update({r["path"]: r["patient"] for r in rows if r.get("patient")})
+    return out
+
+
+def _estimate(block: dict | None, metric: str) -> float:
+    iv = (block or {}).get("metrics", {}).get(metric) if metric != "mean_prob_covid" else (block or {}).get("mean_prob_covid")
+    return float("nan") if not iv or iv.get("estimate") is None else float(iv["estimate"])
+
+
+def group_row(s: SetRuns) -> dict[str, tuple[float, float]]:
+    """mean ± std over runs of the set's headline numbers."""
+    row = {}
+    for m in (*SLICE_METRICS, "mean_prob_covid"):
+        row[f"slice {m}"] = stats.mean_std([_estimate(x["images"]["all"], m) for x in s.metrics])
+    if all("patients" in x for x in s.metrics):
+        row["patient auroc"] = stats.mean_std([_estimate(x["patients"]["mean"]["all"], "auroc") for x in s.metrics])
+    return row
+
+
+def paired(arm: SetRuns, ref: SetRuns, n_boot: int, seed: int) -> tuple[dict[str, stats.Interval], int]:
+    """Arm minus reference on the images every run of both has (AUROC, accuracy, sensitivity)."""
+    keys = sorted(set.intersection(*(set(p) for p in arm.predictions + ref.predictions)))
+    labels = np.asarray([ref.labels[k] for k in keys])
+    a = np.asarray([[p[k] for k in keys] for p in arm.predictions])
+    b = np.asarray([[p[k] for k in keys] for p in ref.predictions])
+    groups = [ref.patients[k] for k in keys] if all(k in ref.patients for k in keys) else None
+    metrics = ("auroc", "acc", "sensitivity") if len(set(labels.tolist())) > 1 else ("sensitivity",)
+    return stats.paired_difference(labels, a, b, metrics, n_boot, seed, groups=groups), len(keys)
+
+
+def external_lines(groups: dict[str, list[Path]], pairs: list[tuple[str, str]] | str | None, n_boot: int = stats.DEFAULT_BOOT,
+                   seed: int = stats.DEFAULT_SEED) -> list[str]:
+    """Markdown: one table per external set (groups as rows), then the paired difference of each ``(arm, reference)``
+    pair of group labels (a single label: every other group against it)."""
+    if isinstance(pairs, str):
+        pairs = [(g, pairs) for g in groups if g != pairs]
+    data = collect(groups)
+    if not data:
+        return []
+    lines: list[str] = []
+    for name, by_group in data.items():
+        first = next(iter(by_group.values())).metrics[0]
+        unit = f"{first['n_images']} images" + (f" of {first['n_patients']} patients" if first.get("n_patients") else "")
+        lines += [f"### {name} ({first.get('kind')}, {unit})", ""]
+        columns = list(group_row(next(iter(by_group.values()))))
+        lines.append("| group | runs | " + " | ".join(columns) + " |")
+        lines.append("|---" * (len(columns) + 2) + "|")
+        for group, s in by_group.items():
+            row = group_row(s)
+            cells = [("-" if np.isnan(m) else f"{m:.3f}" + ("" if np.isnan(sd) else f" ± {sd:.3f}")) for m, sd in (row.get(c, (np.nan, np.nan)) for c in columns)]
+            lines.append(f"| {group} | {len(s.metrics)} | " + " | ".join(cells) + " |")
+        lines.append("")
+        shown = [(arm, ref) for arm, ref in pairs or [] if arm in by_group and ref in by_group]
+        for arm, ref in shown:
+            diffs, n = paired(by_group[arm], by_group[ref], n_boot, seed)
+            text = ", ".join(f"Δ {m} {iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]" for m, iv in diffs.items())
+            how = "patients resampled" if first.get("n_patients") else "images resampled"
+            lines.append(f"- {arm} − {ref} on the same {n} images ({how}): {text}")
+        if shown:
+            lines.append("")
+    lines.append("Slice numbers: P(COVID) > 0.5 is a COVID call; ± is the std over runs (seeds). Patient AUROC: each patient's "
+                 "mean slice P(COVID). Intervals: 95 % bootstrap, paired on the same images; see docs/external.md.")
+    return lines
