@@ -32,8 +32,9 @@ from covidnet.atomic import atomic_path, write_json
 from covidnet.checkpoint import CheckpointError
 from covidnet.config_check import EVALUATE, check_config
 from covidnet.errors import UserError
-from covidnet.preprocess import resize_grey
 from covidnet.dataset import DatasetError
+from covidnet.predict import predict_batch
+from covidnet.preprocess import resize_grey
 from covidnet.sources import Record, SourceError, read_source
 
 OUTPUT_FILES = ("metrics.json", "predictions.csv")
@@ -109,14 +110,12 @@ def decode(s: EvalSet, sizes: set[int], progress: bool = True) -> dict[int, torc
     return {size: torch.stack(v) for size, v in out.items()}
 
 
-@torch.inference_mode()
 def predict(model: torch.nn.Module, preprocess, images: torch.Tensor, batch_size: int, device, desc: str, progress: bool = True) -> np.ndarray:
-    """P(COVID) per image, in order (the model stays in eval mode)."""
-    model.eval()
+    """P(COVID) per image, in order, through covidnet.predict (eval mode, restored afterwards)."""
     probs = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress, file=sys.stderr):
-        x = torch.stack([preprocess(img) for img in images[start : start + batch_size]]).to(device)
-        probs.append(torch.sigmoid(model(x)).float().flatten().cpu())
+        x = torch.stack([preprocess(img) for img in images[start : start + batch_size]])
+        probs.append(predict_batch(model, x).flatten())
     return torch.cat(probs).numpy()
 
 
