@@ -18,9 +18,10 @@ from covidnet.cam import (
     compute_cams,
     overlay,
     panel_grid,
-    predict,
     target_text,
 )
+from covidnet.predict import predict_batch
+from covidnet.sampling import draw_per_class
 
 
 class CamLogger(L.Callback):
@@ -67,7 +68,7 @@ class CamLogger(L.Callback):
                 self._warned = True
             return
         x, labels = self.chosen(trainer, split)
-        probs = predict(pl_module, x)
+        probs = predict_batch(pl_module, x)
         categories = categories_for(self.target, labels, probs.tolist())
         greys = self.to_grey(trainer, x)
         for method in self.methods:
@@ -91,13 +92,11 @@ class CamLogger(L.Callback):
                 labels = np.asarray(dataset.labels).astype(int)
             else:
                 labels = np.asarray([int(dataset[i][1]) for i in range(len(dataset))])
-            rng = np.random.default_rng(self.seed)
-            index: list[int] = []
             for label in (1, 0):
-                pool = np.flatnonzero(labels == label)
-                if len(pool) < self.k:
-                    warnings.warn(f"CamLogger: the {split} split has {len(pool)} images of class {label}, fewer than k={self.k}.", stacklevel=2)
-                index += sorted(rng.choice(pool, min(self.k, len(pool)), replace=False).tolist())
+                if (labels == label).sum() < self.k:
+                    warnings.warn(f"CamLogger: the {split} split has {(labels == label).sum()} images of class {label}, fewer than k={self.k}.", stacklevel=2)
+            drawn = draw_per_class(labels, self.k, self.seed, classes=(1, 0))
+            index = drawn[1] + drawn[0]
             x = torch.stack([torch.as_tensor(dataset[i][0]) for i in index])
             self._chosen[split] = (x, labels[index])
         return self._chosen[split]

@@ -162,7 +162,6 @@ class FrozenFeatureCache(L.Callback):
         device = next(model.parameters()).device
         features = torch.cat([run(prefix, x.to(device)).cpu() for x in self.inputs(source)])
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:  # readers never see half a file
                 torch.save(features, tmp)
         return features

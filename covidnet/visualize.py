@@ -28,10 +28,9 @@ from covidnet.cam import (
     grey_rgb,
     overlay,
     panel_grid,
-    predict,
     target_text,
 )
-from covidnet.atomic import write_json
+from covidnet.atomic import atomic_path, write_json
 from covidnet.cam_metrics import (
     LAYER_STRIDES,
     block_random_cams,
@@ -42,6 +41,8 @@ from covidnet.cam_metrics import (
     pointing_hit,
     summarize,
 )
+from covidnet.predict import predict_batch
+from covidnet.sampling import draw_per_class
 from covidnet.checkpoint import CheckpointError, load_checkpoint
 from covidnet.config_check import VISUALIZE, check_config
 from covidnet.data import CovidCTDataModule
@@ -151,14 +152,12 @@ def select_images(root: str | Path, split: str, n_per_class: int, seed: int) -> 
     if n_per_class < 1:
         raise VisualizeError(f"n_per_class={n_per_class} must be at least 1.")
     samples = read_split(root, split)
-    rng = np.random.default_rng(seed)
-    chosen: list[Sample] = []
+    labels = [s.label for s in samples]
     for label in (1, 0):
-        pool = [s for s in samples if s.label == label]
-        if n_per_class > len(pool):
-            raise VisualizeError(f"n_per_class={n_per_class}, but the {split} split has only {len(pool)} {CLASS_NAMES[label]} images; lower n_per_class.")
-        chosen += [pool[i] for i in sorted(rng.choice(len(pool), n_per_class, replace=False))]
-    return chosen
+        if n_per_class > labels.count(label):
+            raise VisualizeError(f"n_per_class={n_per_class}, but the {split} split has only {labels.count(label)} {CLASS_NAMES[label]} images; lower n_per_class.")
+    drawn = draw_per_class(labels, n_per_class, seed, classes=(1, 0))
+    return [samples[i] for i in drawn[1] + drawn[0]]
 
 
 def batches(n: int, size: int):
@@ -168,7 +167,7 @@ def batches(n: int, size: int):
 
 def compute_maps(m: LoadedModel, paths: list[Path], labels: list[int], methods: list[str], target: str, batch_size: int, layer: str) -> Maps:
     x = torch.stack([m.datamodule.model_input(p) for p in paths])
-    probs = torch.cat([predict(m.model, x[s]) for s in batches(len(x), batch_size)]).numpy()
+    probs = torch.cat([predict_batch(m.model, x[s]) for s in batches(len(x), batch_size)]).numpy()
     categories = categories_for(target, labels, probs.tolist())
     maps = Maps(x, probs, categories)
     for method in methods:
@@ -354,7 +353,7 @@ def visualize(cfg: DictConfig) -> dict:
             line += [f"{mp.probs[i]:.6f}", mp.categories[i], f"{pi['area'][i]:.4f}"]
             line += [f"{v:.4f}" for method in methods for v in (pi["drops"][method]["prob_drop"][i], pi["drops"][method]["logit_drop"][i], pi["shares"][method][i])]
         table.append(line)
-    with open(out / "images.csv", "w", newline="") as f:
+    with atomic_path(out / "images.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(table)

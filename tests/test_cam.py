@@ -17,10 +17,11 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 
 from callbacks import CamLogger
 from cam_training import IMAGE_SIZE, blob_run
-from covidnet.cam import compute_cams, oriented_projection, predict
+from covidnet.cam import compute_cams, oriented_projection
 from covidnet.cam_metrics import LAYER_STRIDES, block_random_cams, body_mask, confidence_drop, mass_share, pointing_hit
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from covidnet.model import CovidClassifier
+from covidnet.predict import predict_batch
 from covidnet.train import instantiate_all
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -49,7 +50,7 @@ def peak(cam: np.ndarray) -> np.ndarray:
 
 def test_gradcam_for_covid_peaks_in_the_blob(run):
     x, y, names = split_batch(run, "test")
-    probs = predict(run.model, x)
+    probs = predict_batch(run.model, x)
     assert ((probs >= 0.5).long() == y).float().mean() >= 0.9, "the tiny model should have learnt the blob"
 
     covid = [i for i, n in enumerate(names) if n in run.centres]

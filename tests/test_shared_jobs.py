@@ -1,0 +1,66 @@
+"""The small jobs with one home each: eval mode (covidnet/predict.py), draws per class (covidnet/sampling.py),
+atomic writes and stale temporaries (covidnet/atomic.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from covidnet.atomic import atomic_path, partial_name, remove_stale
+from covidnet.data import stratified_subset
+from covidnet.dataset import Sample
+from covidnet.predict import eval_mode, predict_batch
+from covidnet.sampling import draw_per_class
+
+
+def test_eval_mode_restores_the_mode_also_after_an_error():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1)).train()
+    with pytest.raises(RuntimeError):
+        with eval_mode(net):
+            assert not net.training and not net[1].training
+            raise RuntimeError("boom")
+    assert net.training and net[1].training
+    probs = predict_batch(net, torch.randn(4, 2))
+    assert net.training and probs.shape == (4,) and ((probs > 0) & (probs < 1)).all()
+
+
+def test_draws_per_class_are_seeded_sorted_and_capped():
+    labels = [0, 1] * 10 + [1] * 3
+    a = draw_per_class(labels, 4, seed=3, classes=(1, 0))
+    assert a == draw_per_class(labels, 4, seed=3, classes=(1, 0))
+    assert a != draw_per_class(labels, 4, seed=4, classes=(1, 0))
+    assert all(v == sorted(v) and len(v) == 4 and all(labels[i] == c for i in v) for c, v in a.items())
+    assert len(draw_per_class(labels, 50, seed=0, classes=(0,))[0]) == 10  # at most the class size
+    assert draw_per_class(labels, lambda n: max(1, round(0.5 * n)), seed=0, classes=(0, 1)).keys() == {0, 1}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_training_fraction_keeps_the_images_it_always_kept(seed):
+    """The draw of data.fraction is the one earlier runs used (same images for the same seed)."""
+    samples = [Sample(path=__import__("pathlib").Path(f"{i}.png"), label=int(i % 3 == 0)) for i in range(40)]
+    rng, keep = np.random.default_rng(seed), set()  # the former implementation, inline
+    for label in (0, 1):
+        idx = [i for i, s in enumerate(samples) if s.label == label]
+        keep.update(rng.choice(idx, size=max(1, round(0.3 * len(idx))), replace=False).tolist())
+    assert stratified_subset(samples, 0.3, seed) == [s for i, s in enumerate(samples) if i in keep]
+    with pytest.raises(ValueError, match=r"data.fraction=0 must be in \(0, 1\]"):
+        stratified_subset(samples, 0, seed)
+
+
+def test_stale_temporaries_of_dead_writers_go_and_live_ones_stay(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    target = tmp_path / "last.ckpt"
+    partial_name(target, dead_pid).write_text("half")
+    partial_name(target, 1).write_text("live")  # pid 1 always runs: its writer may still be at work
+    (tmp_path / f".covid-ct.download-{dead_pid}-abc").mkdir()
+    (tmp_path / ".covid-ct.download-notapid").mkdir()
+    remove_stale(tmp_path, ".covid-ct.download-")
+    with atomic_path(target, durable=True) as tmp:
+        tmp.write_text("whole")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".covid-ct.download-notapid", ".last.ckpt.1.partial", "last.ckpt"] and target.read_text() == "whole"
