@@ -38,12 +38,11 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics import MetricCollection
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from covidnet.data import CovidCTDataModule  # noqa: E402
-from covidnet.model import CovidClassifier  # noqa: E402
+from covidnet.data import CovidCTDataModule
+from covidnet.model import CovidClassifier
 
 PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "covid-ct"
+DEFAULT_DATA = "data/covid-ct"  # as train.py: relative to the launch directory; COVIDNET_DATA or --data-root override it
 
 # Lightning variants for --overheads: name -> what is switched off relative to the default recipe.
 OVERHEAD_VARIANTS = {
@@ -60,7 +59,7 @@ OVERHEAD_VARIANTS = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", default=os.environ.get("COVIDNET_DATA", str(DEFAULT_DATA)), help="COVID-CT in the official layout")
+    p.add_argument("--data-root", default=os.environ.get("COVIDNET_DATA", DEFAULT_DATA), help="COVID-CT in the official layout")
     p.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet50", "resnet152"])
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=32)

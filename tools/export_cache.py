@@ -1,10 +1,10 @@
 """Write COVID-CT as the data module caches it: each image a 224x224 grey PNG under its own name.
 
-For a GPU machine that the 95 MB originals cannot be copied to (benchmarks/gpu_sweep.sh); the data
+For a GPU machine that the 95 MB originals cannot be copied to (scripts/gpu_sessions/gpu_sweep.sh); the data
 module decodes these files to exactly the tensors it makes from the originals (the script checks).
 Never commit the output: the images stay their publishers' property.
 
-    python benchmarks/export_cache.py ../shared/data/covid-ct .devdata/covid-ct
+    python tools/export_cache.py ../shared/data/covid-ct .devdata/covid-ct
 """
 
 import shutil

@@ -2,7 +2,7 @@
 # The GPU session behind docs/results.md: run on a lent GPU machine from the repository root, with
 #   .whl/      wheels of the packages that machine lacks (hydra-core, omegaconf, antlr4, grad-cam, ttach)
 #   .devdata/  COVID-CT with every image stored as the 224x224 grey PNG that the data module caches
-#              (bit-identical tensors to decoding the originals; made by benchmarks/export_cache.py)
+#              (bit-identical tensors to decoding the originals; made by tools/export_cache.py)
 # and OUT set to a folder for the results. Jobs run in parallel, one CPU thread each; CAM logging and
 # last.ckpt are off (the best checkpoint is still kept, and dropped from what comes back).
 set -u
