@@ -14,7 +14,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from covidnet.augment import train_augment
-from covidnet.dataset import SPLITS, DatasetError, Sample, check_dataset, is_complete_layout, load_grey, read_split
+from covidnet.dataset import SPLITS, DatasetError, Sample, check_dataset, is_complete_layout, load_grey
 from covidnet.download import download_covid_ct
 from covidnet.near_duplicates import Item, cross_split_names, find_pairs, thumbnails
 from covidnet.near_duplicates import summary as near_duplicate_summary
@@ -142,9 +142,7 @@ class CovidCTDataModule(L.LightningDataModule):
         if self.datasets:
             return
         root = Path(self.hparams.root)
-        if not is_complete_layout(root):
-            read_split(root, "train")  # raises the layout message naming what is missing
-        splits, cache = check_dataset(root, load=self.load_image)
+        splits, cache = check_dataset(root, load=self.load_image)  # the layout first, naming what is missing
         self.check_near_duplicates(splits, cache)
         splits["train"] = stratified_subset(splits["train"], self.hparams.fraction, self.hparams.seed)
         self.samples = splits

@@ -90,9 +90,19 @@ def read_split(root: Path | str, split: str) -> list[Sample]:
     if split not in SPLITS:
         raise DatasetError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
     root = Path(root)
+    check_layout(root)
+    return listed_samples(root, split)
+
+
+def check_layout(root: Path) -> None:
+    """Raise the layout message (what is missing, what the layout is) unless every folder and split file exists."""
     missing = [p for p in expected_files(root) if not p.exists()]
     if missing:
         raise DatasetError(layout_message(root, missing))
+
+
+def listed_samples(root: Path, split: str) -> list[Sample]:
+    """What a split's files list, COVID first (the layout already checked)."""
     return [
         Sample(image_dir(root, lab) / name, lab)
         for lab, *_ in CLASSES
@@ -158,10 +168,8 @@ def check_dataset(root: Path | str, load: Callable[[Path], T] | None = None, wor
     results are returned so that nothing is decoded twice).
     """
     root = Path(root)
-    missing_layout = [p for p in expected_files(root) if not p.exists()]
-    if missing_layout:
-        raise DatasetError(layout_message(root, missing_layout))
-    splits = {s: read_split(root, s) for s in SPLITS}
+    check_layout(root)
+    splits = {s: listed_samples(root, s) for s in SPLITS}
     problems: list[str] = []
     seen: dict[Path, str] = {}
     for split, samples in splits.items():
