@@ -1,6 +1,10 @@
-"""Lightning callbacks of covidnet (configured in conf/callbacks/)."""
+"""Lightning callbacks of covidnet (configured in conf/callbacks/), imported as ``covidnet.callbacks``.
 
-from callbacks.cam_logger import CamLogger
-from callbacks.frozen_features import FrozenFeatureCache
+This file is that package's ``__init__`` in a built wheel; in a checkout covidnet/callbacks.py plays its
+part. Keep the two export lists equal (tests/test_packaging.py checks).
+"""
+
+from covidnet.callbacks.cam_logger import CamLogger
+from covidnet.callbacks.frozen_features import FrozenFeatureCache
 
 __all__ = ["CamLogger", "FrozenFeatureCache"]

@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import Dataset
 
-from callbacks.cam_logger import CamLogger
+from covidnet.callbacks.cam_logger import CamLogger
 from covidnet.atomic import atomic_path
 from covidnet.model import FREEZE_MODES
 from covidnet.predict import eval_mode

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from callbacks import CamLogger
+from covidnet.callbacks import CamLogger
 from cam_training import IMAGE_SIZE, blob_run
 from covidnet.cam import compute_cams, oriented_projection
 from covidnet.cam_metrics import LAYER_STRIDES, block_random_cams, body_mask, confidence_drop, mass_share, pointing_hit

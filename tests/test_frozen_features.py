@@ -12,8 +12,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from callbacks import CamLogger
-from callbacks.frozen_features import FeatureDataset, FrozenFeatureCache
+from covidnet.callbacks import CamLogger
+from covidnet.callbacks.frozen_features import FeatureDataset, FrozenFeatureCache
 from covidnet.checkpoint import load_checkpoint
 from covidnet.data import CovidCTDataModule
 from covidnet.model import CovidClassifier
