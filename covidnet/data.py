@@ -19,7 +19,9 @@ from covidnet.download import download_covid_ct
 from covidnet.near_duplicates import Item, cross_split_names, find_pairs, thumbnails
 from covidnet.near_duplicates import summary as near_duplicate_summary
 from covidnet.preprocess import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS, Preprocess, resize_grey  # noqa: F401 (re-exported)
+from covidnet.multisource import MAIN_SOURCE, SLICE_POLICIES, SourceItem, sampling_weights, source_items, split_by_patient
 from covidnet.sampling import EpochSampler, draw_per_class
+from covidnet.sources import Record
 
 log = logging.getLogger(__name__)
 
@@ -106,22 +108,45 @@ class CovidCTDataModule(L.LightningDataModule):
         augment: bool = True,
         seed: int = 0,
         pin_memory: bool | None = None,
+        sources: list[str] | tuple[str, ...] = (MAIN_SOURCE,),
+        test_sources: list[str] | tuple[str, ...] | None = None,
+        fold: int = 0,
+        n_folds: int = 2,
+        slice_labels: str = "infected_only",
+        balance: str = "none",
+        sets_root: str | None = None,
+        source_defs: dict | None = None,
     ):
         super().__init__()
+        # several sources (covidnet/multisource.py): plain lists, so the checkpoint records what was trained on
+        sources = list(sources or [MAIN_SOURCE])
+        test_sources = list(test_sources) if test_sources is not None else list(sources)
         root = str(Path(os.path.expanduser(str(root))).resolve())
         self.save_hyperparameters()
         self.preprocess = Preprocess(normalization)  # fails early on an unknown name
         check_fraction(fraction)  # and on a bad fraction
+        if MAIN_SOURCE not in sources:
+            raise ValueError(f"data.sources={sources}: COVID-CT ({MAIN_SOURCE}) is always trained on (its validation split selects the model).")
+        if slice_labels not in SLICE_POLICIES:
+            raise ValueError(f"data.slice_labels={slice_labels!r}; choose one of {', '.join(SLICE_POLICIES)}.")
+        sampling_weights([], balance)  # fails early on an unknown balance mode
         self.samples: dict[str, list[Sample]] = {}
         self.datasets: dict[str, CachedImages] = {}
         self._wrap: Callable[[str, Dataset], Dataset] | None = None  # see wrap_datasets
         self.near_duplicates: list = []  # set by setup(): near-duplicate pairs of pictures (covidnet/near_duplicates.py)
         self.test_near_duplicates: set[str] = set()  # test images with a near-duplicate in train or val
+        # per split, in loader order: where each image came from (Item) and, for sources other than COVID-CT, its Record
+        self.items: dict[str, list[SourceItem]] = {}
+        self.records: dict[str, list[Record | None]] = {}
 
     # --- preprocessing shared with CAMs and reports -------------------------------------------------
     def load_image(self, path: str | Path) -> torch.Tensor:
         """Any image file -> the uint8 grey tensor the cache holds."""
         return resize_grey(load_grey(path), self.hparams.image_size)
+
+    def load_grey_image(self, grey: np.ndarray) -> torch.Tensor:
+        """A float grey HxW image in [0, 1] (e.g. a windowed DICOM slice) -> the uint8 tensor the cache holds."""
+        return resize_grey(grey, self.hparams.image_size)
 
     def model_input(self, path: str | Path) -> torch.Tensor:
         """Any image file -> the normalised 3-channel tensor the model sees at evaluation."""
@@ -146,12 +171,40 @@ class CovidCTDataModule(L.LightningDataModule):
         self.check_near_duplicates(splits, cache)
         splits["train"] = stratified_subset(splits["train"], self.hparams.fraction, self.hparams.seed)
         self.samples = splits
+        images = {split: [cache[s.path] for s in splits[split]] for split in SPLITS}
+        self.items = {split: [SourceItem(MAIN_SOURCE, s.name, s.label) for s in splits[split]] for split in SPLITS}
+        self.records = {split: [None] * len(splits[split]) for split in SPLITS}
+        for split, pairs in self.other_source_items().items():
+            for item, record in pairs:
+                images[split].append(self.load_grey_image(record.load()))
+                self.items[split].append(item)
+                self.records[split].append(record)
         for split in SPLITS:
-            samples = splits[split]
-            images = torch.stack([cache[s.path] for s in samples])
-            labels = torch.tensor([s.label for s in samples], dtype=torch.float32)
+            labels = torch.tensor([it.label for it in self.items[split]], dtype=torch.float32)
             augment = self.train_augment() if split == "train" and self.hparams.augment else None
-            self.datasets[split] = CachedImages(images, labels, self.preprocess, augment)
+            self.datasets[split] = CachedImages(torch.stack(images[split]), labels, self.preprocess, augment)
+
+    def other_source_items(self) -> dict[str, list[tuple[SourceItem, Record]]]:
+        """Train and test images of every source besides COVID-CT, split by patient (``data.fold``)."""
+        from covidnet.evaluate import load_set, set_config  # the eval-set configs name the sources (lazy: evaluate imports this module)
+
+        h = self.hparams
+        out: dict[str, list[tuple[SourceItem, Record]]] = {"train": [], "test": []}
+        for name in dict.fromkeys([*h.sources, *h.test_sources]):
+            if name == MAIN_SOURCE:
+                continue
+            # a source defined inline (data.source_defs.<name>: kind, root, read) or an eval set, conf/eval/<name>.yaml
+            defs = (h.source_defs or {}).get(name)
+            records = load_set(name, defs if defs is not None else set_config(name, h.sets_root)).records
+            parts = split_by_patient(records, h.fold, h.n_folds, f"data.sources: {name}")
+            if name in h.sources:
+                out["train"] += source_items(name, parts["train"], "train", h.slice_labels)
+            if name in h.test_sources:
+                out["test"] += source_items(name, parts["test"], "test", h.slice_labels)
+        return out
+
+    def test_source_names(self) -> list[str]:
+        return list(dict.fromkeys(it.source for it in self.items.get("test", [])))
 
     def check_near_duplicates(self, splits: dict[str, list[Sample]], cache: dict) -> None:
         """Near-duplicate pictures within and across the splits (covidnet/near_duplicates.py): a warning, not a
@@ -182,7 +235,11 @@ class CovidCTDataModule(L.LightningDataModule):
         h = self.hparams
         pin = torch.cuda.is_available() if h.pin_memory is None else h.pin_memory
         # training order and augmentation are a function of (seed, epoch): a resumed run replays them exactly
-        sampler = EpochSampler(len(dataset), h.seed, self._train_position) if shuffle else self._eval_sampler(split)
+        if shuffle:
+            weights = sampling_weights(self.items[split], h.balance) if self.items.get(split) else None
+            sampler = EpochSampler(len(dataset), h.seed, self._train_position, weights)
+        else:
+            sampler = self._eval_sampler(split)
         return DataLoader(
             dataset,
             batch_size=h.batch_size,
@@ -227,4 +284,4 @@ class CovidCTDataModule(L.LightningDataModule):
 
     def split_names(self, split: str) -> list[str]:
         """File names of a split, in loader order (the order of predictions)."""
-        return [s.name for s in self.samples[split]]
+        return [it.name for it in self.items[split]]

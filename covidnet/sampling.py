@@ -29,8 +29,10 @@ class EpochSampler(Sampler):
     iteration starts, so it needs no ``set_epoch`` call and survives a restart.
     """
 
-    def __init__(self, n: int, seed: int, position: Callable[[], tuple[int, int]] = lambda: (0, 0)):
+    def __init__(self, n: int, seed: int, position: Callable[[], tuple[int, int]] = lambda: (0, 0), weights=None):
         self.n, self.seed, self.position = n, seed, position
+        # optional per-index sampling weights (balanced sources and classes): n draws with replacement per epoch
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
 
     def __len__(self) -> int:
         # a resumed epoch yields fewer items, but Lightning counts the epoch's batches on from the checkpoint
@@ -38,7 +40,10 @@ class EpochSampler(Sampler):
 
     def order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         g = epoch_generator(self.seed, epoch)
-        perm = torch.randperm(self.n, generator=g)
+        if self.weights is None:
+            perm = torch.randperm(self.n, generator=g)
+        else:
+            perm = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
         seeds = torch.randint(0, 2**62, (self.n,), generator=g)
         return perm, seeds
 

@@ -25,6 +25,7 @@ from covidnet.checkpoint import check_weights_fit
 from covidnet.config_check import TRAIN, check_config
 from covidnet.errors import UserError
 from covidnet.evaluate import EVAL_AREA, evaluate_run, load_sets_for_training
+from covidnet.multisource import source_metrics
 from covidnet.predict import predict_probs
 from covidnet.run_record import accepted_record, check_resume, check_writable
 from covidnet.stats import binary_metrics
@@ -172,6 +173,9 @@ def train(cfg: DictConfig) -> dict:
         if trainer.is_global_zero:
             probs, labels = predict_probs(model, datamodule.test_dataloader())
             names = datamodule.split_names("test")
+            if len(datamodule.test_source_names()) > 1:
+                # each source on its own as well as pooled (covidnet/multisource.py); never used to select the model
+                metrics["test_by_source"] = source_metrics(datamodule.items["test"], datamodule.records["test"], probs)
             with atomic_path(out / "predictions_test.csv") as tmp, open(tmp, "w", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(["file", "label", "prob_covid"])
