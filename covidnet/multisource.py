@@ -4,7 +4,7 @@ COVID-CT's label is tied to its source (COVID images from COVID papers, non-COVI
 collections), so a network trained on it alone can separate the classes by source. A second source in which
 positives and negatives come from the same hospital breaks that link. Such a source is small (covid-ct-md-sample:
 two patients per diagnosis), so it is split **by patient, never by slice**, into folds: with two folds, fold 0
-trains on the first patient of each diagnosis and tests on the second, fold 1 the other way round, so that
+tests the first patient of each diagnosis (in name order) and trains on the second, fold 1 the other way round, so that
 every patient is tested once by a model that never saw it (``-m data.fold=0,1``).
 
 A source other than ``covid_ct`` is named like an evaluation set, ``conf/eval/<name>.yaml`` (one reader
