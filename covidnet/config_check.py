@@ -164,6 +164,24 @@ def eval_set_list() -> Rule:
     return Rule(lambda: "a list of eval sets among " + ", ".join(_eval_set_names()) + " (conf/eval/), or []", ok)
 
 
+def _slice_policies():
+    from covidnet.multisource import SLICE_POLICIES
+
+    return list(SLICE_POLICIES)
+
+
+def _balance_modes():
+    from covidnet.multisource import BALANCE_MODES
+
+    return list(BALANCE_MODES)
+
+
+def _names(v) -> list[str] | None:
+    """A list of non-empty names (a single name counts as a list of one), else None."""
+    items = [v] if isinstance(v, str) else list(v) if isinstance(v, (list, tuple, ListConfig)) else None
+    return items if items and all(isinstance(i, str) and i.strip() for i in items) else None
+
+
 SEED = integer(0, UINT32_MAX)
 
 # train.py (conf/train.yaml and its groups)
@@ -184,6 +202,13 @@ TRAIN: dict[str, Rule] = {
     "data.jitter": number(0, 1),
     "data.seed": SEED,
     "data.pin_memory": optional(boolean()),
+    "data.sources": Rule("a non-empty list of source names that includes covid_ct", lambda v: _names(v) is not None and "covid_ct" in _names(v)),
+    "data.test_sources": optional(Rule("a non-empty list of source names", lambda v: bool(_names(v)))),
+    "data.fold": integer(0).because("the patient fold tested (0 .. data.n_folds - 1)"),
+    "data.n_folds": integer(2),
+    "data.slice_labels": one_of(_slice_policies),
+    "data.balance": one_of(_balance_modes),
+    "data.sets_root": optional(text()),
     "model.arch": one_of(_archs),
     "model.init": one_of(_inits),
     "model.freeze": one_of(_freeze_modes),

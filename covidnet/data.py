@@ -121,6 +121,10 @@ class CovidCTDataModule(L.LightningDataModule):
         # several sources (covidnet/multisource.py): plain lists, so the checkpoint records what was trained on
         sources = list(sources or [MAIN_SOURCE])
         test_sources = list(test_sources) if test_sources is not None else list(sources)
+        if source_defs is not None and not isinstance(source_defs, dict):  # a DictConfig from Hydra: plain values only
+            from omegaconf import OmegaConf
+
+            source_defs = OmegaConf.to_container(source_defs, resolve=True)
         root = str(Path(os.path.expanduser(str(root))).resolve())
         self.save_hyperparameters()
         self.preprocess = Preprocess(normalization)  # fails early on an unknown name
@@ -144,7 +148,7 @@ class CovidCTDataModule(L.LightningDataModule):
         """Any image file -> the uint8 grey tensor the cache holds."""
         return resize_grey(load_grey(path), self.hparams.image_size)
 
-    def load_grey_image(self, grey: np.ndarray) -> torch.Tensor:
+    def load_grey_image(self, grey) -> torch.Tensor:
         """A float grey HxW image in [0, 1] (e.g. a windowed DICOM slice) -> the uint8 tensor the cache holds."""
         return resize_grey(grey, self.hparams.image_size)
 

@@ -150,3 +150,18 @@ def stats_root(records: list, idx) -> str:
 
     paths = [str(records[i].path) for i in idx]
     return os.path.commonpath(paths) if paths else ""
+
+
+def scalars(by_source: dict) -> dict[str, float]:
+    """TensorBoard scalars of :func:`source_metrics`: ``test/<source>/<metric>`` per image (slice) and, for
+    sources with patients, ``test/<source>/patient_<metric>`` (mean slice probability per patient)."""
+    out: dict[str, float] = {}
+    for source, m in by_source.items():
+        levels = [("", m["images"]["all"])]
+        if "patients" in m:
+            levels.append(("patient_", m["patients"]["mean"]["all"]))
+        for prefix, block in levels:
+            for metric, iv in block["metrics"].items():
+                if iv is not None and iv.get("estimate") is not None:
+                    out[f"test/{source}/{prefix}{metric}"] = float(iv["estimate"])
+    return out

@@ -25,6 +25,7 @@ from covidnet.checkpoint import check_weights_fit
 from covidnet.config_check import TRAIN, check_config
 from covidnet.errors import UserError
 from covidnet.evaluate import EVAL_AREA, evaluate_run, load_sets_for_training
+from covidnet.multisource import scalars as source_scalars
 from covidnet.multisource import source_metrics
 from covidnet.predict import predict_probs
 from covidnet.run_record import accepted_record, check_resume, check_writable
@@ -176,10 +177,13 @@ def train(cfg: DictConfig) -> dict:
             if len(datamodule.test_source_names()) > 1:
                 # each source on its own as well as pooled (covidnet/multisource.py); never used to select the model
                 metrics["test_by_source"] = source_metrics(datamodule.items["test"], datamodule.records["test"], probs)
+                for logger in trainer.loggers:
+                    logger.log_metrics(source_scalars(metrics["test_by_source"]), step=trainer.global_step)
             with atomic_path(out / "predictions_test.csv") as tmp, open(tmp, "w", newline="") as f:
                 writer = csv.writer(f)
-                writer.writerow(["file", "label", "prob_covid"])
-                writer.writerows(zip(names, labels.tolist(), [f"{p:.6f}" for p in probs]))
+                writer.writerow(["file", "label", "prob_covid", "source", "patient"])
+                items = datamodule.items["test"]
+                writer.writerows(zip(names, labels.tolist(), [f"{p:.6f}" for p in probs], [it.source for it in items], [it.patient or "" for it in items]))
             metrics["test_without_near_duplicates"] = without_near_duplicates(
                 names, labels, probs, getattr(datamodule, "test_near_duplicates", set()))
     if eval_sets and best_path and trainer.is_global_zero:

@@ -151,3 +151,33 @@ def test_data_module_refuses_sources_without_covid_ct(synthetic_root):
         CovidCTDataModule(root=str(synthetic_root), sources=["covid_ct_md"])
     with pytest.raises(ValueError, match="data.slice_labels"):
         CovidCTDataModule(root=str(synthetic_root), slice_labels="all")
+
+
+def test_train_reports_each_source_and_writes_its_rows(synthetic_root, tmp_path):
+    import csv
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    from covidnet.train import train
+
+    src = write_folder_source(tmp_path / "second")
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    overrides = [
+        f"data.root={synthetic_root}", f"paths.output_dir={tmp_path / 'run'}", "data.image_size=32", "data.batch_size=8",
+        "trainer.max_epochs=1", "trainer.accelerator=cpu", "+trainer.enable_progress_bar=false", "++callbacks.cam=null",
+        "data.sources=[covid_ct,second]", "data.slice_labels=patient", "data.balance=source_class",
+        f"data.source_defs={{second: {{kind: image_folder, root: '{src}', read: {{classes: {{COVID: 1, Normal: 0}}, patient_level: 0}}}}}}",
+    ]
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    metrics = train(cfg)
+    by_source = metrics["test_by_source"]
+    assert set(by_source) == {"covid_ct", "second"}
+    assert by_source["second"]["n_patients"] == 2 and by_source["second"]["n_images"] == 6
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["test_by_source"]["second"]["images"]["all"]["n"] == 6
+    with open(tmp_path / "run" / "predictions_test.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert Counter(r["source"] for r in rows) == Counter({"covid_ct": 16, "second": 6})
+    assert {r["patient"] for r in rows if r["source"] == "second"} == {"COVID/p1", "Normal/p1"}  # fold 0 tests the first patients
