@@ -1,0 +1,182 @@
+"""The several-sources study of docs/sources.md: COVID-CT only vs COVID-CT + COVID-CT-MD, paired on the same images.
+
+Reads, does not train:
+- ``--mixed``: a sweep of ``experiment=sources data.fold=0,1 seed=...``: every COVID-CT-MD patient is held out by
+  the fold that tests it, so per seed the two folds' test rows cover all six patients once, each predicted by a
+  model that never saw it;
+- ``--baseline``: a sweep of the same recipe on COVID-CT alone (same seeds), whose jobs were evaluated on the
+  whole COVID-CT-MD sample (``python evaluate.py ckpt=<sweep> eval=covid_ct_md into_runs=true``; none of its
+  patients was trained on) and on COVID-SemiSeg (``eval=semiseg``), and the mixed sweep likewise on semiseg.
+
+Writes ``<out>/summary.md`` and ``summary.json``: per arm mean ± std over seeds, and the paired difference
+mixed − baseline with 95 % bootstrap intervals (COVID-CT test images resampled; COVID-CT-MD patients resampled).
+
+    python benchmarks/studies/sources_study.py --mixed <sweep> --baseline <sweep> --baseline-filter bf16 --out docs/results/sources
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from covidnet import stats
+
+MD = "covid_ct_md"
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def seed_of(job: Path) -> int:
+    cfg = json.loads((job / "metrics.json").read_text())
+    return int(cfg["seed"])
+
+
+def jobs(sweep: Path, contains: str = "") -> list[Path]:
+    return sorted(j for j in sweep.iterdir() if (j / "metrics.json").is_file() and contains in j.name)
+
+
+def mixed_predictions(sweep: Path) -> tuple[dict[int, dict[str, float]], dict[int, dict[str, float]], dict[str, dict]]:
+    """Per seed: COVID-CT test P(COVID) by file (fold 0's job; the folds share COVID-CT's test split, so the
+    two folds' COVID-CT numbers are averaged), and COVID-CT-MD P(COVID) by slice key from the fold holding it out."""
+    ct: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    md: dict[int, dict[str, float]] = defaultdict(dict)
+    meta: dict[str, dict] = {}
+    for job in jobs(sweep):
+        s = seed_of(job)
+        for r in rows(job / "predictions_test.csv"):
+            if r["source"] == MD:
+                key = r["file"].removeprefix(f"{MD}/")
+                if key in md[s]:
+                    raise SystemExit(f"{job}: {key} is tested by two folds of seed {s}")
+                md[s][key] = float(r["prob_covid"])
+                meta[key] = {"patient": r["patient"], "label": int(r["label"])}
+            else:
+                ct[s][r["file"]].append(float(r["prob_covid"]))
+    return {s: {k: float(np.mean(v)) for k, v in d.items()} for s, d in ct.items()}, dict(md), meta
+
+
+def baseline_predictions(sweep: Path, contains: str) -> tuple[dict[int, dict[str, float]], dict[int, dict[str, float]], dict[str, dict]]:
+    ct, md, meta = {}, {}, {}
+    for job in jobs(sweep, contains):
+        s = seed_of(job)
+        ct[s] = {r["file"]: float(r["prob_covid"]) for r in rows(job / "predictions_test.csv")}
+        ev = rows(job / "eval" / MD / "predictions.csv")
+        md[s] = {r["path"]: float(r["prob_covid"]) for r in ev}
+        for r in ev:
+            meta[r["path"]] = {"patient": r["patient"], "label": int(r["label"]), "diagnosis": r["diagnosis"],
+                               "slice_label": r["slice_label"]}
+    return ct, md, meta
+
+
+def semiseg(sweep: Path, contains: str = "") -> list[float]:
+    """Per job: sensitivity on COVID-SemiSeg (every slice COVID: the share called COVID at P >= 0.5)."""
+    out = []
+    for job in jobs(sweep, contains):
+        p = job / "eval" / "semiseg" / "predictions.csv"
+        if p.is_file():
+            out.append(float(np.mean([float(r["prob_covid"]) >= 0.5 for r in rows(p)])))
+    return out
+
+
+def matrix(by_seed: dict[int, dict[str, float]], keys: list[str], seeds: list[int]) -> np.ndarray:
+    return np.asarray([[by_seed[s][k] for k in keys] for s in seeds])
+
+
+def fmt_iv(iv: stats.Interval) -> str:
+    return f"{iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mixed", type=Path, required=True)
+    ap.add_argument("--baseline", type=Path, required=True)
+    ap.add_argument("--baseline-filter", default="", help="only baseline jobs whose directory name contains this")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--n-boot", type=int, default=2000)
+    a = ap.parse_args(argv)
+
+    mix_ct, mix_md, _ = mixed_predictions(a.mixed)
+    base_ct, base_md, meta = baseline_predictions(a.baseline, a.baseline_filter)
+    seeds = sorted(set(mix_md) & set(base_md))
+    if not seeds:
+        raise SystemExit("no seed is in both sweeps")
+    ct_keys = sorted(set.intersection(*[set(mix_ct[s]) for s in seeds], *[set(base_ct[s]) for s in seeds]))
+    md_keys = sorted(set.intersection(*[set(mix_md[s]) for s in seeds], *[set(base_md[s]) for s in seeds]))
+    result: dict = {"seeds": seeds, "n_covid_ct_test": len(ct_keys), "n_md_slices": len(md_keys), "levels": {}}
+
+    base_rows = rows(next(j for j in jobs(a.baseline, a.baseline_filter)) / "predictions_test.csv")
+    ct_label = {r["file"]: int(r["label"]) for r in base_rows}
+    levels = {"COVID-CT test (images)": (ct_keys, np.asarray([ct_label[k] for k in ct_keys]), None, mix_ct, base_ct)}
+    md_labels = np.asarray([meta[k]["label"] for k in md_keys])
+    md_groups = [meta[k]["patient"] for k in md_keys]
+    levels["COVID-CT-MD held-out slices (patients resampled)"] = (md_keys, md_labels, md_groups, mix_md, base_md)
+    for diag in ("CAP", "normal"):
+        keep = [i for i, k in enumerate(md_keys) if meta[k]["label"] == 1 or meta[k]["diagnosis"] == diag]
+        keys = [md_keys[i] for i in keep]
+        levels[f"COVID-CT-MD slices, COVID vs {diag}"] = (keys, md_labels[keep], [md_groups[i] for i in keep], mix_md, base_md)
+    inf = [i for i, k in enumerate(md_keys) if meta[k]["label"] == 0 or meta[k]["slice_label"] == "1"]
+    levels["COVID-CT-MD infected COVID slices vs non-COVID slices"] = ([md_keys[i] for i in inf], md_labels[inf], [md_groups[i] for i in inf], mix_md, base_md)
+
+    lines = [
+        "# Several sources: COVID-CT only vs COVID-CT + COVID-CT-MD", "",
+        f"Seeds {seeds}; mixed arm: `{a.mixed}`; baseline: `{a.baseline}` (jobs containing `{a.baseline_filter}`).",
+        "Per arm: the metric per seed, mean ± std. Δ = mixed − baseline, seed-mean metric, 95 % paired bootstrap "
+        f"({a.n_boot} resamples; COVID-CT-MD: whole patients, stratified by label).", "",
+        "| level | n | baseline AUROC | mixed AUROC | Δ AUROC [95 % CI] | baseline acc | mixed acc | Δ acc [95 % CI] |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, (keys, labels, groups, mix, base) in levels.items():
+        A, B = matrix(mix, keys, seeds), matrix(base, keys, seeds)
+        per = {arm: [stats.binary_metrics(labels, p) for p in P] for arm, P in (("mixed", A), ("baseline", B))}
+        diff = stats.paired_difference(labels, A, B, ("auroc", "acc"), n_boot=a.n_boot, groups=groups)
+        entry = {"n": len(keys), "n_covid": int(labels.sum()), "patients": len(set(groups)) if groups else None}
+        for arm in ("baseline", "mixed"):
+            for m in ("auroc", "acc", "sensitivity", "specificity"):
+                v = [float(r[m]) for r in per[arm]]
+                entry[f"{arm}_{m}"] = {"per_seed": v, "mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else None}
+        entry["delta"] = {m: {"estimate": iv.estimate, "low": iv.low, "high": iv.high} for m, iv in diff.items()}
+        result["levels"][name] = entry
+
+        def ms(arm, m):
+            e = entry[f"{arm}_{m}"]
+            return f"{e['mean']:.3f} ± {e['std']:.3f}" if e["std"] is not None else f"{e['mean']:.3f}"
+
+        n = f"{len(keys)} ({entry['patients']} patients)" if groups else str(len(keys))
+        lines.append(f"| {name} | {n} | {ms('baseline', 'auroc')} | {ms('mixed', 'auroc')} | {fmt_iv(diff['auroc'])} | "
+                     f"{ms('baseline', 'acc')} | {ms('mixed', 'acc')} | {fmt_iv(diff['acc'])} |")
+
+    # per patient: mean slice P(COVID), seed-averaged, each arm
+    patients = sorted(set(md_groups))
+    lines += ["", "Per COVID-CT-MD patient: mean slice P(COVID) (mean over seeds; mixed arm: the fold that held the patient out).", "",
+              "| patient | label | baseline | mixed |", "|---|---|---|---|"]
+    result["patients"] = {}
+    for p in patients:
+        idx = [i for i, g in enumerate(md_groups) if g == p]
+        keys = [md_keys[i] for i in idx]
+        b = float(matrix(base_md, keys, seeds).mean())
+        m = float(matrix(mix_md, keys, seeds).mean())
+        result["patients"][p] = {"label": int(md_labels[idx[0]]), "baseline": b, "mixed": m, "slices": len(idx)}
+        lines.append(f"| {p} | {int(md_labels[idx[0]])} | {b:.3f} | {m:.3f} |")
+
+    sb, sm = semiseg(a.baseline, a.baseline_filter), semiseg(a.mixed)
+    result["semiseg_sensitivity"] = {"baseline": sb, "mixed": sm}
+    if sb and sm:
+        lines += ["", f"COVID-SemiSeg sensitivity (50 COVID slices, P >= 0.5; per job): baseline {np.mean(sb):.3f} ± "
+                  f"{np.std(sb, ddof=1) if len(sb) > 1 else 0:.3f} ({len(sb)} jobs), mixed {np.mean(sm):.3f} ± "
+                  f"{np.std(sm, ddof=1) if len(sm) > 1 else 0:.3f} ({len(sm)} jobs)."]
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "summary.md").write_text("\n".join(lines) + "\n")
+    (a.out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
