@@ -90,6 +90,11 @@ def matrix(by_seed: dict[int, dict[str, float]], keys: list[str], seeds: list[in
     return np.asarray([[by_seed[s][k] for k in keys] for s in seeds])
 
 
+def ms(entry: dict, arm: str, metric: str) -> str:
+    e = entry[f"{arm}_{metric}"]
+    return f"{e['mean']:.3f} ± {e['std']:.3f}" if e["std"] is not None else f"{e['mean']:.3f}"
+
+
 def fmt_iv(iv: stats.Interval) -> str:
     return f"{iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"
 
@@ -145,13 +150,9 @@ def main(argv: list[str] | None = None) -> None:
         entry["delta"] = {m: {"estimate": iv.estimate, "low": iv.low, "high": iv.high} for m, iv in diff.items()}
         result["levels"][name] = entry
 
-        def ms(arm, m):
-            e = entry[f"{arm}_{m}"]
-            return f"{e['mean']:.3f} ± {e['std']:.3f}" if e["std"] is not None else f"{e['mean']:.3f}"
-
         n = f"{len(keys)} ({entry['patients']} patients)" if groups else str(len(keys))
-        lines.append(f"| {name} | {n} | {ms('baseline', 'auroc')} | {ms('mixed', 'auroc')} | {fmt_iv(diff['auroc'])} | "
-                     f"{ms('baseline', 'acc')} | {ms('mixed', 'acc')} | {fmt_iv(diff['acc'])} |")
+        lines.append(f"| {name} | {n} | {ms(entry, 'baseline', 'auroc')} | {ms(entry, 'mixed', 'auroc')} | {fmt_iv(diff['auroc'])} | "
+                     f"{ms(entry, 'baseline', 'acc')} | {ms(entry, 'mixed', 'acc')} | {fmt_iv(diff['acc'])} |")
 
     # per patient: mean slice P(COVID), seed-averaged, each arm
     patients = sorted(set(md_groups))
