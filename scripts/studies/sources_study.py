@@ -11,7 +11,7 @@ Reads, does not train:
 Writes ``<out>/summary.md`` and ``summary.json``: per arm mean ± std over seeds, and the paired difference
 mixed − baseline with 95 % bootstrap intervals (COVID-CT test images resampled; COVID-CT-MD patients resampled).
 
-    python benchmarks/studies/sources_study.py --mixed <sweep> --baseline <sweep> --baseline-filter bf16 --out docs/results/sources
+    python scripts/studies/sources_study.py --mixed <sweep> --baseline <sweep> --baseline-filter bf16 --out docs/results/sources
 """
 
 from __future__ import annotations
