@@ -119,3 +119,41 @@ def external_lines(groups: dict[str, list[Path]], pairs: list[tuple[str, str]] |
     lines.append("Slice numbers: P(COVID) > 0.5 is a COVID call; ± is the std over runs (seeds). Patient AUROC: each patient's "
                  "mean slice P(COVID). Intervals: 95 % bootstrap, paired on the same images; see docs/external.md.")
     return lines
+
+
+def sweep_groups(sweep_dir: Path) -> tuple[dict[str, list[Path]], list[tuple[str, str]]]:
+    """Job directories of a sweep grouped by their name without ``seed=``; each init paired with scratch."""
+    groups: dict[str, list[Path]] = {}
+    for job in sorted(p for p in Path(sweep_dir).iterdir() if (p / "metrics.json").is_file()):
+        label = ",".join(part for part in job.name.split(",") if not part.startswith("seed=")) or "all runs"
+        groups.setdefault(label, []).append(job)
+    pairs = []
+    for label in groups:
+        for part in label.split(","):
+            if part.startswith("init=") and part != "init=scratch":
+                ref = ",".join("init=scratch" if x == part else x for x in label.split(","))
+                if ref in groups:
+                    pairs.append((label, ref))
+    return groups, pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m covidnet.external_summary <sweep dir>``: the external-set tables of a sweep, on stdout."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--n-boot", type=int, default=stats.DEFAULT_BOOT)
+    args = parser.parse_args(argv)
+    groups, pairs = sweep_groups(args.sweep_dir)
+    lines = external_lines(groups, pairs, args.n_boot)
+    if not lines:
+        print(f"No run of {args.sweep_dir} has an eval/<set>/ result: run training with eval_sets=[...], or "
+              f"python evaluate.py ckpt={args.sweep_dir} eval=... into_runs=true.")
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -245,3 +245,16 @@ def test_training_evaluates_its_best_checkpoint_on_each_eval_set(synthetic_root,
     test_auroc = json.loads((out / "eval" / "covid_ct_test" / "metrics.json").read_text())["images"]["all"]["metrics"]["auroc"]["estimate"]
     assert test_auroc == pytest.approx(metrics["test"]["test/auroc"], abs=1e-4)
     assert json.loads((out / "eval" / "semiseg" / "metrics.json").read_text())["n_images"] == 5
+
+
+def test_old_sweeps_group_jobs_by_name_without_seed_and_pair_inits_with_scratch(tmp_path):
+    from covidnet.external_summary import main, sweep_groups
+
+    for job in ("init=scratch,model.arch=resnet18,seed=0", "init=scratch,model.arch=resnet18,seed=1", "init=ct,model.arch=resnet18,seed=0"):
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "metrics.json").write_text("{}")
+    (tmp_path / "not_a_job").mkdir()
+    groups, pairs = sweep_groups(tmp_path)
+    assert {k: len(v) for k, v in groups.items()} == {"init=scratch,model.arch=resnet18": 2, "init=ct,model.arch=resnet18": 1}
+    assert pairs == [("init=ct,model.arch=resnet18", "init=scratch,model.arch=resnet18")]
+    assert main([str(tmp_path)]) == 1  # no eval/<set>/ anywhere: says how to make them
