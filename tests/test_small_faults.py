@@ -66,3 +66,25 @@ def test_figure_columns_are_labelled_by_what_distinguishes_the_models():
     assert all(len(line) <= 24 for label in long for line in label.split("\n"))
     assert column_labels(["init=scratch"]) == ["init=scratch"]  # one model: its whole name
     assert column_labels(["scratch-resnet18", "ct-resnet152"]) == ["scratch-resnet18", "ct-resnet152"]
+
+
+def test_train_downloads_by_default_but_only_into_a_missing_or_empty_root(tmp_path, monkeypatch):
+    """The README's main command fetches the data on a fresh machine; a folder holding anything is never written to."""
+    import covidnet.data as data
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"data.root={tmp_path / 'covid-ct'}"])
+    assert cfg.data.download is True
+    calls = []
+    monkeypatch.setattr(data, "download_covid_ct", lambda root: calls.append(Path(root)))
+    dm = data.CovidCTDataModule(root=str(tmp_path / "covid-ct"), download=True)
+    dm.prepare_data()  # missing: fetched
+    (tmp_path / "empty").mkdir()
+    data.CovidCTDataModule(root=str(tmp_path / "empty"), download=True).prepare_data()  # empty: fetched
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("mine")
+    used = data.CovidCTDataModule(root=str(tmp_path / "used"), download=True)
+    used.prepare_data()  # holds something: not touched, setup lists what is missing
+    assert calls == [(tmp_path / "covid-ct").resolve(), (tmp_path / "empty").resolve()]
+    with pytest.raises(DatasetError, match=r"COVID-CT data not found at .*used"):
+        used.setup()
