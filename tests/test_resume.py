@@ -138,10 +138,11 @@ def test_no_message_suggests_weights_only_false(tmp_path, content):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("script", "option"), [("train.py", "ckpt_path"), ("visualize.py", "ckpt")])
+@pytest.mark.parametrize(("script", "option"), [("train.py", "ckpt_path"), ("visualize.py", "ckpt"), ("evaluate.py", "ckpt")])
 def test_random_bytes_through_each_entry_point(tiny_root, tmp_path, random_bytes, script, option):
-    extra = [*TINY] if script == "train.py" else []
-    result = run_py(script, *extra, f"data.root={tiny_root}", f"{option}={random_bytes}", f"hydra.run.dir={tmp_path / 'out'}")
+    extra = {"train.py": [*TINY, f"data.root={tiny_root}"], "visualize.py": [f"data.root={tiny_root}"],
+             "evaluate.py": ["eval=[covid_ct_test]"]}[script]
+    result = run_py(script, *extra, f"{option}={random_bytes}", f"hydra.run.dir={tmp_path / 'out'}")
     assert_one_clear_message(result, f"{random_bytes} is not a readable checkpoint", "it may be truncated or corrupt")
     assert "weights_only" not in result.stderr + result.stdout
 
