@@ -143,6 +143,12 @@ def _splits():
     return list(SPLITS)
 
 
+def _precisions():
+    from covidnet.hardware import PRECISIONS
+
+    return list(PRECISIONS)
+
+
 def _cam_methods():
     from covidnet.cam import METHODS
 
@@ -222,6 +228,10 @@ TRAIN: dict[str, Rule] = {
     "trainer.deterministic": Rule("true, false or warn", lambda v: isinstance(v, bool) or v == "warn"),
     "eval_sets": eval_set_list(),
     "eval_data": text(),
+    # speed settings resolved for the machine by covidnet.hardware (auto) or forced
+    "trainer.precision": Rule(lambda: "one of " + ", ".join(_precisions()), lambda v: str(v) in _precisions()),
+    "channels_last": Rule("auto, true or false", lambda v: isinstance(v, bool) or v == "auto"),
+    "threads": optional(integer(1)).because("torch intra-op threads of this process"),
 }
 
 # visualize.py (conf/visualize.yaml)

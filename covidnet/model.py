@@ -80,6 +80,15 @@ class CovidClassifier(L.LightningModule):
         self.test_metrics = binary_metrics("test/")
 
     # --- model --------------------------------------------------------------------------------------
+    # a run setting (covidnet/hardware.py), not a hyperparameter: a checkpoint loads in either format
+    memory_format = torch.contiguous_format
+
+    def set_channels_last(self, on: bool = True) -> CovidClassifier:
+        """Keep weights and inputs channels-last (NHWC): faster convolutions with bf16 (docs/performance.md)."""
+        self.memory_format = torch.channels_last if on else torch.contiguous_format
+        self.net.to(memory_format=self.memory_format)
+        return self
+
     def _frozen_children(self) -> list[nn.Module]:
         trained = FREEZE_MODES[self.hparams.freeze]
         if trained is None:
@@ -100,8 +109,8 @@ class CovidClassifier(L.LightningModule):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of shape (N,) for images (N, 3, H, W), through the whole network."""
-        return self.net(x).squeeze(1)
+        """Logits of shape (N,) for images (N, 3, H, W), through the whole network (in the run's memory format)."""
+        return self.net(x.contiguous(memory_format=self.memory_format)).squeeze(1)
 
     # --- the frozen part and the trained part ---------------------------------------------------------
     def stages(self) -> list[tuple[str, nn.Module]]:

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from covidnet import inits  # noqa: F401 - registers ${covidnet.init:...}, which the configs use
 from covidnet.atomic import atomic_path, write_json
@@ -25,6 +25,7 @@ from covidnet.checkpoint import check_weights_fit
 from covidnet.config_check import TRAIN, check_config
 from covidnet.errors import UserError
 from covidnet.evaluate import EVAL_AREA, evaluate_run, load_sets_for_training
+from covidnet.hardware import HardwareChoice, apply_threads, resolve
 from covidnet.multisource import scalars as source_scalars
 from covidnet.multisource import source_metrics
 from covidnet.predict import predict_probs
@@ -107,6 +108,24 @@ def record_dir() -> Path | None:
     return Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir if hydra_cfg.output_subdir else None
 
 
+def choose_hardware(cfg: DictConfig) -> HardwareChoice:
+    """Resolve ``trainer.precision=auto``, ``channels_last`` and ``threads`` for this machine and write the
+    result into ``cfg``, so the Trainer, the logged hyperparameters and metrics.json all carry it."""
+    choice = resolve(
+        cfg.trainer.get("precision", "auto"),
+        cfg.get("channels_last", "auto"),
+        cfg.trainer.get("accelerator", "auto"),
+        cfg.get("threads"),
+    )
+    apply_threads(cfg.get("threads"))
+    with open_dict(cfg):
+        cfg.trainer.precision = choice.precision
+        cfg.channels_last = choice.channels_last
+        cfg.threads = choice.threads
+    log.info("covidnet hardware: %s", choice.summary())
+    return choice
+
+
 def train(cfg: DictConfig) -> dict:
     """Train and test one model as configured; return the metrics also written to metrics.json."""
     check_config(cfg, TRAIN)  # every option, before any data is read or model built
@@ -120,6 +139,7 @@ def train(cfg: DictConfig) -> dict:
     if resume and resume.finished is not None:
         log.info(f"{out} already finished (metrics.json); nothing to resume, its results are kept as they are.")
         return resume.finished
+    hardware = choose_hardware(cfg)
     L.seed_everything(cfg.seed, workers=True)
     # external sets for the best checkpoint (docs/external.md): read and checked now, before any training
     eval_sets = load_sets_for_training(cfg.get("eval_sets"), cfg.get("eval_data")) if cfg.get("eval_sets") else []
@@ -128,6 +148,7 @@ def train(cfg: DictConfig) -> dict:
     model = instantiate(cfg.model)
     if resume and resume.state_dict is not None:
         check_weights_fit(resume.checkpoint, model, resume.state_dict)
+    model.set_channels_last(hardware.channels_last)
     callbacks = instantiate_all(cfg.get("callbacks"))
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -150,6 +171,7 @@ def train(cfg: DictConfig) -> dict:
         "init": cfg.model.init,
         "arch": cfg.model.arch,
         "seed": cfg.seed,
+        "hardware": hardware.as_dict(),
         "epochs_trained": trainer.current_epoch,
         "fit_seconds": round(fit_seconds, 1),
         "best_checkpoint": best_path or None,
@@ -172,7 +194,9 @@ def train(cfg: DictConfig) -> dict:
         results = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True)
         metrics["test"] = {k: float(v) for k, v in results[0].items()} if results else {}
         if trainer.is_global_zero:
-            probs, labels = predict_probs(model, datamodule.test_dataloader())
+            # under the run's precision, as trainer.test computed metrics.json's test numbers from the same model
+            with trainer.precision_plugin.forward_context():
+                probs, labels = predict_probs(model, datamodule.test_dataloader())
             names = datamodule.split_names("test")
             if len(datamodule.test_source_names()) > 1:
                 # each source on its own as well as pooled (covidnet/multisource.py); never used to select the model

@@ -152,7 +152,10 @@ def test_predictions_match_the_best_checkpoint(trained, synthetic_root):
     dm = CovidCTDataModule(**dm_hparams)
     dm.setup("test")
     assert [r["file"] for r in rows] == dm.split_names("test")
-    probs, labels = predict_probs(model, dm.test_dataloader())
+    # under the run's precision (trainer.precision=auto is bf16-mixed on a CPU with native bf16)
+    bf16 = metrics["hardware"]["precision"] == "bf16-mixed"
+    with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        probs, labels = predict_probs(model, dm.test_dataloader())
     assert [int(r["label"]) for r in rows] == labels.tolist()
     assert [float(r["prob_covid"]) for r in rows] == pytest.approx(probs.tolist(), abs=1e-5)
     # test/acc in metrics.json is that of the best checkpoint
@@ -174,6 +177,24 @@ def test_tensorboard_gets_metrics_and_the_full_config(trained, synthetic_root):
     hparams = yaml.safe_load((out / "tensorboard" / "hparams.yaml").read_text())
     assert hparams["data"]["root"] == str(synthetic_root)
     assert hparams["model"]["init"] == "scratch" and hparams["trainer"]["max_epochs"] == 1 and hparams["seed"] == 0
+    # trainer.precision=auto and channels_last=auto are logged as resolved for this machine
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert hparams["trainer"]["precision"] == metrics["hardware"]["precision"] in ("bf16-mixed", "32-true")
+    assert hparams["channels_last"] is metrics["hardware"]["channels_last"]
+    assert hparams["threads"] == metrics["hardware"]["threads"] >= 1
+
+
+def test_explicit_fp32_and_threads_are_used_and_recorded(synthetic_root, tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        metrics = train(tiny_cfg(synthetic_root, tmp_path, "trainer.precision=32-true", "channels_last=false", "threads=1", "test=false"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert metrics["hardware"]["precision"] == "32-true" and metrics["hardware"]["channels_last"] is False
+    assert metrics["hardware"]["threads"] == 1 and "explicitly" in metrics["hardware"]["reason"]
+    hparams = yaml.safe_load((tmp_path / "tensorboard" / "hparams.yaml").read_text())
+    assert (hparams["trainer"]["precision"], hparams["channels_last"], hparams["threads"]) == ("32-true", False, 1)
 
 
 def test_a_finished_run_directory_is_never_overwritten(trained, synthetic_root):

@@ -1,0 +1,128 @@
+"""Precision, memory format and threads chosen for the machine a run starts on.
+
+``trainer.precision=auto`` (the default) becomes ``bf16-mixed`` where the hardware computes in bfloat16
+natively: a CPU with the AVX-512 BF16 or AMX-BF16 instructions, or a CUDA GPU for which
+``torch.cuda.is_bf16_supported()`` holds; ``32-true`` everywhere else (a CPU without them emulates bf16
+and runs slower than fp32). ``channels_last=auto`` follows it: channels-last goes with bf16, where it was
+measured faster on our CPU (docs/performance.md). Any explicit value wins (``trainer.precision=32-true``
+forces fp32, ``channels_last=false`` the default memory format). The choice is printed at start and
+stored with the run (metrics.json ``hardware``, the logged hyperparameters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from dataclasses import asdict, dataclass
+
+import torch
+
+from covidnet.errors import ConfigError
+
+# CPU instruction sets with native bf16 arithmetic (Linux /proc/cpuinfo flag names)
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+AUTO = "auto"
+# what Lightning 2.x accepts for Trainer(precision=...), plus auto
+PRECISIONS = ("auto", "64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine", "64", "32", "16", "bf16")
+
+
+class HardwareConfigError(ConfigError):
+    """A speed setting has a value covidnet cannot use; the message names the key and the choices."""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo does not exist)."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_name() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
+    return bool(set(BF16_CPU_FLAGS) & (cpu_flags() if flags is None else flags))
+
+
+def uses_cuda(accelerator: str) -> bool:
+    """Whether a Trainer with this ``accelerator`` trains on a CUDA GPU."""
+    accelerator = str(accelerator).lower()
+    if accelerator in ("gpu", "cuda"):
+        return True
+    return accelerator == AUTO and torch.cuda.is_available()
+
+
+@dataclass(frozen=True)
+class HardwareChoice:
+    """What a run uses, and why: stored in metrics.json as ``hardware``."""
+
+    device: str  # "cpu" or "cuda"
+    device_name: str
+    precision: str
+    channels_last: bool
+    threads: int  # torch intra-op threads of this process
+    reason: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return (
+            f"precision={self.precision} channels_last={self.channels_last} threads={self.threads} "
+            f"on {self.device} ({self.device_name}): {self.reason}"
+        )
+
+
+def _check(precision, channels_last, threads) -> None:
+    if str(precision) not in PRECISIONS:
+        raise HardwareConfigError(f"trainer.precision={precision!r} is not a precision; choose auto, 32-true, bf16-mixed or 16-mixed.")
+    if not (isinstance(channels_last, bool) or channels_last == AUTO):
+        raise HardwareConfigError(f"channels_last={channels_last!r}: choose auto, true or false.")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise HardwareConfigError(f"threads={threads!r}: give a positive number of torch threads per process, or null for torch's default.")
+
+
+def resolve(precision="auto", channels_last="auto", accelerator: str = "auto", threads: int | None = None) -> HardwareChoice:
+    """The precision, memory format and thread count a run on this machine uses (no side effects)."""
+    _check(precision, channels_last, threads)
+    cuda = uses_cuda(accelerator)
+    name = torch.cuda.get_device_name() if cuda and torch.cuda.is_available() else cpu_name()
+    if str(precision) != AUTO:
+        precision, reason = str(precision), "trainer.precision set explicitly"
+    elif cuda:
+        fast = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        precision = "bf16-mixed" if fast else "32-true"
+        reason = "auto: the GPU supports bf16" if fast else "auto: the GPU has no bf16 support, fp32"
+    elif cpu_has_native_bf16():
+        precision, reason = "bf16-mixed", f"auto: the CPU has native bf16 ({', '.join(sorted(set(BF16_CPU_FLAGS) & cpu_flags()))})"
+    else:
+        precision, reason = "32-true", "auto: the CPU has no native bf16 (avx512_bf16/amx_bf16), fp32"
+    if channels_last == AUTO:
+        channels_last = precision.startswith("bf16")
+        reason += f"; channels-last {'with' if channels_last else 'off without'} bf16"
+    else:
+        reason += "; channels_last set explicitly"
+    return HardwareChoice(
+        device="cuda" if cuda else "cpu",
+        device_name=name,
+        precision=precision,
+        channels_last=bool(channels_last),
+        threads=threads if threads is not None else torch.get_num_threads(),
+        reason=reason,
+    )
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set this process's torch intra-op threads (and OpenMP's, for libraries started later)."""
+    if threads is None:
+        return
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
