@@ -31,6 +31,7 @@ from covidnet.multisource import source_metrics
 from covidnet.predict import predict_probs
 from covidnet.run_record import accepted_record, check_resume, check_writable
 from covidnet.stats import binary_metrics
+from covidnet.timing import EpochTimes
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,8 @@ def train(cfg: DictConfig) -> dict:
     if resume and resume.state_dict is not None:
         check_weights_fit(resume.checkpoint, model, resume.state_dict)
     model.set_channels_last(hardware.channels_last)
-    callbacks = instantiate_all(cfg.get("callbacks"))
+    epoch_times = EpochTimes()
+    callbacks = [*instantiate_all(cfg.get("callbacks")), epoch_times]
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
@@ -174,6 +176,7 @@ def train(cfg: DictConfig) -> dict:
         "hardware": hardware.as_dict(),
         "epochs_trained": trainer.current_epoch,
         "fit_seconds": round(fit_seconds, 1),
+        "epoch_seconds": epoch_times.seconds,  # this process's epochs (a resumed run: those after the checkpoint)
         "best_checkpoint": best_path or None,
         "last_checkpoint": str(last_path) if last_path and last_path.is_file() else None,
         "best_val_metric": ckpt_cb.monitor if ckpt_cb else None,

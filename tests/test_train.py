@@ -129,6 +129,7 @@ def test_train_returns_and_writes_metrics(trained):
     assert set(metrics["test"]) == {f"test/{n}" for n in names}
     assert all(0 <= v <= 1 for k, v in metrics["test"].items() if k != "test/loss")
     assert metrics["wall_seconds"] >= metrics["fit_seconds"] > 0
+    assert len(metrics["epoch_seconds"]) == 1 and 0 < metrics["epoch_seconds"][0] <= metrics["fit_seconds"]
 
 
 def test_best_checkpoint_name_and_place(trained):
@@ -216,7 +217,7 @@ def test_resume_continues_from_the_checkpoint(trained, synthetic_root, tmp_path)
     )
     metrics = train(cfg)
     assert EpochRecorder.epochs == [1]  # epoch 0 came from the checkpoint, only epoch 1 was trained
-    assert metrics["epochs_trained"] == 2
+    assert metrics["epochs_trained"] == 2 and len(metrics["epoch_seconds"]) == 1
     last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     first_last = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["epoch"] == first_last["epoch"] + 1 and last["global_step"] == 2 * first_last["global_step"] > 0
