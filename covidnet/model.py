@@ -47,6 +47,11 @@ def binary_metrics(prefix: str) -> MetricCollection:
     )
 
 
+def _sync_is_free(device: torch.device) -> bool:
+    """Reading a tensor's value costs nothing on the CPU; on an accelerator it waits for the queued work."""
+    return device.type == "cpu"
+
+
 class CovidClassifier(L.LightningModule):
     """ResNet-18/50/152 with one logit. Hyperparameters are plain values, so a checkpoint alone
     rebuilds the model: ``covidnet.checkpoint.load_checkpoint(path)`` (the one loader; it checks the file
@@ -78,6 +83,8 @@ class CovidClassifier(L.LightningModule):
         self.train_metrics = binary_metrics("train/")
         self.val_metrics = binary_metrics("val/")
         self.test_metrics = binary_metrics("test/")
+        self._train_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # this epoch's, on the device
+        self._pending_loss = None  # (finite flag, loss, where) of the last step not yet checked
 
     # --- model --------------------------------------------------------------------------------------
     # a run setting (covidnet/hardware.py), not a hyperparameter: a checkpoint loads in either format
@@ -156,23 +163,59 @@ class CovidClassifier(L.LightningModule):
         x, y = batch
         logits = self.logits(x)
         loss = self.loss_fn(logits, y)
-        metrics.update(torch.sigmoid(logits.detach()), y.long())
-        self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True, prog_bar=stage != "train")
+        probs = torch.sigmoid(logits.detach())
+        if stage == "train":
+            # no per-step metric work (no host sync, no logging call): outputs stay on the device and are folded
+            # into the train metrics once per epoch, in on_train_epoch_end
+            self._train_outputs.append((probs, y.long(), loss.detach() * len(y)))
+            return loss
+        metrics.update(probs, y.long())
+        self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True, prog_bar=True)
         # Logged as Metric objects: Lightning computes them once at epoch end (AUROC needs both classes; one batch
         # may hold only one), synced across ranks in the same order on every rank. Computing them in an
         # on_*_epoch_end hook instead deadlocks DDP: rank 0's progress bar syncs the loss before that hook runs.
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        self._train_outputs = []
+
+    def on_train_epoch_end(self) -> None:
+        """The epoch's train loss and metrics from the outputs kept on the device: one metric update per epoch.
+
+        Only logged here (computed and synced by Lightning after this hook, like the val metrics, so every rank
+        syncs in the same order): nothing of it exists yet when rank 0's progress bar reads its metrics."""
+        self._check_finite(None)
+        outputs, self._train_outputs = self._train_outputs, []
+        if not outputs:
+            return
+        probs, labels, losses = zip(*outputs)
+        probs, labels = torch.cat(probs), torch.cat(labels)
+        n = len(labels)
+        self.log("train/loss", torch.stack(losses).sum() / n, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        self.train_metrics.update(probs, labels)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=n)
+
     def training_step(self, batch, batch_idx: int):
         loss = self._shared_step(batch, self.train_metrics, "train")
-        if not torch.isfinite(loss):
+        self._check_finite(loss, batch_idx)
+        return loss
+
+    def _check_finite(self, loss: torch.Tensor | None, batch_idx: int | None = None) -> None:
+        """Stop on a non-finite training loss. On the CPU at once; on a GPU one step late (a step's flag is read
+        when the next step has been queued, and at epoch end), so no step waits for its own result."""
+        pending, self._pending_loss = self._pending_loss, None
+        if pending is not None and not pending[0]:  # the flag was computed with its step: nothing newer is waited for
+            _, bad, (epoch, step, batch) = pending
             raise FloatingPointError(
-                f"Non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, global step {self.global_step}, "
-                f"batch {batch_idx}. Training stopped rather than continue on NaNs: lower model.optimizer.lr, "
+                f"Non-finite training loss ({bad.item()}) at epoch {epoch}, global step {step}, "
+                f"batch {batch}. Training stopped rather than continue on NaNs: lower model.optimizer.lr, "
                 "or check the input images of this batch."
             )
-        return loss
+        if loss is not None:
+            self._pending_loss = (torch.isfinite(loss.detach()), loss.detach(), (self.current_epoch, self.global_step, batch_idx))
+            if _sync_is_free(loss.device):
+                self._check_finite(None)
 
     def validation_step(self, batch, batch_idx: int):
         self._shared_step(batch, self.val_metrics, "val")
