@@ -215,6 +215,7 @@ TRAIN: dict[str, Rule] = {
     "data.slice_labels": one_of(_slice_policies),
     "data.balance": one_of(_balance_modes),
     "data.sets_root": optional(text()),
+    "data.device_augment": Rule("auto, true or false", lambda v: isinstance(v, bool) or v == "auto"),
     "model.arch": one_of(_archs),
     "model.init": one_of(_inits),
     "model.freeze": one_of(_freeze_modes),

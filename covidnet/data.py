@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
-from covidnet.augment import train_augment
+from covidnet.augment import augment_batch, augment_params, train_augment
 from covidnet.dataset import SPLITS, DatasetError, Sample, check_dataset, is_complete_layout, load_grey
 from covidnet.download import download_covid_ct
 from covidnet.near_duplicates import Item, cross_split_names, find_pairs, thumbnails
@@ -29,8 +30,11 @@ log = logging.getLogger(__name__)
 class CachedImages(Dataset):
     """Decoded, resized images held in memory as uint8, so no epoch re-reads a file."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, preprocess: Preprocess, augment=None):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, preprocess: Preprocess, augment=None, device_params=None):
         self.images, self.labels, self.preprocess, self.augment = images, labels, preprocess, augment
+        # data.device_augment: items are {index, augment_params, label}; the data module's
+        # on_after_batch_transfer makes the images on the device from its copy of the cache
+        self.device_params = device_params
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -42,6 +46,9 @@ class CachedImages(Dataset):
     def _item(self, item: int | tuple[int, int]):
         # EpochSampler passes (index, seed): the augmentation then depends on that seed only (exact resume)
         i, seed = item if isinstance(item, tuple) else (item, None)
+        if self.device_params is not None:
+            seed = torch.randint(0, 2**62, (1,)).item() if seed is None else seed
+            return {"index": i, "augment_params": self.device_params(seed), "label": self.labels[i]}
         img = self.images[i]
         if self.augment is not None:
             if seed is None:
@@ -116,6 +123,7 @@ class CovidCTDataModule(L.LightningDataModule):
         balance: str = "none",
         sets_root: str | None = None,
         source_defs: dict | None = None,
+        device_augment: bool | str = "auto",
     ):
         super().__init__()
         # several sources (covidnet/multisource.py): plain lists, so the checkpoint records what was trained on
@@ -142,6 +150,7 @@ class CovidCTDataModule(L.LightningDataModule):
         # per split, in loader order: where each image came from (Item) and, for sources other than COVID-CT, its Record
         self.items: dict[str, list[SourceItem]] = {}
         self.records: dict[str, list[Record | None]] = {}
+        self._device_images: torch.Tensor | None = None  # the train cache on the training device (device_augment)
 
     # --- preprocessing shared with CAMs and reports -------------------------------------------------
     def load_image(self, path: str | Path) -> torch.Tensor:
@@ -186,7 +195,9 @@ class CovidCTDataModule(L.LightningDataModule):
         for split in SPLITS:
             labels = torch.tensor([it.label for it in self.items[split]], dtype=torch.float32)
             augment = self.train_augment() if split == "train" and self.hparams.augment else None
-            self.datasets[split] = CachedImages(torch.stack(images[split]), labels, self.preprocess, augment)
+            device = split == "train" and self.uses_device_augment()
+            params = functools.partial(augment_params, **self._augment_options()) if device else None
+            self.datasets[split] = CachedImages(torch.stack(images[split]), labels, self.preprocess, None if device else augment, params)
 
     def other_source_items(self) -> dict[str, list[tuple[SourceItem, Record]]]:
         """Train and test images of every source besides COVID-CT, split by patient (``data.fold``)."""
@@ -209,6 +220,33 @@ class CovidCTDataModule(L.LightningDataModule):
 
     def test_source_names(self) -> list[str]:
         return list(dict.fromkeys(it.source for it in self.items.get("test", [])))
+
+    # --- the GPU data path: uint8 cache on the device, augmentation there per sample in batches ------------
+    def _augment_options(self) -> dict:
+        h = self.hparams
+        return dict(image_size=h.image_size, crop_scale_min=h.crop_scale_min, hflip=h.hflip, rotate_degrees=h.rotate_degrees, jitter=h.jitter)
+
+    def uses_device_augment(self) -> bool:
+        """data.device_augment: auto = when the trainer trains on a GPU (on the CPU the per-image path is kept)."""
+        mode = self.hparams.device_augment
+        if not self.hparams.augment or mode is False:
+            return False
+        if mode == "auto":
+            trainer = self.trainer
+            return trainer is not None and trainer.strategy.root_device.type == "cuda"
+        return True
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Training batches of the device path arrive as indices, parameters and labels: made into images here."""
+        if not (isinstance(batch, dict) and "augment_params" in batch):
+            return batch
+        idx, params, y = batch["index"], batch["augment_params"], batch["label"]
+        if self._device_images is None or self._device_images.device != idx.device:
+            self._device_images = self.datasets["train"].images.to(idx.device)
+        grey = augment_batch(self._device_images[idx], params)
+        mean, std = self.preprocess.mean.to(idx.device), self.preprocess.std.to(idx.device)
+        # what Preprocess does to one image, for the batch: the same arithmetic, so the same numbers
+        return (grey.float().div_(255).expand(-1, 3, -1, -1) - mean) / std, y
 
     def check_near_duplicates(self, splits: dict[str, list[Sample]], cache: dict) -> None:
         """Near-duplicate pictures within and across the splits (covidnet/near_duplicates.py): a warning, not a
