@@ -186,7 +186,7 @@ class Setup:
         m = self._module(CovidClassifier if nan_check else WithoutNanCheck)
         m.load_state_dict(self.init_state)
         if self.channels_last:
-            m = m.to(memory_format=torch.channels_last)
+            m = m.set_channels_last(True)  # weights and (in forward) inputs, as train.py's channels_last=true
         if self.compile:
             m.net = torch.compile(m.net)
         return m
