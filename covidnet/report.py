@@ -20,7 +20,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from covidnet import stats
 from covidnet.atomic import atomic_path, write_text
 from covidnet.errors import UserError
 from covidnet.inits import resolve_init_defaults
+from covidnet.run_dir import FAILED, NOT_TRAINED, RunDir, SweepDir, not_job_keys, read_predictions_csv
 
 REFERENCE_INIT = "scratch"
 # Settings shown at the top of the report when every job has them (as written in the job's config).
@@ -42,8 +42,10 @@ SETTING_KEYS = (
     "data.root", "data.image_size", "data.batch_size", "data.fraction", "data.normalization", "model.arch", "model.freeze",
     "model.backbone_lr_scale", "model.optimizer.lr", "trainer.max_epochs", "trainer.accelerator", "trainer.precision",
 )
-# Keys that never name a factor of the comparison, in addition to Hydra's override_dirname.exclude_keys.
-NOT_FACTORS = {"seed", "ckpt_path", "data.root", "paths.log_dir"}
+# Keys that never name a factor of the comparison: the replicate key, and those that do not name a job
+# (covidnet.run_dir.not_job_keys: Hydra's override_dirname.exclude_keys in conf/hydra/default.yaml).
+REPLICATE_KEY = "seed"
+NOT_FACTORS = {REPLICATE_KEY, *not_job_keys()}
 FIGURES = ("roc.png", "learning_curves.png", "data_efficiency.png")
 
 
@@ -106,64 +108,52 @@ def read_yaml(path: Path) -> dict | list | None:
 
 
 def recorded_failures(sweep_dir: Path) -> dict[str, str]:
-    """{resolved job dir: error} from the failed-jobs record that covidnet.job_failures keeps for a sweep;
-    also keyed by the job's directory name, so a moved or copied sweep keeps its errors."""
-    try:
-        from covidnet.job_failures import read_failed_jobs
-    except ImportError:  # that recorder is optional: without it, failed jobs show as incomplete
-        return {}
-    out = {}
-    for record in read_failed_jobs(sweep_dir):
-        error = str(record.get("error", ""))
-        if record.get("output_dir"):
-            out[str(Path(record["output_dir"]).resolve())] = error
-            out[f"name:{Path(record['output_dir']).name}"] = error
-    return out
+    """{resolved job dir: error} from the sweep's failed-jobs record (covidnet.run_dir.SweepDir)."""
+    return SweepDir(sweep_dir).failures()
 
 
 def read_predictions(path: Path) -> dict[tuple[str, int], float]:
-    """predictions_test.csv -> {(file, label): P(COVID)}; a repeated (file, label) is an error."""
-    out: dict[tuple[str, int], float] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"file", "label", "prob_covid"} - set(reader.fieldnames or [])
-        if missing:
-            raise ReportError(f"{path} lacks the column(s) {sorted(missing)}; expected file,label,prob_covid as covidnet.train writes.")
-        for row in reader:
-            key = (row["file"], int(float(row["label"])))
-            if key in out:
-                raise ReportError(f"{path}: {key[0]} (label {key[1]}) appears twice; test predictions must name each image once.")
-            out[key] = float(row["prob_covid"])
-    return out
+    try:
+        return read_predictions_csv(path)
+    except ValueError as err:
+        raise ReportError(str(err)) from err
 
 
 def read_job(job_dir: Path, sweep_dir: Path, failures: dict[str, str]) -> Run:
     """Everything the report needs from one job directory; a job without results gets a status, not an error.
 
     ``failures`` maps resolved job directories to the error a failed job raised."""
+    rd = RunDir(job_dir)
     name = str(job_dir.relative_to(sweep_dir)) if job_dir != sweep_dir else job_dir.name
-    overrides = parse_overrides(read_yaml(job_dir / ".hydra" / "overrides.yaml") or [])
-    config = resolve_init_defaults(read_yaml(job_dir / ".hydra" / "config.yaml") or {})
-    run = Run(name=name, path=job_dir, overrides=overrides, status="complete", config=config)
-    metrics_file, preds_file = job_dir / "metrics.json", job_dir / "predictions_test.csv"
-    recorded = failures.get(str(job_dir.resolve())) or failures.get(f"name:{job_dir.name}", "")
-    if metrics_file.is_file():
+    overrides = parse_overrides(rd.overrides())
+    run = Run(name=name, path=job_dir, overrides=overrides, status="complete", config=resolve_init_defaults(rd.config()))
+    recorded = SweepDir.failure_of(rd, failures)
+    try:
+        metrics = rd.read_metrics()
+    except (OSError, ValueError) as err:
+        run.status, run.message = "unreadable", f"{type(err).__name__}: {err}"
+        return run
+    state = rd.state(failed=bool(recorded))
+    if metrics is not None:
+        run.metrics = metrics
+        if state == NOT_TRAINED:
+            run.status, run.message = "not trained", "metrics.json records no best checkpoint (nothing trained or validated, e.g. trainer.max_epochs=0): no test result"
+            return run
         try:
-            run.metrics = json.loads(metrics_file.read_text())
-            run.predictions = read_predictions(preds_file) if preds_file.is_file() else {}
+            run.predictions = read_predictions(rd.predictions_path) if rd.predictions_path.is_file() else {}
         except (OSError, ValueError, KeyError) as err:  # ReportError is a ValueError
             run.status, run.message = "unreadable", f"{type(err).__name__}: {err}"
             return run
-        if not run.predictions and preds_file.is_file():
-            run.status, run.message = "unreadable", f"{preds_file.name} holds no predictions"
-        elif not preds_file.is_file():
+        if not run.predictions and rd.predictions_path.is_file():
+            run.status, run.message = "unreadable", f"{rd.predictions_path.name} holds no predictions"
+        elif not rd.predictions_path.is_file():
             run.status, run.message = "no test predictions", "metrics.json but no predictions_test.csv (trained with test=false?)"
-    elif recorded:
+    elif state == FAILED:
         run.status, run.message = "failed", recorded
     else:
         run.status = "incomplete"
         run.message = "no metrics.json: the job failed, was interrupted, or is still running"
-        if (job_dir / "checkpoints" / "last.ckpt").is_file():
+        if rd.last_checkpoint() is not None:
             args = " ".join(f"{k}={v}" for k, v in overrides.items())
             run.message += f"; resume with `python train.py {args} ckpt_path=last hydra.run.dir='{job_dir}'`"
     return run
@@ -172,17 +162,7 @@ def read_job(job_dir: Path, sweep_dir: Path, failures: dict[str, str]) -> Run:
 # --- reading the sweep -------------------------------------------------------------------------------
 def find_job_dirs(sweep_dir: Path) -> list[Path]:
     """Directories holding a job (``.hydra/`` or ``metrics.json``), searched below ``sweep_dir``."""
-    if (sweep_dir / "metrics.json").is_file() or (sweep_dir / ".hydra" / "overrides.yaml").is_file():
-        return [sweep_dir]
-    jobs = []
-    for dirpath, dirnames, filenames in os.walk(sweep_dir):
-        here = Path(dirpath)
-        if here != sweep_dir and ("metrics.json" in filenames or ".hydra" in dirnames):
-            jobs.append(here)
-            dirnames[:] = []  # a job's own subdirectories (checkpoints, tensorboard) hold no jobs
-        else:
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-    return sorted(jobs)
+    return [r.path for r in SweepDir(sweep_dir).job_dirs()]
 
 
 def sweep_definition(sweep_dir: Path) -> tuple[list[str], list[list[str]], set[str], set[str]]:
@@ -681,8 +661,9 @@ def run_cam(sweep: Sweep, overrides: list[str]) -> tuple[Path, dict, dict[str, s
         raise ReportError("No complete run has a checkpoints/ folder to compute CAMs from.")
 
     def models_by_run(results: dict) -> dict[str, str]:
-        # visualize records each model's checkpoint: <run dir>/checkpoints/<file>.ckpt
-        return {run_dirs.get(str(Path(m["checkpoint"]).resolve().parent.parent), "?"): name for name, m in results.get("models", {}).items()}
+        # visualize records each model's run directory (older results: its checkpoint, <run dir>/checkpoints/<file>.ckpt)
+        return {run_dirs.get(str(Path(m.get("run_dir") or Path(m["checkpoint"]).parent.parent).resolve()), "?"): name
+                for name, m in results.get("models", {}).items()}
 
     n = 1
     while True:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -20,24 +18,21 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from covidnet import inits  # noqa: F401 - registers ${covidnet.init:...}, which the configs use
-from covidnet.atomic import atomic_path, write_json
 from covidnet.checkpoint import check_weights_fit
 from covidnet.config_check import TRAIN, check_config
-from covidnet.errors import UserError
 from covidnet.evaluate import EVAL_AREA, evaluate_run, load_sets_for_training
 from covidnet.hardware import HardwareChoice, apply_threads, resolve
 from covidnet.multisource import scalars as source_scalars
 from covidnet.multisource import source_metrics
 from covidnet.predict import predict_probs
+from covidnet.run_dir import RunDir, RunDirError
 from covidnet.run_record import accepted_record, check_resume, check_writable
 from covidnet.stats import binary_metrics
 from covidnet.timing import EpochTimes
 
 log = logging.getLogger(__name__)
 
-
-class RunDirError(UserError, RuntimeError):
-    """Starting would overwrite an earlier run's results."""
+__all__ = ["train", "check_run_dir", "RunDirError", "instantiate_all"]
 
 
 def instantiate_all(group: DictConfig | None) -> list:
@@ -45,11 +40,6 @@ def instantiate_all(group: DictConfig | None) -> list:
     if not group:
         return []
     return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
-
-
-def best_epoch(path: str) -> int | None:
-    match = re.search(r"epoch=(\d+)", Path(path).name) if path else None
-    return int(match.group(1)) if match else None
 
 
 def without_near_duplicates(names: list[str], labels, probs, excluded: set[str]) -> dict:
@@ -64,11 +54,8 @@ def without_near_duplicates(names: list[str], labels, probs, excluded: set[str])
 
 
 def check_run_dir(out: Path, ckpt_path: str | None) -> None:
-    if ckpt_path is None and ((out / "metrics.json").exists() or any((out / "checkpoints").glob("*.ckpt"))):
-        raise RunDirError(
-            f"{out} already holds a run. covidnet never overwrites results: pass ckpt_path=last to resume it, "
-            "or choose a new output directory (leave hydra.run.dir / hydra.sweep.dir at their defaults)."
-        )
+    """Refuse to start a new run where one already left results (see RunDir.check_fresh)."""
+    RunDir(out).check_fresh(ckpt_path)
 
 
 # The distributed variables as this process started (Lightning's DDP launcher sets them in the launching process).
@@ -134,6 +121,7 @@ def train(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     check_writable(out, "run directory")
     out.mkdir(parents=True, exist_ok=True)
+    run_dir = RunDir(out)
     check_run_dir(out, cfg.get("ckpt_path"))
     # a resume continues the run it resumes: same checkpoint check as everywhere, same settings (run_record.py)
     resume = check_resume(cfg, out, record_dir())
@@ -177,11 +165,10 @@ def train(cfg: DictConfig) -> dict:
         "epochs_trained": trainer.current_epoch,
         "fit_seconds": round(fit_seconds, 1),
         "epoch_seconds": epoch_times.seconds,  # this process's epochs (a resumed run: those after the checkpoint)
-        "best_checkpoint": best_path or None,
-        "last_checkpoint": str(last_path) if last_path and last_path.is_file() else None,
+        **RunDir.metrics_record(best_path, last_path if last_path and last_path.is_file() else None),
         "best_val_metric": ckpt_cb.monitor if ckpt_cb else None,
         "best_val_score": float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not None else None,
-        "best_epoch": best_epoch(best_path),
+        "best_epoch": RunDir.checkpoint_epoch(best_path),
         # training images actually used (data.fraction keeps a stratified subset): the data-efficiency axis
         "train_images": len(datamodule.datasets["train"]) if "train" in getattr(datamodule, "datasets", {}) else None,
     }
@@ -206,11 +193,9 @@ def train(cfg: DictConfig) -> dict:
                 metrics["test_by_source"] = source_metrics(datamodule.items["test"], datamodule.records["test"], probs)
                 for logger in trainer.loggers:
                     logger.log_metrics(source_scalars(metrics["test_by_source"]), step=trainer.global_step)
-            with atomic_path(out / "predictions_test.csv") as tmp, open(tmp, "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(["file", "label", "prob_covid", "source", "patient"])
-                items = datamodule.items["test"]
-                writer.writerows(zip(names, labels.tolist(), [f"{p:.6f}" for p in probs], [it.source for it in items], [it.patient or "" for it in items]))
+            items = datamodule.items["test"]
+            run_dir.write_predictions(names, labels.tolist(), probs,
+                                      extra={"source": [it.source for it in items], "patient": [it.patient or "" for it in items]})
             metrics["test_without_near_duplicates"] = without_near_duplicates(
                 names, labels, probs, getattr(datamodule, "test_near_duplicates", set()))
     if eval_sets and best_path and trainer.is_global_zero:
@@ -221,5 +206,5 @@ def train(cfg: DictConfig) -> dict:
                 print(f"{row['set']}: AUROC {row['auroc']}, sensitivity {row['sensitivity']}, mean P(COVID) {row['mean_prob_covid']:.3f}")
     metrics["wall_seconds"] = round(time.time() - start, 1)
     if trainer.is_global_zero:
-        write_json(out / "metrics.json", metrics)
+        run_dir.write_metrics(metrics)
     return metrics

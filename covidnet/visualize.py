@@ -7,7 +7,6 @@ data-module hyperparameters stored in the checkpoint; only the data location com
 from __future__ import annotations
 
 import csv
-import json
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from covidnet.config_check import VISUALIZE, check_config
 from covidnet.data import CovidCTDataModule
 from covidnet.dataset import CLASS_NAMES, DatasetError, Sample, read_split
 from covidnet.errors import UserError
+from covidnet.run_dir import CHECKPOINT_DIR, INTERRUPTED, LAST_CHECKPOINT, NOT_TRAINED, TRAINED, RunDir, SweepDir
 
 OUTPUT_FILES = ("figure.png", "images.csv", "results.json")
 SCORE_IMAGES = ("figure", "split")
@@ -63,6 +63,7 @@ class LoadedModel:
     path: Path
     model: torch.nn.Module
     datamodule: CovidCTDataModule  # not set up: used for its preprocessing only
+    chosen: Chosen
 
 
 @dataclass
@@ -84,53 +85,88 @@ def as_list(value) -> list[str]:
     return [str(value)]
 
 
-def best_checkpoint(run_dir: Path) -> Path:
-    """A training run's best checkpoint: metrics.json's ``best_checkpoint``, else its only epoch=*.ckpt, else last.ckpt."""
-    metrics = run_dir / "metrics.json"
-    if metrics.is_file():
-        best = json.loads(metrics.read_text()).get("best_checkpoint")
-        if best and Path(best).is_file():
-            return Path(best)
-        if best and (run_dir / "checkpoints" / Path(best).name).is_file():  # the run dir was moved
-            return run_dir / "checkpoints" / Path(best).name
-    epochs = sorted((run_dir / "checkpoints").glob("epoch=*.ckpt"))
-    if len(epochs) == 1:
-        return epochs[0]
-    if (run_dir / "checkpoints" / "last.ckpt").is_file():
-        return run_dir / "checkpoints" / "last.ckpt"
-    raise VisualizeError(f"{run_dir}: no single best checkpoint in {run_dir / 'checkpoints'}; pass the .ckpt file itself.")
+@dataclass
+class Chosen:
+    """A checkpoint to draw: its run directory (when it lies in one) and, for an unfinished run, a label."""
+
+    path: Path
+    run: RunDir | None = None
+    label: str = ""  # '' for a trained run's best checkpoint or a file passed as such; else e.g. 'interrupted: last.ckpt'
 
 
-def resolve_checkpoints(ckpt) -> list[Path]:
-    """``ckpt=`` entries -> checkpoint files. An entry may be a .ckpt file, a run directory (its best
-    checkpoint) or a sweep directory (each job's best checkpoint, in name order)."""
+def run_checkpoint(run: RunDir, include_unfinished: bool) -> tuple[Chosen | None, str]:
+    """A run directory's checkpoint to draw, or None and why it is skipped.
+
+    A trained run stands for its best checkpoint, found inside the run directory (``RunDir``), never
+    through the absolute path recorded in metrics.json, so a copied sweep reads its own files. An
+    unfinished run (interrupted, failed, not trained) is skipped, or with ``include_unfinished`` drawn
+    from its last checkpoint and labelled with its state."""
+    state = run.state()
+    if state == TRAINED:
+        best = run.best_checkpoint()
+        if best is not None:
+            return Chosen(best, run), ""
+        return None, f"trained, but the best checkpoint named in its metrics.json is not in {run.checkpoint_dir}"
+    why = {NOT_TRAINED: "not trained (its metrics.json records no best checkpoint)",
+           INTERRUPTED: "unfinished (no metrics.json: interrupted, failed or still running)"}[state]
+    if not include_unfinished:
+        return None, why
+    last = run.last_checkpoint()
+    epochs = sorted(run.checkpoint_dir.glob("*.ckpt"))
+    ckpt = last or (epochs[-1] if len(epochs) == 1 else None)
+    if ckpt is None:
+        return None, f"{why}; include_unfinished=true, but it has no {LAST_CHECKPOINT} (nor a single checkpoint)"
+    return Chosen(ckpt, run, f"{'not trained' if state == NOT_TRAINED else 'unfinished'}: {ckpt.name}"), ""
+
+
+def resolve_checkpoints(ckpt, include_unfinished: bool = False) -> tuple[list[Chosen], list[tuple[Path, str]]]:
+    """``ckpt=`` entries -> (checkpoints to draw, skipped run directories with the reason). An entry may be
+    a .ckpt file, a run directory (its best checkpoint) or a sweep directory (each job's, in name order)."""
     entries = as_list(ckpt)
     if not entries:
         raise VisualizeError("No checkpoint given: pass ckpt=path/to/file.ckpt or ckpt=[a.ckpt,b.ckpt].")
-    paths: list[Path] = []
+    chosen: list[Chosen] = []
+    skipped: list[tuple[Path, str]] = []
     for entry in entries:
         p = Path(entry).expanduser()
         if not p.is_dir():
-            paths.append(p)  # load_checkpoint says if it is missing or not ours
-        elif (p / "checkpoints").is_dir():
-            paths.append(best_checkpoint(p))
+            run = RunDir(p.parent.parent) if p.parent.name == CHECKPOINT_DIR else None
+            chosen.append(Chosen(p, run if run is not None and run.is_run() else None))  # load_checkpoint says if it is missing or not ours
+            continue
+        if RunDir(p).is_run():
+            runs = [RunDir(p)]
         else:
-            jobs = sorted(c.parent for c in p.glob("*/checkpoints") if c.is_dir())
-            if not jobs:
-                raise VisualizeError(f"{p} is a directory with no checkpoints/ in it or in its subfolders; pass a .ckpt file, a run or a sweep directory.")
-            paths += [best_checkpoint(j) for j in jobs]
-    return paths
+            found = {r.path for r in SweepDir(p).job_dirs()} | {c.parent for c in p.glob(f"*/{CHECKPOINT_DIR}") if c.is_dir()}
+            runs = [RunDir(d) for d in sorted(found)]
+            if not runs:
+                raise VisualizeError(f"{p} is a directory with no run in it or in its subfolders; pass a .ckpt file, a run or a sweep directory.")
+        for run in runs:
+            pick, why = run_checkpoint(run, include_unfinished)
+            if pick is None:
+                skipped.append((run.path, why))
+            else:
+                chosen.append(pick)
+    if skipped:
+        lines = "\n".join(f"  {path}: {why}" for path, why in skipped)
+        hint = "" if include_unfinished else " Pass include_unfinished=true to draw their last checkpoints, labelled as such."
+        print(f"visualize: skipped {len(skipped)} run(s) without a best checkpoint:\n{lines}\n{hint.strip()}".rstrip())
+    if not chosen:
+        raise VisualizeError(f"No checkpoint to draw: every run given was skipped ({'; '.join(f'{p.name}: {w}' for p, w in skipped)}).")
+    return chosen, skipped
 
 
-def model_name(path: Path, hparams: dict) -> str:
-    """``init=scratch`` style job names for sweep checkpoints, else ``<init>-<arch>``."""
-    job = path.parent.parent.name if path.parent.name == "checkpoints" else ""
-    return job if "=" in job else f"{hparams.get('init')}-{hparams.get('arch')}"
+def model_name(choice: Chosen, hparams: dict) -> str:
+    """The job's name from its Hydra record (e.g. ``init=scratch``), else ``<init>-<arch>``; an unfinished
+    run's label is appended in brackets."""
+    job = choice.run.job_name() if choice.run is not None else ""
+    name = job or f"{hparams.get('init')}-{hparams.get('arch')}"
+    return f"{name} [{choice.label}]" if choice.label else name
 
 
-def load_models(ckpt, data_root: str, device: str) -> list[LoadedModel]:
+def load_models(chosen: list[Chosen], data_root: str, device: str) -> list[LoadedModel]:
     models: list[LoadedModel] = []
-    for path in resolve_checkpoints(ckpt):
+    for choice in chosen:
+        path = choice.path
         model, dm_hparams = load_checkpoint(path, map_location=device)
         if not dm_hparams:
             raise CheckpointError(f"{path} holds no data-module hyperparameters, so the preprocessing it was trained with is unknown; use a checkpoint written by train.py.")
@@ -138,11 +174,11 @@ def load_models(ckpt, data_root: str, device: str) -> list[LoadedModel]:
             dm = CovidCTDataModule(**{**dm_hparams, "root": data_root})
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: its data-module hyperparameters do not rebuild the preprocessing ({err}).") from err
-        name = model_name(path, dict(model.hparams))
+        name = model_name(choice, dict(model.hparams))
         taken = {m.name for m in models}
         if name in taken:
             name = next(f"{name} ({i})" for i in range(2, len(taken) + 3) if f"{name} ({i})" not in taken)
-        models.append(LoadedModel(name, path, model.to(device).eval(), dm))
+        models.append(LoadedModel(name, path, model.to(device).eval(), dm, choice))
     return models
 
 
@@ -303,7 +339,8 @@ def visualize(cfg: DictConfig) -> dict:
         raise VisualizeError(f"score_images={cfg.score_images!r}: choose figure (the drawn images) or split (every image of the split).")
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
     root = str(Path(str(cfg.data.root)).expanduser().resolve())
-    models = load_models(cfg.ckpt, root, device)
+    chosen, skipped = resolve_checkpoints(cfg.ckpt, bool(cfg.get("include_unfinished", False)))
+    models = load_models(chosen, root, device)
     pairs = lesion_pairs(cfg.localize) if cfg.get("localize") else None
     out = fresh_out_dir(cfg.out_dir)
     try:
@@ -321,9 +358,11 @@ def visualize(cfg: DictConfig) -> dict:
     results: dict = {
         "split": cfg.split, "scored_images": cfg.score_images, "n_scored": len(scored), "target": target,
         "methods": methods, "layer": cfg.layer, "faithfulness_fraction": cfg.faithfulness_fraction, "seed": cfg.seed,
-        "models": {m.name: {"checkpoint": str(m.path), **{k: v for k, v in m.model.hparams.items()},
+        "models": {m.name: {"checkpoint": str(m.path), "run_dir": str(m.chosen.run.path) if m.chosen.run else None,
+                            "unfinished": m.chosen.label or None, **{k: v for k, v in m.model.hparams.items()},
                             "image_size": m.datamodule.hparams.image_size, "normalization": m.datamodule.hparams.normalization}
                    for m in models},
+        "skipped": [{"run_dir": str(path), "reason": why} for path, why in skipped],
         "faithfulness": {}, "shortcut": {}, "localisation": {},
     }
     per_image: dict[str, dict] = {}

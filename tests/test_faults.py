@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 import covidnet.download as download
 from covidnet.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 from covidnet.dataset import CLASSES, SPLITS, check_dataset, image_dir, is_complete_layout, split_file
-from covidnet.job_failures import read_failed_jobs
+from covidnet.run_dir import read_failed_jobs
 from covidnet.train import RunDirError, check_run_dir, train
 from synthetic import make_dataset
 

@@ -21,7 +21,7 @@ from PIL import Image
 from synthetic import make_dataset
 from torchvision.models import resnet18
 
-from covidnet import job_failures, stats
+from covidnet import stats
 from covidnet.hydra_callbacks import SweepReport
 from covidnet.report import load_sweep, main, read_curves, write_report
 
@@ -243,7 +243,7 @@ def test_cam_numbers_per_init_from_visualize(tiny_sweep):
 
 
 def test_recorded_failures_are_shown(tmp_path):
-    """A job that failed shows the error recorded by covidnet.job_failures or passed by the caller."""
+    """A job that failed shows the error recorded by the sweep callback or passed by the caller."""
     from hydra.types import RunMode
 
     fake_job(tmp_path / "init=scratch,seed=0", ["init=scratch", "seed=0"], [0, 1, 0, 1], [0.2, 0.7, 0.4, 0.9])
@@ -256,7 +256,7 @@ def test_recorded_failures_are_shown(tmp_path):
     cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "runtime": {"output_dir": str(failed)},
                                       "job": {"override_dirname": failed.name, "num": 1}}})
     cfg.hydra.mode = RunMode.MULTIRUN
-    job_failures.FailedJobsReport().on_job_end(cfg, JobReturn(status=JobStatus.FAILED, _return_value=ValueError("bad weights")))
+    SweepReport(enabled=False).on_job_end(cfg, JobReturn(status=JobStatus.FAILED, _return_value=ValueError("bad weights")))
     sweep = load_sweep(tmp_path, failures={str(silent.resolve()): "RuntimeError: boom"})
     status = {r.name: (r.status, r.message) for r in sweep.runs}
     assert status[failed.name] == ("failed", "ValueError: bad weights")
@@ -345,3 +345,24 @@ def test_end_of_sweep_hook_fires_on_a_real_multirun(synthetic_root, tmp_path):
     assert "Jobs: 2 (2 complete)" in text and "seed=0,1" in text
     assert [(r["init"], r["runs"]) for r in read_rows(sweep / "summary.csv")] == [("scratch", "2")]
     assert (sweep / "roc.png").is_file() and (sweep / "learning_curves.png").is_file()
+
+
+def test_a_job_without_a_best_checkpoint_is_not_trained_never_complete(tmp_path):
+    """issue 14.2: metrics.json from a run that selected no checkpoint (max_epochs=0) has no test result."""
+    fake_job(tmp_path / "init=scratch,seed=0", ["init=scratch", "seed=0"], [0, 1, 0, 1], [0.2, 0.7, 0.4, 0.9])
+    fake_job(tmp_path / "init=scratch,seed=1", ["init=scratch", "seed=1"], [0, 1, 0, 1], [0.6, 0.7, 0.4, 0.9],
+             {"best_checkpoint": None, "epochs_trained": 0})
+    text = write_report(tmp_path, n_boot=50).read_text()
+    assert read_rows(tmp_path / "summary.csv")[0]["runs"] == "1"
+    runs = {r["job"]: r["status"] for r in read_rows(tmp_path / "runs.csv")}
+    assert runs == {"init=scratch,seed=0": "complete", "init=scratch,seed=1": "not trained"}
+    problems = text.split("## Failed, interrupted or missing jobs")[1]
+    assert "| init=scratch,seed=1 | not trained |" in problems and "no best checkpoint" in problems
+
+
+def test_keys_that_do_not_name_a_job_are_no_factors_without_multirun_yaml(tmp_path):
+    """The report's non-factor keys are Hydra's exclude_keys (one list): a copied sweep without multirun.yaml
+    whose jobs differ only in where they ran has one row, not one per device count."""
+    fake_job(tmp_path / "a", ["init=scratch", "seed=0", "trainer.devices=1"], [0, 1, 0, 1], [0.2, 0.7, 0.4, 0.9])
+    fake_job(tmp_path / "b", ["init=scratch", "seed=1", "trainer.devices=2"], [0, 1, 0, 1], [0.3, 0.7, 0.4, 0.9])
+    assert load_sweep(tmp_path).factors == ["init"]

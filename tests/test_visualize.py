@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from PIL import Image
 
 from cam_training import blob_run
@@ -50,12 +51,26 @@ def config(*overrides: str):
         return compose("visualize", overrides=list(overrides))
 
 
+def fake_job(run, job: Path, overrides: list[str], finished: bool = True) -> Path:
+    """A job directory as train.py leaves it (Hydra record, checkpoints, metrics.json naming the best one),
+    holding the blob model; ``finished=False``: killed before metrics.json, only last.ckpt."""
+    (job / "checkpoints").mkdir(parents=True)
+    (job / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
+    if not finished:
+        shutil.copy(run.ckpt, job / "checkpoints" / "last.ckpt")
+        return job
+    best = job / "checkpoints" / "epoch=003-val_auroc=1.0000.ckpt"
+    shutil.copy(run.ckpt, best)
+    (job / "metrics.json").write_text(json.dumps({"best_checkpoint": str(best.resolve()), "best_epoch": 3}))
+    return job
+
+
 def sweep_of_two(run, tmp_path: Path) -> Path:
-    """A sweep-like directory with two jobs, each holding a checkpoint (same weights, two files)."""
+    """A sweep directory with two finished jobs, each holding a checkpoint (same weights, two files)."""
     sweep = tmp_path / "sweep"
     for job in ("init=scratch", "init=imagenet"):
-        (sweep / job / "checkpoints").mkdir(parents=True)
-        shutil.copy(run.ckpt, sweep / job / "checkpoints" / "epoch=003-val_auroc=1.0000.ckpt")
+        fake_job(run, sweep / job, [job, f"data.root={run.root}"])
     return sweep
 
 
@@ -149,3 +164,32 @@ def test_bad_checkpoints_and_settings_get_clear_errors(run, tmp_path):
     with pytest.raises(VisualizeError, match="images/ and masks/"):
         visualize(config(f"ckpt={run.ckpt}", f"localize={tmp_path}", *base))
     assert not (tmp_path / "out" / "figure.png").exists()
+
+
+def test_a_copied_sweep_reads_its_own_checkpoints_and_skips_unfinished_jobs(run, tmp_path, capsys):
+    """issue 14.3: checkpoints are found inside the run directory, never through metrics.json's absolute path;
+    an interrupted job is skipped and named, or drawn from its last checkpoint and labelled when asked."""
+    original = tmp_path / "original"
+    fake_job(run, original / "init=scratch", ["init=scratch"])
+    fake_job(run, original / "init=imagenet", ["init=imagenet"], finished=False)
+    copy = shutil.copytree(original, tmp_path / "copy")
+    # the original's best checkpoint is replaced by a foreign file: reading it would fail
+    next((original / "init=scratch" / "checkpoints").glob("epoch=*.ckpt")).write_bytes(b"not the model")
+    base = [f"data.root={run.root}", "score_images=figure", "n_per_class=1", "methods=[gradcam]"]
+    result = visualize(config(f"ckpt={copy}", f"out_dir={tmp_path / 'out'}", *base))
+    models = result["results"]["models"]
+    assert list(models) == ["init=scratch"]
+    assert Path(models["init=scratch"]["checkpoint"]).is_relative_to(copy)
+    assert result["results"]["skipped"] == [{"run_dir": str(copy / "init=imagenet"), "reason": result["results"]["skipped"][0]["reason"]}]
+    assert "unfinished" in result["results"]["skipped"][0]["reason"]
+    printed = capsys.readouterr().out
+    assert "skipped 1 run(s)" in printed and str(copy / "init=imagenet") in printed and "include_unfinished=true" in printed
+
+    labelled = visualize(config(f"ckpt={copy}", f"out_dir={tmp_path / 'out2'}", "include_unfinished=true", *base))["results"]
+    assert list(labelled["models"]) == ["init=imagenet [unfinished: last.ckpt]", "init=scratch"]
+    assert labelled["models"]["init=imagenet [unfinished: last.ckpt]"]["unfinished"] == "unfinished: last.ckpt"
+    assert labelled["skipped"] == []
+
+    # a run directory given alone that is unfinished: nothing to draw, and the message says why
+    with pytest.raises(VisualizeError, match="unfinished"):
+        visualize(config(f"ckpt='{copy / 'init=imagenet'}'", f"out_dir={tmp_path / 'out3'}", *base))

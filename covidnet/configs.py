@@ -1,0 +1,38 @@
+"""Where the Hydra configs are, from a source checkout and from an installed package.
+
+The configs live in the top-level ``conf/`` folder of the repository (the layout the project asks for).
+A built wheel ships the same files inside the package as ``covidnet/conf/`` (pyproject.toml maps
+``conf/`` there), so Hydra reaches them as ``pkg://covidnet.conf`` and code reads them through
+:func:`config_dir` without knowing which of the two it runs from.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_PACKAGE = "covidnet.conf"
+SEARCH_PATH = f"pkg://{CONFIG_PACKAGE}"
+
+
+@lru_cache(maxsize=1)
+def config_dir() -> Path:
+    """The folder holding train.yaml: ``<checkout>/conf`` beside this package, else the packaged copy."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "conf", here / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"covidnet's configs are neither in {here.parent / 'conf'} (a source checkout) nor in {here / 'conf'} "
+        "(an installed package); reinstall covidnet."
+    )
+
+
+def load(relative: str) -> DictConfig:
+    """One config file as written (no defaults list applied, interpolations unresolved), e.g. ``cam/default.yaml``."""
+    cfg = OmegaConf.load(config_dir() / relative)
+    if not isinstance(cfg, DictConfig):
+        raise ValueError(f"{config_dir() / relative} is not a mapping.")
+    return cfg
