@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from covidnet.cam import (
+    cam_defaults,
     caption,
     categories_for,
     check_methods,
@@ -35,8 +36,12 @@ class CamLogger(L.Callback):
     Without a TensorBoard logger (e.g. ``fast_dev_run``) it does nothing and says so once.
     """
 
-    def __init__(self, k: int = 4, methods: Sequence[str] = ("gradcam", "eigencam"), target: str = "label",
-                 every_n_epochs: int = 1, seed: int = 0, log_test: bool = True, layer: str = "layer4"):
+    def __init__(self, k: int = 4, methods: Sequence[str] | None = None, target: str | None = None,
+                 every_n_epochs: int = 1, seed: int = 0, log_test: bool = True, layer: str | None = None):
+        defaults = cam_defaults()  # methods, target, layer left out: conf/cam/default.yaml's
+        methods = defaults["methods"] if methods is None else methods
+        target = defaults["target"] if target is None else target
+        layer = defaults["layer"] if layer is None else layer
         if k < 1 or every_n_epochs < 1:
             raise ValueError(f"callbacks.cam: k={k} and every_n_epochs={every_n_epochs} must be at least 1.")
         self.k, self.every_n_epochs, self.seed, self.log_test, self.layer = k, every_n_epochs, seed, log_test, layer

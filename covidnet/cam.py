@@ -23,6 +23,16 @@ from covidnet.predict import eval_mode
 TARGET_MODES = ("label", "prediction")
 
 
+def cam_defaults() -> dict:
+    """``methods``, ``layer`` and ``target`` as conf/cam/default.yaml sets them: the one place of these
+    defaults, shared by the training callback (callbacks.cam) and visualize.py."""
+    from omegaconf import OmegaConf
+
+    from covidnet.configs import load
+
+    return OmegaConf.to_container(load("cam/default.yaml"), resolve=True)
+
+
 def oriented_projection(activations: np.ndarray) -> np.ndarray:
     """EigenCAM's map (projection on the first principal component) with a deterministic sign.
 

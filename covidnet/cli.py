@@ -4,7 +4,7 @@ A ``UserError`` (a bad option, bad data, a bad checkpoint or weights file, a use
 user's to fix and its message says how, so it is printed alone on stderr and the process exits with status
 2, without Lightning's or Hydra's traceback. ``HYDRA_FULL_ERROR=1`` (or ``COVIDNET_DEBUG=1``) re-raises it
 with the whole traceback. In a multirun the error is re-raised as it is: Hydra records the job as failed,
-the other jobs still run, and ``covidnet.job_failures`` names it. Any other exception is a bug and keeps
+the other jobs still run, and ``covidnet.hydra_callbacks.SweepReport`` names it. Any other exception is a bug and keeps
 its traceback.
 """
 

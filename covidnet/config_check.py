@@ -251,6 +251,7 @@ VISUALIZE: dict[str, Rule] = {
     "batch_size": integer(1),
     "device": Rule("cpu, cuda, cuda:<index> or auto", lambda v: isinstance(v, str) and (v in ("cpu", "cuda", "auto") or (v.startswith("cuda:") and v[5:].isdigit()))),
     "tensorboard": boolean(),
+    "include_unfinished": boolean(),
 }
 
 

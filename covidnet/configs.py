@@ -1,9 +1,9 @@
 """Where the Hydra configs are, from a source checkout and from an installed package.
 
 The configs live in the top-level ``conf/`` folder of the repository (the layout the project asks for).
-A built wheel ships the same files inside the package as ``covidnet/conf/`` (pyproject.toml maps
-``conf/`` there), so Hydra reaches them as ``pkg://covidnet.conf`` and code reads them through
-:func:`config_dir` without knowing which of the two it runs from.
+``covidnet/conf`` is a link to that folder, so a built wheel ships the same files inside the package
+(package data, see pyproject.toml). Code reads them through :func:`config_dir`, and the installed
+entry points (covidnet.console) give Hydra its absolute path, without knowing which of the two it runs from.
 """
 
 from __future__ import annotations
@@ -13,15 +13,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_PACKAGE = "covidnet.conf"
-SEARCH_PATH = f"pkg://{CONFIG_PACKAGE}"
-
-
 @lru_cache(maxsize=1)
 def config_dir() -> Path:
     """The folder holding train.yaml: ``<checkout>/conf`` beside this package, else the packaged copy."""
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "conf", here / "conf"):
+    for candidate in (here.parent / "conf", here / "conf"):  # a checkout's conf/ first: the link may be a plain file (Windows)
         if (candidate / "train.yaml").is_file():
             return candidate
     raise FileNotFoundError(

@@ -22,7 +22,7 @@ def job_error(job_return: JobReturn) -> BaseException | None:
     if job_return.status != JobStatus.FAILED:
         return None
     try:
-        job_return.return_value
+        _ = job_return.return_value
     except BaseException as err:  # noqa: BLE001 - that is how Hydra hands the error over
         return err
     return None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image
 
 from covidnet.cam import (
@@ -29,6 +29,7 @@ from covidnet.cam import (
     panel_grid,
     target_text,
 )
+from covidnet import configs
 from covidnet.atomic import atomic_path, write_json
 from covidnet.cam_metrics import (
     LAYER_STRIDES,
@@ -413,6 +414,40 @@ def visualize(cfg: DictConfig) -> dict:
     return {"out_dir": str(out), "files": written, "results": results, "rows": len(rows)}
 
 
+def default_settings() -> DictConfig:
+    """visualize.py's settings as conf/visualize.yaml and conf/cam/default.yaml set them (read from the
+    package's configs, so this works from an installed package too); ckpt and out_dir unset."""
+    cfg = configs.load("visualize.yaml")
+    cfg.pop("defaults", None)
+    cfg = OmegaConf.merge(cfg, configs.load("cam/default.yaml"))
+    cfg.out_dir = None
+    return cfg
+
+
+def visualize_runs(ckpt: list[str | Path], data_root: str | Path | None, out_dir: str | Path, settings: list[str] | None = None) -> dict:
+    """:func:`visualize` without Hydra's command line: the checkpoints (files, run or sweep directories),
+    the data (None: visualize.yaml's default) and the output folder as arguments, every other setting at its default unless ``settings``
+    (``key=value`` as on visualize.py's command line, e.g. ``n_per_class=5``, ``methods=[gradcam]``) changes it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = default_settings()
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(settings or []))
+    except Exception as err:  # noqa: BLE001 - Hydra's grammar errors name the bad item
+        raise VisualizeError(f"settings {settings}: {err}") from err
+    for o in parsed:
+        key = o.get_key_element().lstrip("+~")
+        if key in ("ckpt", "data.root", "out_dir") or OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
+            raise VisualizeError(f"setting {key!r}: not a visualize setting that can be changed here "
+                                 f"(choose from {', '.join(k for k in cfg if k not in ('ckpt', 'data', 'out_dir', 'task_name'))}).")
+        OmegaConf.update(cfg, key, o.value(), merge=False)
+    cfg.ckpt = [str(p) for p in ckpt]
+    if data_root is not None:
+        cfg.data.root = str(data_root)
+    cfg.out_dir = str(out_dir)
+    return visualize(cfg)
+
+
 def print_summary(results: dict, written: dict, methods: list[str]) -> None:
     def fmt(s):
         return "n/a" if not s or s["mean"] is None else f"{s['mean']:.3f}"
@@ -435,4 +470,4 @@ def print_summary(results: dict, written: dict, methods: list[str]) -> None:
         print(f"Wrote {path}")
 
 
-__all__ = ["visualize", "VisualizeError", "METHODS"]
+__all__ = ["visualize", "visualize_runs", "default_settings", "VisualizeError", "METHODS"]

@@ -1,4 +1,5 @@
-"""The callbacks folder installs as covidnet.callbacks: covidnet claims no global name but its own."""
+"""Packaging: the callbacks folder installs as covidnet.callbacks (covidnet claims no global name but its own), the
+configs are reachable from an installed (non-editable) package, and CAM defaults have one home."""
 
 from __future__ import annotations
 
@@ -6,9 +7,16 @@ import os
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
+import pytest
 import yaml
+from hydra import compose, initialize_config_dir
+
+from covidnet.cam import cam_defaults
+from covidnet.configs import config_dir
+from covidnet.visualize import VisualizeError, default_settings, visualize_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +36,46 @@ def test_configs_name_callbacks_by_their_package():
                if isinstance(c, dict) and "_target_" in c]
     ours = [t for t in targets if not t.startswith("lightning.")]
     assert ours and all(t.startswith("covidnet.callbacks.") for t in ours), ours
+
+
+
+def test_cam_defaults_come_from_one_file():
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        train = compose("train")
+        vis = compose("visualize", overrides=["ckpt=x"])
+        changed = compose("train", overrides=["callbacks.cam.layer=layer3"])
+    expected = cam_defaults()
+    assert set(expected) == {"methods", "layer", "target"}
+    for key, value in expected.items():
+        assert list(train.callbacks.cam[key]) == list(value) if key == "methods" else train.callbacks.cam[key] == value
+        assert default_settings()[key] == vis[key]
+    assert changed.callbacks.cam.layer == "layer3" and vis.layer == expected["layer"]
+
+
+def test_visualize_runs_refuses_unknown_settings(tmp_path):
+    with pytest.raises(VisualizeError, match="not a visualize setting"):
+        visualize_runs([tmp_path / "x.ckpt"], tmp_path, tmp_path / "out", settings=["n_per_clas=2"])
+    with pytest.raises(VisualizeError, match="not a visualize setting"):
+        visualize_runs([tmp_path / "x.ckpt"], tmp_path, tmp_path / "out", settings=["out_dir=/elsewhere"])
+
+
+@pytest.mark.slow
+def test_the_built_wheel_carries_the_configs_and_finds_them_installed(tmp_path):
+    """pip wheel (no network: the installed setuptools), install into a folder, compose from outside the checkout."""
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "whl"), str(ROOT)],
+                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "whl").glob("covidnet-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for cfg in sorted(p.relative_to(ROOT / "conf") for p in (ROOT / "conf").rglob("*.yaml")):
+        assert f"covidnet/conf/{cfg.as_posix()}" in names
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True, timeout=600)
+    code = ("import covidnet.configs as c, covidnet.visualize as v; print(c.config_dir()); print(v.default_settings().methods); "
+            "import sys; sys.argv = ['covidnet-train', '--cfg', 'job', 'experiment=smoke']; from covidnet.console import train; train()")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(target), "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert Path(lines[0]) == target / "covidnet" / "conf" and "gradcam" in lines[1]
+    assert "image_size: 64" in done.stdout  # experiment=smoke composed from the installed configs

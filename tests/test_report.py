@@ -366,3 +366,39 @@ def test_keys_that_do_not_name_a_job_are_no_factors_without_multirun_yaml(tmp_pa
     fake_job(tmp_path / "a", ["init=scratch", "seed=0", "trainer.devices=1"], [0, 1, 0, 1], [0.2, 0.7, 0.4, 0.9])
     fake_job(tmp_path / "b", ["init=scratch", "seed=1", "trainer.devices=2"], [0, 1, 0, 1], [0.3, 0.7, 0.4, 0.9])
     assert load_sweep(tmp_path).factors == ["init"]
+
+
+def test_a_section_builder_added_to_the_list_writes_its_section_and_columns(tmp_path, monkeypatch):
+    """The hook for column groups others add (external sets, per-source metrics): one builder in SECTIONS."""
+    from covidnet.report import sections
+    from covidnet.report.render import Section
+
+    def external(ctx):
+        groups = ctx.group_runs()
+        for row, runs in zip(ctx.summary, groups.values()):
+            row["ext_auroc_mean"] = float(np.mean([r.points["auroc"] for r in runs]))
+        for row in ctx.runs:
+            row["ext_sets"] = ",".join(s for r in ctx.sweep.runs if r.name == row["job"] and r.run_dir for s in r.run_dir.eval_sets())
+        return Section("External sets", [f"{len(groups)} group(s)"])
+
+    def broken(ctx):
+        raise RuntimeError("this builder has a bug")
+
+    monkeypatch.setattr(sections, "SECTIONS", [*sections.SECTIONS[:2], external, broken, *sections.SECTIONS[2:]])
+    fake_job(tmp_path / "init=scratch,seed=0", ["init=scratch", "seed=0"], [0, 1, 0, 1], [0.2, 0.7, 0.4, 0.9])
+    text = write_report(tmp_path, n_boot=50).read_text()
+    titles = [line for line in text.splitlines() if line.startswith("## ")]
+    assert titles[2:4] == ["## External sets", "## Broken"] and titles[0].startswith("## Summary")
+    assert "Not written: RuntimeError: this builder has a bug" in text  # costs its own section only
+    assert float(read_rows(tmp_path / "summary.csv")[0]["ext_auroc_mean"]) == 1.0
+    assert "ext_sets" in read_rows(tmp_path / "runs.csv")[0]
+
+
+def test_sweep_jobs_expected_by_multirun_yaml_without_hydras_private_sweeper(tmp_path):
+    from covidnet.report.sweep import expand_sweep
+
+    jobs, swept = expand_sweep(["init=scratch,imagenet", "seed=range(2)", "data.root=/x", "seed=0,1,2"])
+    assert swept == {"init", "seed"}
+    assert jobs[:4] == [["init=scratch", "seed=0", "data.root=/x"], ["init=scratch", "seed=1", "data.root=/x"],
+                        ["init=scratch", "seed=2", "data.root=/x"], ["init=imagenet", "seed=0", "data.root=/x"]]
+    assert len(jobs) == 6  # a later override of a key replaces an earlier one, as in Hydra

@@ -1,0 +1,30 @@
+"""Sweep report: does transfer help, by how much, and how sure are we?
+
+``python -m covidnet.report <sweep dir> [--cam]`` reads every job directory of a sweep (as written by
+``covidnet.train``, read through ``covidnet.run_dir``) and writes, into the sweep directory:
+
+- ``report.md``: settings, a summary table per init (and per other swept key), mean +- std over seeds;
+  each init against ``scratch`` on the same test images with a paired bootstrap interval; every run
+  with 95% bootstrap intervals; failed, interrupted, not trained and never-started jobs; figures.
+- ``summary.csv`` (one row per group) and ``runs.csv`` (one row per job, with intervals).
+- ``roc.png``, ``learning_curves.png`` and, when ``data.fraction`` was swept, ``data_efficiency.png``.
+
+These files are derived data: they are rewritten from the job directories each time the report runs
+(at the end of every multirun, see ``covidnet.hydra_callbacks.SweepReport``, or by hand for a sweep
+that was interrupted or run in pieces). The job directories themselves are only read.
+
+The package, by concern: ``sweep`` (reading a sweep: runs, their status, the swept factors),
+``scoring`` (bootstrap intervals, seed means, paired comparisons), ``figures``, ``cam`` (the CAM step
+through ``covidnet.visualize.visualize_runs``), ``render`` (section types, formatting, the header),
+``sections`` (the ordered list of section builders: how to add a section or column group), ``write``
+(report.md, the CSVs, the command line).
+"""
+
+from covidnet.report.figures import read_curves
+from covidnet.report.render import Context, Section
+from covidnet.report.sections import SECTIONS, build_sections
+from covidnet.report.sweep import REFERENCE_INIT, ReportError, Run, Sweep, load_sweep
+from covidnet.report.write import main, write_report
+
+__all__ = ["SECTIONS", "REFERENCE_INIT", "Context", "ReportError", "Run", "Section", "Sweep", "build_sections", "load_sweep",
+           "main", "read_curves", "write_report"]

@@ -1,0 +1,126 @@
+"""Markdown of a sweep report: the section types every part of the report fills, number formatting, the
+header, and the assembly of report.md from its sections (see covidnet.report.sections)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from covidnet import stats
+from covidnet.report.scoring import Comparison
+from covidnet.report.sweep import Run, Sweep, dig
+
+# Settings shown at the top of the report when every job has them (as written in the job's config).
+SETTING_KEYS = (
+    "data.root", "data.image_size", "data.batch_size", "data.fraction", "data.normalization", "model.arch", "model.freeze",
+    "model.backbone_lr_scale", "model.optimizer.lr", "trainer.max_epochs", "trainer.accelerator", "trainer.precision",
+)
+
+
+@dataclass
+class Context:
+    """What a section builder gets: the scored sweep and the rows of summary.csv and runs.csv.
+
+    ``summary`` holds one dict per group (keys: the factors, then metrics) and ``runs`` one per job (key
+    ``job`` = ``Run.name``); a builder may add columns to them (the same keys in every row), which then
+    appear in summary.csv / runs.csv. ``options`` carries the command-line choices (``cam``, ``cam_overrides``)."""
+
+    sweep: Sweep
+    summary: list[dict]
+    runs: list[dict]
+    comparisons: list[Comparison]
+    n_boot: int
+    seed: int
+    options: dict = field(default_factory=dict)
+
+    def group_runs(self, keys: list[str] | None = None) -> dict[tuple[str, ...], list[Run]]:
+        """Complete runs per group of factor values (default: the summary's rows), in report order."""
+        from covidnet.report.scoring import ordered_groups
+
+        return ordered_groups(self.sweep.complete, self.sweep.factors if keys is None else keys)
+
+
+@dataclass
+class Section:
+    """One ``## title`` section of report.md: its markdown lines."""
+
+    title: str
+    lines: list[str]
+
+
+def fmt(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def pm(mean: float, std: float, digits: int = 3) -> str:
+    return fmt(mean, digits) + (f" ± {fmt(std, digits)}" if math.isfinite(std) else "")
+
+
+def with_ci(iv: stats.Interval) -> str:
+    return f"{iv.estimate:.3f} [{fmt(iv.low)}, {fmt(iv.high)}]"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    clean = [[" ".join(str(c).split()).replace("|", "\\|") for c in row] for row in rows]
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + ["| " + " | ".join(r) + " |" for r in clean]
+
+
+def common_settings(runs: list[Run]) -> list[tuple[str, str]]:
+    out = []
+    configs = [r.config for r in runs if r.config]
+    for key in SETTING_KEYS:
+        vals = {json.dumps(dig(c, key), default=str) for c in configs}
+        if len(vals) == 1:
+            out.append((key, str(dig(configs[0], key))))
+    return out
+
+
+def test_set_line(sweep: Sweep) -> str:
+    sets = {frozenset(r.predictions) for r in sweep.complete}
+    if not sets:
+        return "No complete run: no test predictions to report."
+    biggest = max(sets, key=len)
+    n_pos = sum(1 for _, y in biggest if y == 1)
+    same = "all runs" if len(sets) == 1 else f"{len(sets)} different test sets among the runs; the largest"
+    return f"Test set ({same}): {len(biggest)} images, {n_pos} COVID and {len(biggest) - n_pos} non-COVID."
+
+
+def header(ctx: Context) -> list[str]:
+    """Title, provenance, the sweep command, job counts, the test set and the shared settings."""
+    sweep = ctx.sweep
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# Sweep report: {sweep.path.name}",
+        "",
+        f"Written {stamp} by `python -m covidnet.report {sweep.path}`. This file, summary.csv, runs.csv and the figures are "
+        "derived data: they are rewritten from the job directories every time the report runs.",
+        "",
+    ]
+    if sweep.command:
+        lines += [f"Sweep command (from multirun.yaml): `{sweep.command}`", ""]
+    counts: dict[str, int] = defaultdict(int)
+    for r in sweep.runs:
+        counts[r.status] += 1
+    lines += [
+        f"Jobs: {len(sweep.runs)} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}). "
+        f"Swept factors: {', '.join(sweep.factors)} (rows); runs of a row differ in seed.",
+        "",
+        test_set_line(sweep),
+    ]
+    settings = common_settings([r for r in sweep.runs if r.path is not None])
+    if settings:
+        lines += ["", "Settings shared by all jobs (as written in their .hydra/config.yaml): " + ", ".join(f"`{k}={v}`" for k, v in settings) + "."]
+    return lines
+
+
+def render(ctx: Context, sections: list[Section]) -> str:
+    """report.md: the header, then each section as ``## title``."""
+    lines = header(ctx)
+    for section in sections:
+        lines += ["", f"## {section.title}", "", *section.lines]
+    return "\n".join(lines)

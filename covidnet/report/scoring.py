@@ -1,0 +1,147 @@
+"""Scoring a sweep: per-run bootstrap intervals, seed means per group, and each init against ``scratch``
+on the same test images (the numbers behind summary.csv, runs.csv and report.md)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from covidnet import stats
+from covidnet.report.sweep import REFERENCE_INIT, ReportError, Run, Sweep
+
+# metrics.json entries shown per run and averaged per group
+RUN_FIELDS = ("best_epoch", "epochs_trained", "best_val_score", "fit_seconds")
+
+
+def sort_value(v: str):
+    try:
+        return (0, float(v), "")
+    except ValueError:
+        return (1, 0.0, v)
+
+
+def group_key(run: Run, keys: list[str]) -> tuple[str, ...]:
+    return tuple(run.params.get(k, "") for k in keys)
+
+
+def ordered_groups(runs: list[Run], keys: list[str]) -> dict[tuple[str, ...], list[Run]]:
+    groups: dict[tuple[str, ...], list[Run]] = defaultdict(list)
+    for r in runs:
+        groups[group_key(r, keys)].append(r)
+
+    def order(key: tuple[str, ...]):
+        return tuple((0 if (k == "init" and v == REFERENCE_INIT) else 1, *sort_value(v)) for k, v in zip(keys, key))
+
+    return {k: sorted(groups[k], key=lambda r: sort_value(r.seed)) for k in sorted(groups, key=order)}
+
+
+def label(keys: list[str], values: tuple[str, ...]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in zip(keys, values)) or "all runs"
+
+
+def arrays(run: Run, keys: list[tuple[str, int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    keys = keys if keys is not None else sorted(run.predictions)
+    return np.array([k[1] for k in keys]), np.array([run.predictions[k] for k in keys])
+
+
+def score_runs(sweep: Sweep, n_boot: int, seed: int) -> None:
+    """Point metrics and bootstrap intervals on each complete run's test predictions."""
+    for r in sweep.complete:
+        labels, probs = arrays(r)
+        r.intervals = stats.bootstrap_metrics(labels, probs, n_boot, seed)
+        r.points = {m: iv.estimate for m, iv in r.intervals.items()}
+
+
+def summary_rows(sweep: Sweep) -> list[dict]:
+    """One row per group of factor values: mean and std over the group's complete runs."""
+    rows = []
+    for key, runs in ordered_groups(sweep.runs, sweep.factors).items():
+        done = [r for r in runs if r.ok]
+        row: dict = dict(zip(sweep.factors, key))
+        row["runs"] = len(done)
+        row["not complete"] = len(runs) - len(done)
+        row["seeds"] = " ".join(r.seed for r in done)
+        for m in stats.METRICS:
+            row[f"{m}_mean"], row[f"{m}_std"] = stats.mean_std([r.points[m] for r in done])
+        for name in RUN_FIELDS:
+            row[f"{name}_mean"], row[f"{name}_std"] = stats.mean_std([r.metrics.get(name) for r in done])
+        row["seconds_per_epoch_mean"], row["seconds_per_epoch_std"] = stats.mean_std(
+            [r.metrics["fit_seconds"] / r.metrics["epochs_trained"] for r in done if r.metrics.get("fit_seconds") and r.metrics.get("epochs_trained")])
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class Comparison:
+    context: str
+    arm: str
+    reference: str
+    n_arm: int
+    n_reference: int
+    n_images: int
+    n_dropped: int
+    diffs: dict[str, stats.Interval]
+
+    def sentence(self, metric: str) -> str:
+        iv = self.diffs[metric]
+        name = {"auroc": "AUROC", "acc": "accuracy"}.get(metric, metric)
+        if not math.isfinite(iv.low):
+            return f"{name}: no interval (the test resamples never held both classes)."
+        span = f"95% CI {iv.low:+.3f} to {iv.high:+.3f}"
+        if iv.includes(0.0):
+            return (
+                f"{name}: {self.arm} minus {self.reference} = {iv.estimate:+.3f} ({span}). The interval includes zero: "
+                f"on these {self.n_images} test images this sweep does not show a difference between {self.arm} and {self.reference}."
+            )
+        direction = "higher" if iv.estimate > 0 else "lower"
+        return (
+            f"{name}: {self.arm} is {direction} than {self.reference} by {abs(iv.estimate):.3f} ({span}); "
+            f"the interval excludes zero."
+        )
+
+
+def comparisons(sweep: Sweep, n_boot: int, seed: int) -> list[Comparison]:
+    """Each init against ``scratch`` within every combination of the other factors, on shared test images."""
+    others = sweep.factors[1:]
+    out = []
+    for context_key, runs in ordered_groups(sweep.complete, others).items():
+        by_init: dict[str, list[Run]] = defaultdict(list)
+        for r in runs:
+            by_init[r.init].append(r)
+        if REFERENCE_INIT not in by_init:
+            continue
+        ref = by_init[REFERENCE_INIT]
+        for init in sorted(by_init):
+            if init == REFERENCE_INIT:
+                continue
+            arm = by_init[init]
+            every = arm + ref
+            common = sorted(set.intersection(*(set(r.predictions) for r in every)))
+            union = set.union(*(set(r.predictions) for r in every))
+            if not common:
+                raise ReportError(f"Runs of init={init} and init={REFERENCE_INIT} ({label(others, context_key)}) share no test image.")
+            labels = np.array([k[1] for k in common])
+            a = np.stack([arrays(r, common)[1] for r in arm])
+            b = np.stack([arrays(r, common)[1] for r in ref])
+            diffs = stats.paired_difference(labels, a, b, ("auroc", "acc"), n_boot, seed)
+            out.append(Comparison(label(others, context_key), init, REFERENCE_INIT, len(arm), len(ref), len(common), len(union) - len(common), diffs))
+    return out
+
+
+def run_rows(sweep: Sweep) -> list[dict]:
+    """One row per job (runs.csv), missing ones included: status, metrics with interval bounds, message."""
+    rows = []
+    for r in sweep.runs:
+        row = {"job": r.name, **{k: r.params.get(k, "") for k in sweep.factors}, "seed": r.seed, "status": r.status}
+        for m in stats.METRICS:
+            iv = r.intervals.get(m)
+            row[m], row[f"{m}_low"], row[f"{m}_high"] = (iv.estimate, iv.low, iv.high) if iv else (None, None, None)
+        for name in RUN_FIELDS:
+            row[name] = r.metrics.get(name)
+        row["message"] = r.message
+        rows.append(row)
+    return rows
+

@@ -1,0 +1,59 @@
+"""Writing a sweep report: score the sweep, build its sections, write report.md and the CSVs; the
+command line (``python -m covidnet.report``)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from covidnet import stats
+from covidnet.atomic import atomic_path, write_text
+from covidnet.report.render import Context, render
+from covidnet.report.scoring import comparisons, run_rows, score_runs, summary_rows
+from covidnet.report.sections import build_sections
+from covidnet.report.sweep import ReportError, load_sweep
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def write_report(sweep_dir: str | Path, cam: bool = False, n_boot: int = stats.DEFAULT_BOOT, seed: int = stats.DEFAULT_SEED,
+                 failures: dict[str, str] | None = None, cam_overrides: list[str] | None = None) -> Path:
+    """Write report.md, summary.csv, runs.csv and the figures into the sweep directory; return report.md's path."""
+    sweep = load_sweep(sweep_dir, failures)
+    score_runs(sweep, n_boot, seed)
+    ctx = Context(sweep, summary_rows(sweep), run_rows(sweep), comparisons(sweep, n_boot, seed), n_boot, seed,
+                  {"cam": cam, "cam_overrides": list(cam_overrides or [])})
+    sections = build_sections(ctx)  # may add columns to ctx.summary / ctx.runs
+    write_csv(sweep.path / "summary.csv", ctx.summary)
+    write_csv(sweep.path / "runs.csv", ctx.runs)
+    path = sweep.path / "report.md"
+    write_text(path, render(ctx, sections) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from covidnet.report import __doc__ as doc
+
+    parser = argparse.ArgumentParser(prog="python -m covidnet.report", description=(doc or "").split("\n\n")[0])
+    parser.add_argument("sweep_dir", help="a sweep directory, e.g. logs/train/multiruns/<stamp>")
+    parser.add_argument("--cam", action="store_true", help="also compute the CAM numbers of each run's best checkpoint")
+    parser.add_argument("--cam-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a visualize.py setting for --cam, e.g. localize=../shared/data/covid-semiseg or device=cuda (repeatable)")
+    parser.add_argument("--n-boot", type=int, default=stats.DEFAULT_BOOT, help="bootstrap resamples (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=stats.DEFAULT_SEED, help="bootstrap seed (default %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        path = write_report(args.sweep_dir, cam=args.cam, n_boot=args.n_boot, seed=args.seed, cam_overrides=args.cam_set)
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"Report written: {path}")
+    return 0
