@@ -164,7 +164,19 @@ def model_name(choice: Chosen, hparams: dict) -> str:
     return f"{name} [{choice.label}]" if choice.label else name
 
 
-def load_models(chosen: list[Chosen], data_root: str, device: str) -> list[LoadedModel]:
+def best_checkpoint(run_dir: str | Path) -> Path:
+    """A trained run's best checkpoint, inside its run directory (covidnet.run_dir.RunDir)."""
+    pick, why = run_checkpoint(RunDir(run_dir), include_unfinished=False)
+    if pick is None:
+        raise VisualizeError(f"{run_dir}: {why}.")
+    return pick.path
+
+
+def load_models(chosen, data_root: str, device: str) -> list[LoadedModel]:
+    """Rebuild each checkpoint's model and preprocessing; ``chosen`` is resolve_checkpoints' list, or
+    ``ckpt=`` entries (files, run or sweep directories) that are resolved here."""
+    if not (isinstance(chosen, list) and all(isinstance(c, Chosen) for c in chosen)):
+        chosen, _ = resolve_checkpoints(chosen)
     models: list[LoadedModel] = []
     for choice in chosen:
         path = choice.path
