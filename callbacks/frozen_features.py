@@ -124,6 +124,12 @@ class FrozenFeatureCache(L.Callback):
     def fill(self, trainer, pl_module, splits) -> None:
         if not self.enabled:
             return
+        # frozen random layers' BatchNorm statistics (model.calibrate_bn) before their output is computed: the model
+        # would do it in its own on_fit_start, which Lightning calls after the callbacks'
+        if trainer.state.fn == TrainerFn.FITTING and hasattr(pl_module, "ensure_bn_calibrated"):
+            pl_module.ensure_bn_calibrated()
+        elif getattr(pl_module, "needs_bn_calibration", lambda: False)():
+            raise ValueError("model.calibrate_bn=true but this model's BatchNorm statistics were never estimated: fit it first.")
         prefix, rest = split_frozen_stages(pl_module)
         weights_key = tensors_sha256(stage_state(prefix + rest))
         for split in splits:

@@ -221,6 +221,7 @@ TRAIN: dict[str, Rule] = {
     "model.freeze": one_of(_freeze_modes),
     "model.weights_path": optional(text()),
     "model.backbone_lr_scale": number(0),
+    "model.calibrate_bn": boolean().because("estimate frozen layers' BatchNorm statistics on the training images (docs/transfer.md)"),
     "model.optimizer.lr": number(0, lo_open=True),
     "model.optimizer.weight_decay": number(0),
     "trainer.max_epochs": integer(1).because("a run of 0 epochs trains nothing and has no result"),

@@ -37,6 +37,8 @@ class Init:
     normalization: str  # how the grey image must be presented (covidnet/preprocess.py NORMALIZATIONS)
     backbone_lr_scale: float  # default learning rate of the backbone relative to the head
     about: str
+    # estimate frozen layers' BatchNorm statistics on the training images (random layers have none; docs/transfer.md)
+    calibrate_bn: bool = False
 
     @property
     def default_arch(self) -> str:
@@ -84,7 +86,7 @@ INITS: dict[str, Init] = {
     i.name: i
     for i in (
         # Inputs normalised like the ImageNet arm, so that only the weights differ.
-        Init("scratch", _random, None, "imagenet", 1.0, "random initialisation"),
+        Init("scratch", _random, None, "imagenet", 1.0, "random initialisation", calibrate_bn=True),
         Init("imagenet", _imagenet, None, "imagenet", 0.1, "torchvision's ImageNet weights (IMAGENET1K_V1)"),
         # The CT encoder saw intensities in [0, 1] without ImageNet mean/std (docs/ct_init.md).
         Init("ct", _ct, "resnet152", "unit", 0.1, "a CT encoder (Astra's, derived from Merlin) collapsed to 2D; needs the [ct] extra"),
@@ -98,11 +100,12 @@ def get_init(name: str) -> Init:
     return INITS[name]
 
 
-FIELDS = ("arch", "normalization", "backbone_lr_scale")
+FIELDS = ("arch", "normalization", "backbone_lr_scale", "calibrate_bn")
 
 
 def config_default(name: str, field: str):
-    """``${covidnet.init:<init>,<field>}`` in the configs: the init's architecture, normalisation or lr scale."""
+    """``${covidnet.init:<init>,<field>}`` in the configs: the init's architecture, normalisation, lr scale or
+    whether its frozen BatchNorm statistics are estimated."""
     if field not in FIELDS:
         raise ValueError(f"${{covidnet.init:{name},{field}}}: unknown field {field!r}; choose one of {', '.join(FIELDS)}.")
     init = get_init(name)

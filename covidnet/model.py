@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
@@ -18,6 +19,7 @@ from torchmetrics.classification import (
 )
 
 from covidnet.backbones import build_resnet
+from covidnet.bn_calibration import batchnorm_layers, estimate_batchnorm_statistics, training_batches
 
 # Which parameters stay fixed: name -> top-level children of the ResNet that are trained.
 FREEZE_MODES = {
@@ -67,6 +69,7 @@ class CovidClassifier(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         load_pretrained: bool = True,
+        calibrate_bn: bool = False,
     ):
         super().__init__()
         if freeze not in FREEZE_MODES:
@@ -79,6 +82,10 @@ class CovidClassifier(L.LightningModule):
         self.net = build_resnet(arch, init if load_pretrained else "scratch", weights_path if load_pretrained else None)
         self._apply_freeze()
         self.feature_inputs = False  # see take_features
+        if calibrate_bn:
+            # set once the frozen layers' BatchNorm statistics are estimated (ensure_bn_calibrated); saved in
+            # checkpoints like any buffer, so a resumed run does not estimate them again
+            self.register_buffer("bn_calibrated", torch.zeros((), dtype=torch.bool))
         self.loss_fn = nn.BCEWithLogitsLoss()
         self.train_metrics = binary_metrics("train/")
         self.val_metrics = binary_metrics("val/")
@@ -107,6 +114,37 @@ class CovidClassifier(L.LightningModule):
         for module in self._frozen_children():
             module.requires_grad_(False)
             module.eval()
+
+    def needs_bn_calibration(self) -> bool:
+        """``calibrate_bn=true``, frozen BatchNorm layers, and their statistics not estimated yet."""
+        if not self.hparams.get("calibrate_bn") or bool(self.bn_calibrated):
+            return False
+        return bool(batchnorm_layers(self._frozen_children()))
+
+    def calibrate_batchnorm(self, batches) -> int:
+        """Estimate the frozen layers' BatchNorm running statistics on ``batches`` of images (covidnet/bn_calibration.py):
+        for random frozen layers, whose initial statistics (mean 0, variance 1) describe no data. Trained layers are
+        left alone (training normalises them by batch statistics and updates their own). Returns the images seen."""
+        frozen = self._frozen_children()
+        layers = batchnorm_layers(frozen)
+        n = estimate_batchnorm_statistics(self.features, batches, layers) if layers else 0
+        if hasattr(self, "bn_calibrated"):
+            self.bn_calibrated.fill_(True)
+        return n
+
+    def ensure_bn_calibrated(self) -> int:
+        """Calibrate on the training split of the trainer's data module unless done (or not asked for); returns the
+        images used. Runs when fitting starts: after Lightning restored any checkpoint (whose ``bn_calibrated`` then
+        says it is done) and moved the model to its device. callbacks/frozen_features.py calls it earlier, before it
+        computes features."""
+        if not self.needs_bn_calibration():
+            return 0
+        n = self.calibrate_batchnorm(training_batches(self.trainer.datamodule, next(self.parameters()).device))
+        rank_zero_info(f"BatchNorm statistics of the frozen layers estimated on {n} training images (model.calibrate_bn=true).")
+        return n
+
+    def on_fit_start(self) -> None:
+        self.ensure_bn_calibrated()
 
     def train(self, mode: bool = True):
         """Frozen parts stay in eval mode: their BatchNorm statistics must not drift."""
