@@ -12,7 +12,7 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import covidnet.model
-from callbacks import FrozenFeatureCache
+from covidnet.callbacks import FrozenFeatureCache
 from covidnet.data import CovidCTDataModule
 from covidnet.model import CovidClassifier
 
