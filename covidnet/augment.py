@@ -1,11 +1,34 @@
-"""Training augmentation: a function of one cached uint8 grey image tensor (1 x S x S)."""
+"""Training augmentation: a function of one cached uint8 grey image tensor (1 x S x S), on any device.
+
+Two parts. :func:`train_augment`: geometry and brightness/contrast jitter (the original recipe).
+:class:`SourceAugment`: what differs between the sources of COVID-CT (figure crops from many papers) and
+a scanner's DICOM: windowing, gamma, blur or sharpening, noise, resolution and JPEG compression. Randomising
+them in training takes them away as a cue for the class. Each step is switched off by a strength of 0 (or
+null), and all randomness comes from torch's generator, so the data module's per-sample seeding makes an
+epoch replay exactly.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+# strength of each step; 0 / null switches a step off (conf/data/source_aug/default.yaml)
+SOURCE_AUG_DEFAULTS = {
+    "p": 0.5,  # probability of each switched-on step, independently
+    "gamma": 0.4,  # gamma = exp(U(-g, g))
+    "window": 0.15,  # new black / white points shifted by U(-w, w) of the range
+    "blur_sigma": 1.2,  # Gaussian blur with sigma U(0.3, s) pixels
+    "sharpen": 2.0,  # unsharp: sharpness factor U(1, 1 + s)
+    "noise_std": 0.04,  # Gaussian noise, std U(0, n) of the range
+    "downup_min": 0.35,  # shrink to a factor U(d, 1) of the side, then back up
+    "jpeg_quality_min": 20,  # JPEG re-encoding with quality U(q, 95)
+}
 
 
 def train_augment(image_size: int, crop_scale_min: float, hflip: bool, rotate_degrees: float, jitter: float) -> v2.Compose:
@@ -90,3 +113,68 @@ def augment_batch(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     first = contrast_first.view(n, 1, 1, 1) > 0
     x = torch.where(first, adjust_brightness(adjust_contrast(x)), adjust_contrast(adjust_brightness(x)))
     return x.to(torch.uint8)
+def _uniform(lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand(()))
+
+
+class SourceAugment:
+    """uint8 (1 or C) x H x W -> uint8, same shape: source-invariance steps, each with probability ``p``."""
+
+    STEPS = ("window", "gamma", "blur_sigma", "sharpen", "downup_min", "noise_std", "jpeg_quality_min")
+
+    def __init__(self, **strengths):
+        unknown = set(strengths) - set(SOURCE_AUG_DEFAULTS)
+        if unknown:
+            raise ValueError(f"Unknown data.source_aug keys {sorted(unknown)}; known: {', '.join(SOURCE_AUG_DEFAULTS)}.")
+        s = {k: strengths.get(k, 0) or 0 for k in SOURCE_AUG_DEFAULTS}
+        s["p"] = strengths.get("p", SOURCE_AUG_DEFAULTS["p"])
+        if not 0 <= s["p"] <= 1:
+            raise ValueError(f"data.source_aug.p={s['p']} must be in [0, 1].")
+        if s["downup_min"] and not 0 < s["downup_min"] < 1:
+            raise ValueError(f"data.source_aug.downup_min={s['downup_min']} must be in (0, 1) (or 0 to switch it off).")
+        if s["jpeg_quality_min"] and not 1 <= s["jpeg_quality_min"] <= 95:
+            raise ValueError(f"data.source_aug.jpeg_quality_min={s['jpeg_quality_min']} must be in [1, 95] (or 0 to switch it off).")
+        self.s = s
+
+    @classmethod
+    def from_config(cls, cfg: Mapping | None) -> SourceAugment | None:
+        """None (or p = 0, or every strength 0) -> no source augmentation at all."""
+        if not cfg:
+            return None
+        aug = cls(**dict(cfg))
+        return aug if aug.s["p"] > 0 and any(aug.s[k] for k in cls.STEPS) else None
+
+    def active(self) -> list[str]:
+        return [k for k in self.STEPS if self.s[k]]
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        s, p = self.s, self.s["p"]
+        # draw every coin in a fixed order, whether or not its step is on: the same seed, the same choices
+        coins = torch.rand(len(self.STEPS)) < p
+        on = {k: bool(c) and bool(s[k]) for k, c in zip(self.STEPS, coins)}
+        if not any(on.values()):
+            return img
+        x = img.float().div(255)
+        if on["window"]:
+            lo, hi = _uniform(-s["window"], s["window"]), 1 + _uniform(-s["window"], s["window"])
+            x = ((x - lo) / max(hi - lo, 1e-3)).clamp(0, 1)
+        if on["gamma"]:
+            x = x.clamp_min(0).pow(math.exp(_uniform(-s["gamma"], s["gamma"])))
+        if on["blur_sigma"]:
+            sigma = _uniform(0.3, max(0.3, s["blur_sigma"]))
+            k = 2 * math.ceil(2.5 * sigma) + 1
+            x = TF.gaussian_blur(x, kernel_size=[k, k], sigma=[sigma, sigma])
+        if on["sharpen"]:
+            x = TF.adjust_sharpness(x, 1 + _uniform(0, s["sharpen"]))
+        if on["downup_min"]:
+            h, w = x.shape[-2:]
+            f = _uniform(s["downup_min"], 1.0)
+            small = F.interpolate(x[None], size=(max(4, round(h * f)), max(4, round(w * f))), mode="bilinear", antialias=True, align_corners=False)
+            x = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]
+        if on["noise_std"]:
+            x = x + torch.randn(x.shape, device=x.device) * _uniform(0, s["noise_std"])
+        out = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+        if on["jpeg_quality_min"]:
+            quality = int(round(_uniform(s["jpeg_quality_min"], 95)))
+            out = TF.jpeg(out.cpu(), quality).to(img.device) if out.is_cuda else TF.jpeg(out, quality)
+        return out

@@ -137,6 +137,18 @@ def _normalizations():
     return sorted(NORMALIZATIONS)
 
 
+def _fields():
+    from covidnet.preprocess import FIELDS
+
+    return list(FIELDS)
+
+
+def _intensities():
+    from covidnet.preprocess import INTENSITIES
+
+    return list(INTENSITIES)
+
+
 def _splits():
     from covidnet.dataset import SPLITS
 
@@ -206,6 +218,17 @@ TRAIN: dict[str, Rule] = {
     "data.hflip": boolean(),
     "data.rotate_degrees": number(0, 180),
     "data.jitter": number(0, 1),
+    "data.field": one_of(_fields),
+    "data.intensity": one_of(_intensities),
+    "data.crop_margin": number(0, 1).because("the share of the lung box's size added on each side"),
+    "data.source_aug.p": number(0, 1),
+    "data.source_aug.gamma": number(0, 3),
+    "data.source_aug.window": number(0, 0.45),
+    "data.source_aug.blur_sigma": number(0, 10),
+    "data.source_aug.sharpen": number(0, 10),
+    "data.source_aug.noise_std": number(0, 1),
+    "data.source_aug.downup_min": Rule("0 (off) or a number in (0, 1)", lambda v: _is_num(v) and (v == 0 or 0 < v < 1)),
+    "data.source_aug.jpeg_quality_min": Rule("0 (off) or an integer in [1, 95]", lambda v: _is_int(v) and (v == 0 or 1 <= v <= 95)),
     "data.seed": SEED,
     "data.pin_memory": optional(boolean()),
     "data.sources": Rule("a non-empty list of source names that includes covid_ct", lambda v: _names(v) is not None and "covid_ct" in _names(v)),

@@ -13,18 +13,21 @@ import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
 
-from covidnet.augment import augment_batch, augment_params, train_augment
+from covidnet.augment import SourceAugment, augment_batch, augment_params, train_augment
 from covidnet.dataset import SPLITS, DatasetError, Sample, check_dataset, is_complete_layout, load_grey
 from covidnet.download import download_covid_ct
 from covidnet.near_duplicates import Item, cross_split_names, find_pairs, thumbnails
 from covidnet.near_duplicates import summary as near_duplicate_summary
-from covidnet.preprocess import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS, Preprocess, resize_grey  # noqa: F401 (re-exported)
+from covidnet.preprocess import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS, InputSpec, Prepared, Preprocess, prepare, resize_grey  # noqa: F401 (re-exported)
 from covidnet.multisource import MAIN_SOURCE, SLICE_POLICIES, SourceItem, sampling_weights, source_items, split_by_patient
 from covidnet.sampling import EpochSampler, draw_per_class
 from covidnet.sources import Record
 
 log = logging.getLogger(__name__)
+# (file, size, mtime, InputSpec) -> Prepared, for specs that segment the lungs (see prepare_file)
+_PREPARED: dict[tuple, Prepared] = {}
 
 
 class CachedImages(Dataset):
@@ -124,6 +127,10 @@ class CovidCTDataModule(L.LightningDataModule):
         sets_root: str | None = None,
         source_defs: dict | None = None,
         device_augment: bool | str = "auto",
+        field: str = "full",
+        intensity: str = "none",
+        crop_margin: float = 0.05,
+        source_aug: dict | None = None,
     ):
         super().__init__()
         # several sources (covidnet/multisource.py): plain lists, so the checkpoint records what was trained on
@@ -134,6 +141,8 @@ class CovidCTDataModule(L.LightningDataModule):
 
             source_defs = OmegaConf.to_container(source_defs, resolve=True)
         root = str(Path(os.path.expanduser(str(root))).resolve())
+        if source_aug is not None:
+            source_aug = dict(source_aug)  # plain values in the checkpoint
         self.save_hyperparameters()
         self.preprocess = Preprocess(normalization)  # fails early on an unknown name
         check_fraction(fraction)  # and on a bad fraction
@@ -142,6 +151,10 @@ class CovidCTDataModule(L.LightningDataModule):
         if slice_labels not in SLICE_POLICIES:
             raise ValueError(f"data.slice_labels={slice_labels!r}; choose one of {', '.join(SLICE_POLICIES)}.")
         sampling_weights([], balance)  # fails early on an unknown balance mode
+        self.spec = InputSpec(image_size, normalization, field, intensity, crop_margin)  # fails early on a bad name
+        self.source_augment = SourceAugment.from_config(source_aug)  # and on a bad strength
+        # files whose lung field was not found (they fall back to the full image): name -> split
+        self.lung_fallbacks: dict[str, str] = {}
         self.samples: dict[str, list[Sample]] = {}
         self.datasets: dict[str, CachedImages] = {}
         self._wrap: Callable[[str, Dataset], Dataset] | None = None  # see wrap_datasets
@@ -153,13 +166,29 @@ class CovidCTDataModule(L.LightningDataModule):
         self._device_images: torch.Tensor | None = None  # the train cache on the training device (device_augment)
 
     # --- preprocessing shared with CAMs and reports -------------------------------------------------
+    def prepare_file(self, path: str | Path) -> Prepared:
+        """Any image file -> the uint8 grey tensor the cache holds, and whether its lung field was found.
+
+        Segmenting costs ~0.1 s an image, so results are kept for the process (the jobs of a multirun
+        share them), keyed by file, its size and modification time, and the spec."""
+        path = Path(path)
+        if not self.spec.needs_lungs:
+            return prepare(load_grey(path), self.spec)
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, self.spec)
+        hit = _PREPARED.get(key)
+        if hit is None:
+            hit = _PREPARED[key] = prepare(load_grey(path), self.spec)
+        return hit
+
     def load_image(self, path: str | Path) -> torch.Tensor:
-        """Any image file -> the uint8 grey tensor the cache holds."""
-        return resize_grey(load_grey(path), self.hparams.image_size)
+        """Any image file -> the uint8 grey tensor the cache holds (field and intensity applied)."""
+        return self.prepare_file(path).image
 
     def load_grey_image(self, grey) -> torch.Tensor:
-        """A float grey HxW image in [0, 1] (e.g. a windowed DICOM slice) -> the uint8 tensor the cache holds."""
-        return resize_grey(grey, self.hparams.image_size)
+        """A float grey HxW image in [0, 1] (e.g. a windowed DICOM slice) -> the uint8 tensor the cache holds
+        (the same path as files: field and intensity applied, covidnet/preprocess.py)."""
+        return prepare(grey, self.spec).image
 
     def model_input(self, path: str | Path) -> torch.Tensor:
         """Any image file -> the normalised 3-channel tensor the model sees at evaluation."""
@@ -167,7 +196,10 @@ class CovidCTDataModule(L.LightningDataModule):
 
     def train_augment(self):
         h = self.hparams
-        return train_augment(h.image_size, h.crop_scale_min, h.hflip, h.rotate_degrees, h.jitter)
+        geometric = train_augment(h.image_size, h.crop_scale_min, h.hflip, h.rotate_degrees, h.jitter)
+        if self.source_augment is None:
+            return geometric
+        return v2.Compose([geometric, self.source_augment])
 
     # --- Lightning hooks -----------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -180,11 +212,12 @@ class CovidCTDataModule(L.LightningDataModule):
         if self.datasets:
             return
         root = Path(self.hparams.root)
-        splits, cache = check_dataset(root, load=self.load_image)  # the layout first, naming what is missing
+        splits, cache = check_dataset(root, load=self.prepare_file)  # the layout first, naming what is missing
         self.check_near_duplicates(splits, cache)
         splits["train"] = stratified_subset(splits["train"], self.hparams.fraction, self.hparams.seed)
         self.samples = splits
-        images = {split: [cache[s.path] for s in splits[split]] for split in SPLITS}
+        self.lung_fallbacks = {s.name: split for split in SPLITS for s in splits[split] if cache[s.path].lungs_found is False}
+        images = {split: [cache[s.path].image for s in splits[split]] for split in SPLITS}
         self.items = {split: [SourceItem(MAIN_SOURCE, s.name, s.label) for s in splits[split]] for split in SPLITS}
         self.records = {split: [None] * len(splits[split]) for split in SPLITS}
         for split, pairs in self.other_source_items().items():
@@ -192,6 +225,10 @@ class CovidCTDataModule(L.LightningDataModule):
                 images[split].append(self.load_grey_image(record.load()))
                 self.items[split].append(item)
                 self.records[split].append(record)
+        if self.lung_fallbacks:
+            n = {split: sum(1 for v in self.lung_fallbacks.values() if v == split) for split in SPLITS}
+            log.warning("data.field=%s: no lung field found in %d images (%s); they are used whole: %s", self.spec.field,
+                        len(self.lung_fallbacks), ", ".join(f"{k} {v}" for k, v in n.items()), ", ".join(sorted(self.lung_fallbacks)))
         for split in SPLITS:
             labels = torch.tensor([it.label for it in self.items[split]], dtype=torch.float32)
             augment = self.train_augment() if split == "train" and self.hparams.augment else None
@@ -230,6 +267,8 @@ class CovidCTDataModule(L.LightningDataModule):
         """data.device_augment: auto = when the trainer trains on a GPU (on the CPU the per-image path is kept)."""
         mode = self.hparams.device_augment
         if not self.hparams.augment or mode is False:
+            return False
+        if self.source_augment is not None:  # data.source_aug has no batched device version yet: per-image path
             return False
         if mode == "auto":
             trainer = self.trainer

@@ -70,8 +70,13 @@ class CovidClassifier(L.LightningModule):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         load_pretrained: bool = True,
         calibrate_bn: bool = False,
+        input_spec: dict | None = None,
     ):
         super().__init__()
+        # what the network's input is (covidnet.preprocess.InputSpec as plain values: image size, normalisation,
+        # field, intensity): a checkpoint describes its own input; None in checkpoints from before it existed
+        if input_spec is not None:
+            input_spec = {k: (v.item() if hasattr(v, "item") else v) for k, v in dict(input_spec).items()}
         if freeze not in FREEZE_MODES:
             raise ValueError(f"Unknown model.freeze={freeze!r}; choose one of {', '.join(FREEZE_MODES)}.")
         # optimizer/scheduler are Hydra partials: needed to train, not to rebuild the model

@@ -1,6 +1,13 @@
-"""The one preprocessing path from a float grey image to the network's input (training, evaluation, CAMs)."""
+"""The one preprocessing path from a float grey image to the network's input (training, evaluation, CAMs).
+
+Every reader gives a float grey HxW image in [0, 1]; :func:`prepare` turns it into the uint8 1 x S x S tensor
+the data module caches (field of view, intensity, resize), and :class:`Preprocess` into the normalised
+3 x S x S network input. :class:`InputSpec` names every choice, and is stored with each checkpoint.
+"""
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -41,3 +48,112 @@ class Preprocess:
         """Network input (..., 3, H, W) -> grey (..., H, W) in [0, 1], for drawing overlays."""
         mean, std = self.mean.to(x.device), self.std.to(x.device)
         return (x * std + mean)[..., 0, :, :].clamp(0, 1)
+
+
+# --- the field of view and intensity: what part of the slice the network sees, and how bright -----------
+# full: the whole image; lung_crop: the lungs' bounding box with a margin; lung_only: that box, with what lies
+# outside the lung field set to 0 (frames, text, arrows, the table and the body wall are gone).
+FIELDS = ("full", "lung_crop", "lung_only")
+# none: as decoded; lung_percentile: the 1st..99th percentile of the lung field mapped to [0, 1] (sources
+# windowed differently look alike); image_percentile: the same over the whole (cropped) image
+INTENSITIES = ("none", "lung_percentile", "image_percentile")
+PERCENTILES = (1.0, 99.0)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Everything that decides the network's input for a given file: stored, as plain values, in every
+    checkpoint (model hparams ``input_spec``), so a checkpoint describes its own input."""
+
+    image_size: int = 224
+    normalization: str = "imagenet"
+    field: str = "full"
+    intensity: str = "none"
+    crop_margin: float = 0.05
+
+    def __post_init__(self):
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"Unknown data.normalization={self.normalization!r}; choose one of {sorted(NORMALIZATIONS)}.")
+        if self.field not in FIELDS:
+            raise ValueError(f"Unknown data.field={self.field!r}; choose one of {', '.join(FIELDS)}.")
+        if self.intensity not in INTENSITIES:
+            raise ValueError(f"Unknown data.intensity={self.intensity!r}; choose one of {', '.join(INTENSITIES)}.")
+        if not 0 <= self.crop_margin <= 1:
+            raise ValueError(f"data.crop_margin={self.crop_margin} must be in [0, 1] (share of the lung box's size added on each side).")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> InputSpec:
+        """From a checkpoint's ``input_spec`` or a data module's hparams; missing keys (old checkpoints) take the
+        defaults, so a checkpoint from before lung fields loads as ``field=full, intensity=none``."""
+        d = dict(d or {})
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names and v is not None})
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def needs_lungs(self) -> bool:
+        return self.field != "full" or self.intensity == "lung_percentile"
+
+
+@dataclass
+class Prepared:
+    """One slice as the cache holds it: uint8 1 x S x S, and whether the lung field was found (``None`` when
+    the spec needs no segmentation). A slice without lungs falls back to the full image, and is counted."""
+
+    image: torch.Tensor
+    lungs_found: bool | None
+    lung_mask: torch.Tensor | None = None  # bool S x S: the lung field in the prepared image (None if not found)
+
+
+def _stretch(grey: np.ndarray, values: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(values, PERCENTILES) if values.size else (0.0, 1.0)
+    if hi - lo < 1e-6:
+        return grey
+    return np.clip((grey - lo) / (hi - lo), 0, 1).astype(np.float32)
+
+
+def prepare_grey(grey: np.ndarray, spec: InputSpec, lungs: np.ndarray | None | str = "segment") -> tuple[np.ndarray, np.ndarray | None, bool | None]:
+    """Float grey HxW in [0, 1] -> (grey after field and intensity, lung mask on it or None, lungs found).
+
+    ``lungs``: a precomputed mask (or None for "none found"); by default the slice is segmented here when
+    the spec needs it (covidnet/lungs.py).
+    """
+    grey = np.asarray(grey, dtype=np.float32)
+    if not spec.needs_lungs and lungs == "segment":
+        mask, found = None, None
+    else:
+        if isinstance(lungs, str):
+            from covidnet.lungs import segment_lungs
+
+            lungs = segment_lungs(grey)
+        mask, found = lungs, lungs is not None
+    if mask is not None and spec.field != "full":
+        from covidnet.lungs import bounding_box
+
+        top, bottom, left, right = bounding_box(mask, spec.crop_margin)
+        grey, mask = grey[top:bottom, left:right], mask[top:bottom, left:right]
+        if spec.field == "lung_only":
+            grey = np.where(mask, grey, 0.0).astype(np.float32)
+    if spec.intensity == "lung_percentile":
+        grey = _stretch(grey, grey[mask] if mask is not None else grey.reshape(-1))
+        if spec.field == "lung_only" and mask is not None:
+            grey = np.where(mask, grey, 0.0).astype(np.float32)
+    elif spec.intensity == "image_percentile":
+        grey = _stretch(grey, grey.reshape(-1))
+    return grey, mask, found
+
+
+def prepare(grey: np.ndarray, spec: InputSpec) -> Prepared:
+    """Float grey HxW in [0, 1] (any reader's output) -> what the cache holds, at ``spec.image_size``."""
+    g, mask, found = prepare_grey(grey, spec)
+    lung = None
+    if mask is not None:
+        lung = resize_grey(mask.astype(np.float32), spec.image_size)[0] >= 128
+    return Prepared(resize_grey(g, spec.image_size), found, lung)
+
+
+def model_input(grey: np.ndarray, spec: InputSpec) -> torch.Tensor:
+    """Float grey HxW in [0, 1] -> the normalised 3 x S x S tensor the network sees at evaluation."""
+    return Preprocess(spec.normalization)(prepare(grey, spec).image)

@@ -172,6 +172,11 @@ def train(cfg: DictConfig) -> dict:
         # training images actually used (data.fraction keeps a stratified subset): the data-efficiency axis
         "train_images": len(datamodule.datasets["train"]) if "train" in getattr(datamodule, "datasets", {}) else None,
     }
+    if hasattr(datamodule, "spec"):
+        # what the network saw, and the images whose lung field was not found (used whole, never dropped)
+        fallbacks = getattr(datamodule, "lung_fallbacks", {})
+        metrics["input_spec"] = datamodule.spec.as_dict()
+        metrics["lung_fallbacks"] = {"n": len(fallbacks), "files": dict(sorted(fallbacks.items()))} if datamodule.spec.needs_lungs else None
     # without a best-on-validation checkpoint (fast_dev_run, no validation) there is no trained model to test
     metrics["trained"] = bool(best_path)
     if resume and resume.accepted:
