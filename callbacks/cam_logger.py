@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from covidnet.cam_metrics import mass_share
+from covidnet.lungs import segment_lungs
 from covidnet.cam import (
     cam_defaults,
     caption,
@@ -28,7 +30,8 @@ from covidnet.sampling import draw_per_class
 class CamLogger(L.Callback):
     """At the end of every ``every_n_epochs``-th validation epoch (never in the sanity check), draw each
     method's maps for ``k`` COVID and ``k`` non-COVID validation images and log them as one TensorBoard
-    image per method (tag ``cam_val/<method>``) at ``global_step``. ``trainer.validate`` logs the same
+    image per method (tag ``cam_val/<method>``) at ``global_step``, and the maps' mean share of mass inside
+    the lung field (``cam_val/<method>_mass_in_lungs``, next to ``cam_val/lung_area``: a uniform map's share). ``trainer.validate`` logs the same
     set; ``trainer.test`` logs ``k`` + ``k`` test images (``cam_test/<method>``) when ``log_test``.
 
     The images are drawn once per split with ``seed`` and stay fixed, so epochs can be compared. Only
@@ -48,6 +51,7 @@ class CamLogger(L.Callback):
         self.methods = check_methods(methods)
         self.target = check_target(target)
         self._chosen: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
+        self._lungs: dict[str, list[np.ndarray | None]] = {}
         self._warned = False
 
     # --- Lightning hooks ---------------------------------------------------------------------------------
@@ -76,8 +80,19 @@ class CamLogger(L.Callback):
         probs = predict_batch(pl_module, x)
         categories = categories_for(self.target, labels, probs.tolist())
         greys = self.to_grey(trainer, x)
+        lungs = self.lung_fields(split, greys)
+        area = [float(lung.mean()) for lung in lungs if lung is not None]
+        for writer in writers:
+            if area:
+                writer.add_scalar(f"cam_{split}/lung_area", float(np.mean(area)), global_step=trainer.global_step)
         for method in self.methods:
             cams = compute_cams(pl_module, x, method, categories, self.layer)
+            inside = [mass_share(c, lung) for c, lung in zip(cams, lungs) if lung is not None]
+            inside = [v for v in inside if np.isfinite(v)]
+            for writer in writers:
+                if inside:
+                    # CAM mass in the lung field; compare with cam_<split>/lung_area (a uniform map's share)
+                    writer.add_scalar(f"cam_{split}/{method}_mass_in_lungs", float(np.mean(inside)), global_step=trainer.global_step)
             panels = [[], []]  # COVID row, non-COVID row
             for i in range(len(x)):
                 text = f"{caption(labels[i], float(probs[i]))}\n{target_text(method, categories[i], self.target)}"
@@ -105,6 +120,13 @@ class CamLogger(L.Callback):
             x = torch.stack([torch.as_tensor(dataset[i][0]) for i in index])
             self._chosen[split] = (x, labels[index])
         return self._chosen[split]
+
+    def lung_fields(self, split: str, greys: np.ndarray) -> list[np.ndarray | None]:
+        """Lung field of each fixed image (covidnet/lungs.py on the network input), segmented once per split."""
+        key = f"lungs_{split}"
+        if key not in self._lungs:
+            self._lungs[key] = [segment_lungs(g) for g in greys]
+        return self._lungs[key]
 
     @staticmethod
     def to_grey(trainer: L.Trainer, x: torch.Tensor) -> np.ndarray:

@@ -11,38 +11,12 @@ import numpy as np
 import torch
 from pytorch_grad_cam.metrics.perturbation_confidence import PerturbationConfidenceMetric
 from pytorch_grad_cam.metrics.road import NoisyLinearImputer
-from scipy import ndimage
 from torch import nn
 
 from covidnet.predict import eval_mode
 
 
-# --- regions -----------------------------------------------------------------------------------------
-def body_mask(grey: np.ndarray) -> np.ndarray | None:
-    """The patient's body on a CT slice: the convex hull of the largest bright region.
-
-    Bright = above the image's Otsu threshold; an opening (disk of ~1/64 of the image) first removes
-    thin lines, letters and arrows. The hull keeps the dark lungs inside the body even when the slice is
-    cropped and its outline is open. ``None`` when nothing bright is found.
-    """
-    g = (np.clip(np.asarray(grey, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
-    threshold, _ = cv2.threshold(g, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    bright = g > threshold
-    radius = max(1, round(min(g.shape) / 64))
-    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-    bright = ndimage.binary_opening(bright, structure=(yy**2 + xx**2) <= radius**2)
-    labels, n = ndimage.label(bright)
-    if n == 0:
-        return None
-    sizes = ndimage.sum_labels(bright, labels, index=np.arange(1, n + 1))
-    largest = labels == (1 + int(np.argmax(sizes)))
-    points = np.argwhere(largest)[:, ::-1].astype(np.int32)  # (x, y) for OpenCV
-    hull = cv2.convexHull(points)
-    mask = np.zeros(g.shape, np.uint8)
-    cv2.fillConvexPoly(mask, hull, 1)
-    return mask.astype(bool) | largest
-
-
+# --- regions (the lung field itself: covidnet/lungs.py) ----------------------------------------------------
 def mass_share(cam: np.ndarray, region: np.ndarray) -> float:
     """Share of the map's total mass that falls inside ``region``; NaN for an all-zero map."""
     total = float(cam.sum())

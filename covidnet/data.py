@@ -166,19 +166,20 @@ class CovidCTDataModule(L.LightningDataModule):
         self._device_images: torch.Tensor | None = None  # the train cache on the training device (device_augment)
 
     # --- preprocessing shared with CAMs and reports -------------------------------------------------
-    def prepare_file(self, path: str | Path) -> Prepared:
-        """Any image file -> the uint8 grey tensor the cache holds, and whether its lung field was found.
+    def prepare_file(self, path: str | Path, lung_mask: bool = False) -> Prepared:
+        """Any image file -> the uint8 grey tensor the cache holds, whether its lung field was found, and
+        (when the spec segments, or ``lung_mask``) that field in the prepared image.
 
         Segmenting costs ~0.1 s an image, so results are kept for the process (the jobs of a multirun
         share them), keyed by file, its size and modification time, and the spec."""
         path = Path(path)
-        if not self.spec.needs_lungs:
+        if not (self.spec.needs_lungs or lung_mask):
             return prepare(load_grey(path), self.spec)
         st = path.stat()
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, self.spec)
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, self.spec, lung_mask or self.spec.needs_lungs)
         hit = _PREPARED.get(key)
         if hit is None:
-            hit = _PREPARED[key] = prepare(load_grey(path), self.spec)
+            hit = _PREPARED[key] = prepare(load_grey(path), self.spec, lung_mask)
         return hit
 
     def load_image(self, path: str | Path) -> torch.Tensor:

@@ -105,6 +105,22 @@ class Prepared:
     image: torch.Tensor
     lungs_found: bool | None
     lung_mask: torch.Tensor | None = None  # bool S x S: the lung field in the prepared image (None if not found)
+    box: tuple[int, int, int, int] | None = None  # (top, bottom, left, right) of the crop in the file's pixels
+
+    def carry(self, other: np.ndarray, size: int) -> torch.Tensor:
+        """Another HxW array of the same file (e.g. a lesion mask, float in [0, 1]) in this image's frame:
+        the same crop and resize, no intensity change, uint8 1 x S x S."""
+        other = np.asarray(other, dtype=np.float32)
+        if self.box is not None:
+            top, bottom, left, right = self.box
+            other = other[top:bottom, left:right]
+        return resize_grey(other, size)
+
+
+def _segment(grey: np.ndarray) -> np.ndarray | None:
+    from covidnet.lungs import segment_lungs
+
+    return segment_lungs(np.asarray(grey, dtype=np.float32))
 
 
 def _stretch(grey: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -114,25 +130,24 @@ def _stretch(grey: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.clip((grey - lo) / (hi - lo), 0, 1).astype(np.float32)
 
 
-def prepare_grey(grey: np.ndarray, spec: InputSpec, lungs: np.ndarray | None | str = "segment") -> tuple[np.ndarray, np.ndarray | None, bool | None]:
-    """Float grey HxW in [0, 1] -> (grey after field and intensity, lung mask on it or None, lungs found).
+def prepare_grey(grey: np.ndarray, spec: InputSpec, lungs: np.ndarray | None | str = "segment") -> tuple[np.ndarray, np.ndarray | None, bool | None, tuple | None]:
+    """Float grey HxW in [0, 1] -> (grey after field and intensity, lung mask on it or None, lungs found, crop box).
 
     ``lungs``: a precomputed mask (or None for "none found"); by default the slice is segmented here when
     the spec needs it (covidnet/lungs.py).
     """
     grey = np.asarray(grey, dtype=np.float32)
-    if not spec.needs_lungs and lungs == "segment":
+    if not spec.needs_lungs and isinstance(lungs, str):
         mask, found = None, None
     else:
         if isinstance(lungs, str):
-            from covidnet.lungs import segment_lungs
-
-            lungs = segment_lungs(grey)
+            lungs = _segment(grey)
         mask, found = lungs, lungs is not None
+    box = None
     if mask is not None and spec.field != "full":
         from covidnet.lungs import bounding_box
 
-        top, bottom, left, right = bounding_box(mask, spec.crop_margin)
+        box = top, bottom, left, right = bounding_box(mask, spec.crop_margin)
         grey, mask = grey[top:bottom, left:right], mask[top:bottom, left:right]
         if spec.field == "lung_only":
             grey = np.where(mask, grey, 0.0).astype(np.float32)
@@ -142,16 +157,19 @@ def prepare_grey(grey: np.ndarray, spec: InputSpec, lungs: np.ndarray | None | s
             grey = np.where(mask, grey, 0.0).astype(np.float32)
     elif spec.intensity == "image_percentile":
         grey = _stretch(grey, grey.reshape(-1))
-    return grey, mask, found
+    return grey, mask, found, box
 
 
-def prepare(grey: np.ndarray, spec: InputSpec) -> Prepared:
-    """Float grey HxW in [0, 1] (any reader's output) -> what the cache holds, at ``spec.image_size``."""
-    g, mask, found = prepare_grey(grey, spec)
+def prepare(grey: np.ndarray, spec: InputSpec, lung_mask: bool = False) -> Prepared:
+    """Float grey HxW in [0, 1] (any reader's output) -> what the cache holds, at ``spec.image_size``.
+
+    ``lung_mask=True`` also segments a ``field=full`` slice, for scoring maps against its lung field (the
+    input tensor is the same either way)."""
+    g, mask, found, box = prepare_grey(grey, spec, "segment" if (spec.needs_lungs or not lung_mask) else _segment(grey))
     lung = None
     if mask is not None:
         lung = resize_grey(mask.astype(np.float32), spec.image_size)[0] >= 128
-    return Prepared(resize_grey(g, spec.image_size), found, lung)
+    return Prepared(resize_grey(g, spec.image_size), found, lung, box)
 
 
 def model_input(grey: np.ndarray, spec: InputSpec) -> torch.Tensor:

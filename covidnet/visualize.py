@@ -34,7 +34,6 @@ from covidnet.atomic import atomic_path, write_json
 from covidnet.cam_metrics import (
     LAYER_STRIDES,
     block_random_cams,
-    body_mask,
     confidence_drop,
     mass_share,
     pixel_random_cams,
@@ -46,7 +45,7 @@ from covidnet.sampling import draw_per_class
 from covidnet.checkpoint import CheckpointError, load_checkpoint
 from covidnet.config_check import VISUALIZE, check_config
 from covidnet.data import CovidCTDataModule
-from covidnet.dataset import CLASS_NAMES, DatasetError, Sample, read_split
+from covidnet.dataset import CLASS_NAMES, DatasetError, Sample, load_grey, read_split
 from covidnet.errors import UserError
 from covidnet.run_dir import CHECKPOINT_DIR, INTERRUPTED, LAST_CHECKPOINT, NOT_TRAINED, TRAINED, RunDir, SweepDir
 
@@ -75,6 +74,7 @@ class Maps:
     probs: np.ndarray
     categories: list[int]
     cams: dict[str, np.ndarray] = field(default_factory=dict)
+    lungs: list[np.ndarray | None] = field(default_factory=list)  # lung field in each input (None: not found)
 
 
 # --- checkpoints -------------------------------------------------------------------------------------
@@ -215,10 +215,11 @@ def batches(n: int, size: int):
 
 
 def compute_maps(m: LoadedModel, paths: list[Path], labels: list[int], methods: list[str], target: str, batch_size: int, layer: str) -> Maps:
-    x = torch.stack([m.datamodule.model_input(p) for p in paths])
+    prepared = [m.datamodule.prepare_file(p, lung_mask=True) for p in paths]
+    x = torch.stack([m.datamodule.preprocess(pp.image) for pp in prepared])
     probs = torch.cat([predict_batch(m.model, x[s]) for s in batches(len(x), batch_size)]).numpy()
     categories = categories_for(target, labels, probs.tolist())
-    maps = Maps(x, probs, categories)
+    maps = Maps(x, probs, categories, lungs=[pp.lung_mask.numpy() if pp.lung_mask is not None else None for pp in prepared])
     for method in methods:
         maps.cams[method] = np.concatenate([compute_cams(m.model, x[s], method, categories[s], layer) for s in batches(len(x), batch_size)])
     return maps
@@ -249,12 +250,12 @@ def faithfulness(m: LoadedModel, maps: Maps, fraction: float, seed: int, batch_s
 
 
 def shortcut(m: LoadedModel, maps: Maps) -> tuple[dict, np.ndarray]:
-    """Per method, each image's share of CAM mass outside the body; and each image's outside-body area share."""
-    greys = m.datamodule.preprocess.to_grey(maps.x).numpy()
-    bodies = [body_mask(g) for g in greys]
-    area = np.array([float((~b).mean()) if b is not None else np.nan for b in bodies])
+    """Per method, each image's share of CAM mass inside the lung field (covidnet/lungs.py, segmented on the
+    file at its own resolution and carried into the network input's frame); and each image's lung-field
+    area share, what a uniform map would give. NaN where no lung field was found."""
+    area = np.array([float(lung.mean()) if lung is not None else np.nan for lung in maps.lungs])
     shares = {
-        method: np.array([mass_share(c, ~b) if b is not None else np.nan for c, b in zip(cams, bodies)])
+        method: np.array([mass_share(c, lung) if lung is not None else np.nan for c, lung in zip(cams, maps.lungs)])
         for method, cams in maps.cams.items()
     }
     return shares, area
@@ -276,15 +277,20 @@ def lesion_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
 def localisation(m: LoadedModel, pairs, methods: list[str], target: str, batch_size: int, layer: str) -> dict:
     """Pointing game and CAM mass inside the lesion on COVID slices with infection masks (all label 1)."""
     maps = compute_maps(m, [p for p, _ in pairs], [1] * len(pairs), methods, target, batch_size, layer)
-    lesions = [m.datamodule.load_image(mask)[0].numpy() >= 128 for _, mask in pairs]
+    # each lesion mask in its slice's input frame: the same lung crop and resize as the slice
+    size = m.datamodule.spec.image_size
+    lesions = [m.datamodule.prepare_file(img, lung_mask=True).carry(load_grey(mask), size)[0].numpy() >= 128 for img, mask in pairs]
     chance = [float(les.mean()) for les in lesions]
+    lung_area = [float(lung.mean()) if lung is not None else np.nan for lung in maps.lungs]
     out = {"n_slices": len(pairs), "lesion_area_share": summarize(chance), "P(COVID)": summarize(maps.probs),
+           "sensitivity": summarize([float(p >= 0.5) for p in maps.probs]), "lung_area": summarize(lung_area),
            "targets": {"COVID": int(sum(maps.categories)), "non-COVID": int(len(pairs) - sum(maps.categories))}}
     for method in methods:
         cams = maps.cams[method]
         out[method] = {
             "pointing_game_hit_rate": summarize([float(pointing_hit(c, les)) for c, les in zip(cams, lesions)]),
             "mass_in_lesion": summarize([mass_share(c, les) for c, les in zip(cams, lesions)]),
+            "mass_in_lungs": summarize([mass_share(c, lung) if lung is not None else np.nan for c, lung in zip(cams, maps.lungs)]),
         }
     return out
 
@@ -373,7 +379,7 @@ def visualize(cfg: DictConfig) -> dict:
         "methods": methods, "layer": cfg.layer, "faithfulness_fraction": cfg.faithfulness_fraction, "seed": cfg.seed,
         "models": {m.name: {"checkpoint": str(m.path), "run_dir": str(m.chosen.run.path) if m.chosen.run else None,
                             "unfinished": m.chosen.label or None, **{k: v for k, v in m.model.hparams.items()},
-                            "image_size": m.datamodule.hparams.image_size, "normalization": m.datamodule.hparams.normalization}
+                            **m.datamodule.spec.as_dict()}
                    for m in models},
         "skipped": [{"run_dir": str(path), "reason": why} for path, why in skipped],
         "faithfulness": {}, "shortcut": {}, "localisation": {},
@@ -384,7 +390,8 @@ def visualize(cfg: DictConfig) -> dict:
         drops = faithfulness(m, mp, float(cfg.faithfulness_fraction), int(cfg.seed), int(cfg.batch_size), cfg.layer)
         shares, area = shortcut(m, mp)
         results["faithfulness"][m.name] = {k: {kind: summarize(d) for kind, d in v.items()} for k, v in drops.items()}
-        results["shortcut"][m.name] = {"outside_body_area": summarize(area), **{k: summarize(v) for k, v in shares.items()}}
+        results["shortcut"][m.name] = {"lung_area": summarize(area), "no_lungs_found": int(np.isnan(area).sum()),
+                                       **{k: summarize(v) for k, v in shares.items()}}
         per_image[m.name] = {"drops": drops, "shares": shares, "area": area}
     if pairs:
         results["localisation"] = {m.name: localisation(m, pairs, methods, target, int(cfg.batch_size), cfg.layer) for m in models}
@@ -394,8 +401,8 @@ def visualize(cfg: DictConfig) -> dict:
     # per-image table: truth, P(COVID) and target per model, and each map's numbers
     header = ["file", "label", "figure_row"]
     for m in models:
-        header += [f"{m.name}:prob_covid", f"{m.name}:target", f"{m.name}:outside_body_area"]
-        header += [f"{m.name}:{method}:{k}" for method in methods for k in ("prob_drop", "logit_drop", "mass_outside_body")]
+        header += [f"{m.name}:prob_covid", f"{m.name}:target", f"{m.name}:lung_area"]
+        header += [f"{m.name}:{method}:{k}" for method in methods for k in ("prob_drop", "logit_drop", "mass_in_lungs")]
     figure_row = {i: r for r, i in enumerate(rows)}
     table = []
     for i, s in enumerate(scored):
@@ -467,13 +474,13 @@ def print_summary(results: dict, written: dict, methods: list[str]) -> None:
     print(f"CAM results ({results['n_scored']} {results['split']} images scored, target={results['target']}):")
     for name in results["models"]:
         f, sc = results["faithfulness"][name], results["shortcut"][name]
-        print(f"  {name}: outside-body area {fmt(sc['outside_body_area'])}; removal drops logit, most/least relevant first: "
+        print(f"  {name}: lung-field area {fmt(sc['lung_area'])} (no lungs found in {sc['no_lungs_found']}); removal drops logit, most/least relevant first: "
               f"block-random {fmt(f['block_random']['logit_drop'])}/{fmt(f['block_random']['lerf_logit_drop'])}, "
               f"pixel-random {fmt(f['pixel_random']['logit_drop'])}")
         for meth in methods:
             print(f"    {meth}: drops P {fmt(f[meth]['prob_drop'])}, logit {fmt(f[meth]['logit_drop'])} (minus block-random "
                   f"{fmt(f[meth]['logit_drop_minus_block_random'])}), least relevant first {fmt(f[meth]['lerf_logit_drop'])}; "
-                  f"CAM mass outside body {fmt(sc[meth])}")
+                  f"CAM mass in lungs {fmt(sc[meth])}")
         loc = (results.get("localisation") or {}).get(name)
         if loc:
             parts = [f"{meth}: pointing {fmt(loc[meth]['pointing_game_hit_rate'])}, in lesion {fmt(loc[meth]['mass_in_lesion'])}" for meth in methods]

@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from covidnet.callbacks import CamLogger
 from cam_training import IMAGE_SIZE, blob_run
 from covidnet.cam import compute_cams, oriented_projection
-from covidnet.cam_metrics import LAYER_STRIDES, block_random_cams, body_mask, confidence_drop, mass_share, pointing_hit
+from covidnet.cam_metrics import LAYER_STRIDES, block_random_cams, confidence_drop, mass_share, pointing_hit
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from covidnet.model import CovidClassifier
 from covidnet.predict import predict_batch
@@ -239,23 +239,6 @@ def test_removing_the_blob_by_gradcam_hurts_more_than_structured_random_removal(
     assert logit_drop.mean() > rand_logit.mean() + 1.0
     assert prob_drop.mean() >= rand_prob.mean()
     assert np.all((-1 <= prob_drop) & (prob_drop <= 1))
-
-
-def test_body_mask_keeps_lungs_and_drops_frame_and_text():
-    yy, xx = np.mgrid[0:128, 0:128]
-    grey = np.full((128, 128), 0.05)
-    body = ((yy - 64) / 40) ** 2 + ((xx - 64) / 52) ** 2 <= 1
-    grey[body] = 0.7
-    lungs = (((yy - 64) / 22) ** 2 + ((xx - 44) / 14) ** 2 <= 1) | (((yy - 64) / 22) ** 2 + ((xx - 84) / 14) ** 2 <= 1)
-    grey[lungs] = 0.1  # dark lungs inside the body
-    grey[120:124, 2:30] = 1.0  # a caption-like bar
-    grey[:, 0] = 1.0  # a thin frame line
-    grey[5:9, 100:103] = 1.0  # a letter
-    mask = body_mask(grey)
-    assert mask[lungs].all()
-    assert mask[body].mean() > 0.97
-    assert not mask[120:124, 2:30].any() and not mask[:, 0].any() and not mask[5:9, 100:103].any()
-    assert body_mask(np.zeros((32, 32))) is None
 
 
 def test_mass_share_and_pointing_game():

@@ -99,9 +99,11 @@ def check_outputs(result: dict, n_models: int) -> dict:
         for method in ("gradcam", "eigencam"):
             assert results["faithfulness"][name][method]["logit_drop_minus_block_random"]["n"] == len(rows)
             assert all(-1 <= float(r[f"{name}:{method}:prob_drop"]) <= 1 for r in rows)
+        sc = results["shortcut"][name]
         for method in ("gradcam", "eigencam"):
-            share = results["shortcut"][name][method]["mean"]
-            assert share is not None and 0 <= share <= 1
+            # every image is scored against its lung field, or counted as having none (never dropped silently)
+            assert sc[method]["n"] + sc["no_lungs_found"] == len(rows)
+            assert sc[method]["mean"] is None or 0 <= sc[method]["mean"] <= 1
     return results
 
 

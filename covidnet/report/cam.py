@@ -80,23 +80,23 @@ def cam_lines(sweep: Sweep, compute: bool, overrides: list[str] | None = None) -
     groups = ordered_groups([r for r in sweep.complete if r.name in model_of], sweep.factors)
     header = sweep.factors + ["runs"]
     for m in methods:
-        header += [f"{m}: confidence drop", f"{m}: CAM mass outside body"]
-    header += ["block-random-map drop", "outside-body area"]
+        header += [f"{m}: confidence drop", f"{m}: CAM mass in lungs"]
+    header += ["block-random-map drop", "lung-field area"]
     local = bool(results.get("localisation"))
     if local:
         for m in methods:
             header += [f"{m}: pointing-game hits", f"{m}: CAM mass in lesion"]
-        header += ["lesion area"]
+        header += ["lesion area", "SemiSeg sensitivity"]
     table = []
     for key, runs in groups.items():
         row = list(key) + [str(len(runs))]
         for m in methods:
             row += [mean_of(runs, "faithfulness", m, "prob_drop"), mean_of(runs, "shortcut", m)]
-        row += [mean_of(runs, "faithfulness", "block_random", "prob_drop"), mean_of(runs, "shortcut", "outside_body_area")]
+        row += [mean_of(runs, "faithfulness", "block_random", "prob_drop"), mean_of(runs, "shortcut", "lung_area")]
         if local:
             for m in methods:
                 row += [mean_of(runs, "localisation", m, "pointing_game_hit_rate"), mean_of(runs, "localisation", m, "mass_in_lesion")]
-            row += [mean_of(runs, "localisation", "lesion_area_share")]
+            row += [mean_of(runs, "localisation", "lesion_area_share"), mean_of(runs, "localisation", "sensitivity")]
         table.append(row)
     rel = out.relative_to(sweep.path)
     lines = [
@@ -107,8 +107,9 @@ def cam_lines(sweep: Sweep, compute: bool, overrides: list[str] | None = None) -
         "",
         *md_table(header, table),
         "",
-        "Reading: a faithful map loses more confidence than a random map when its top pixels are removed; CAM mass outside "
-        "the body well above the outside-body area means the model looks at the frame (text, borders) rather than the lungs.",
+        "Reading: a faithful map loses more confidence than a random map when its top pixels are removed; CAM mass in the "
+        "lungs (covidnet/lungs.py's lung field) below the lung-field area means the model looks elsewhere (frame, text, body "
+        "wall) more than a uniform map would. SemiSeg sensitivity: share of the COVID-SemiSeg slices (all COVID) with P >= 0.5.",
     ]
     if not local:
         lines += ["", "Lesion localisation not computed: add `--cam-set localize=<COVID-SemiSeg folder>`."]
