@@ -292,7 +292,7 @@ class CovidCTDataModule(L.LightningDataModule):
         """Near-duplicate pictures within and across the splits (covidnet/near_duplicates.py): a warning, not a
         refusal; the test images with one in train/val are remembered for the clean test metrics."""
         items = [Item(s.name, s.label, split) for split in SPLITS for s in splits[split]]
-        thumbs = thumbnails(torch.stack([cache[s.path] for split in SPLITS for s in splits[split]]))
+        thumbs = thumbnails(torch.stack([cache[s.path].image for split in SPLITS for s in splits[split]]))
         self.near_duplicates = find_pairs(items, thumbs)
         self.test_near_duplicates = cross_split_names(self.near_duplicates, "test", ("train", "val"))
         message = near_duplicate_summary(self.near_duplicates)
