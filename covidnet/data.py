@@ -135,7 +135,7 @@ class CovidCTDataModule(L.LightningDataModule):
         super().__init__()
         # several sources (covidnet/multisource.py): plain lists, so the checkpoint records what was trained on
         sources = list(sources or [MAIN_SOURCE])
-        test_sources = list(test_sources) if test_sources is not None else list(sources)
+        test_sources = list(test_sources) if test_sources is not None else None  # None: the training sources
         if source_defs is not None and not isinstance(source_defs, dict):  # a DictConfig from Hydra: plain values only
             from omegaconf import OmegaConf
 
@@ -243,7 +243,8 @@ class CovidCTDataModule(L.LightningDataModule):
 
         h = self.hparams
         out: dict[str, list[tuple[SourceItem, Record]]] = {"train": [], "test": []}
-        for name in dict.fromkeys([*h.sources, *h.test_sources]):
+        tested = h.test_sources if h.test_sources is not None else h.sources
+        for name in dict.fromkeys([*h.sources, *tested]):
             if name == MAIN_SOURCE:
                 continue
             # a source defined inline (data.source_defs.<name>: kind, root, read) or an eval set, conf/eval/<name>.yaml
@@ -252,7 +253,7 @@ class CovidCTDataModule(L.LightningDataModule):
             parts = split_by_patient(records, h.fold, h.n_folds, f"data.sources: {name}")
             if name in h.sources:
                 out["train"] += source_items(name, parts["train"], "train", h.slice_labels)
-            if name in h.test_sources:
+            if name in tested:
                 out["test"] += source_items(name, parts["test"], "test", h.slice_labels)
         return out
 
