@@ -63,12 +63,20 @@ def mixed_predictions(sweep: Path) -> tuple[dict[int, dict[str, float]], dict[in
     return {s: {k: float(np.mean(v)) for k, v in d.items()} for s, d in ct.items()}, dict(md), meta
 
 
-def baseline_predictions(sweep: Path, contains: str) -> tuple[dict[int, dict[str, float]], dict[int, dict[str, float]], dict[str, dict]]:
+def eval_file(job: Path, set_name: str, eval_root: Path | None) -> Path:
+    """A job's evaluation on a set: ``<job>/eval/<set>/`` (``into_runs=true``) or ``<eval_root>/<job name>/<set>/``."""
+    inside = job / "eval" / set_name / "predictions.csv"
+    return inside if inside.is_file() or eval_root is None else eval_root / job.name / set_name / "predictions.csv"
+
+
+def baseline_predictions(sweep: Path, contains: str, eval_root: Path | None = None):
     ct, md, meta = {}, {}, {}
     for job in jobs(sweep, contains):
         s = seed_of(job)
         ct[s] = {r["file"]: float(r["prob_covid"]) for r in rows(job / "predictions_test.csv")}
-        ev = rows(job / "eval" / MD / "predictions.csv")
+        if not eval_file(job, MD, eval_root).is_file():
+            continue  # not evaluated on COVID-CT-MD (yet): this seed is left out
+        ev = rows(eval_file(job, MD, eval_root))
         md[s] = {r["path"]: float(r["prob_covid"]) for r in ev}
         for r in ev:
             meta[r["path"]] = {"patient": r["patient"], "label": int(r["label"]), "diagnosis": r["diagnosis"],
@@ -76,11 +84,11 @@ def baseline_predictions(sweep: Path, contains: str) -> tuple[dict[int, dict[str
     return ct, md, meta
 
 
-def semiseg(sweep: Path, contains: str = "") -> list[float]:
+def semiseg(sweep: Path, contains: str = "", eval_root: Path | None = None) -> list[float]:
     """Per job: sensitivity on COVID-SemiSeg (every slice COVID: the share called COVID at P >= 0.5)."""
     out = []
     for job in jobs(sweep, contains):
-        p = job / "eval" / "semiseg" / "predictions.csv"
+        p = eval_file(job, "semiseg", eval_root)
         if p.is_file():
             out.append(float(np.mean([float(r["prob_covid"]) >= 0.5 for r in rows(p)])))
     return out
@@ -104,16 +112,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mixed", type=Path, required=True)
     ap.add_argument("--baseline", type=Path, required=True)
     ap.add_argument("--baseline-filter", default="", help="only baseline jobs whose directory name contains this")
+    ap.add_argument("--baseline-eval", type=Path, default=None, help="evaluate.py out_dir holding <job name>/<set>/ of the baseline jobs")
+    ap.add_argument("--mixed-eval", type=Path, default=None, help="evaluate.py out_dir holding <job name>/semiseg/ of the mixed jobs")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--n-boot", type=int, default=2000)
     a = ap.parse_args(argv)
 
     mix_ct, mix_md, _ = mixed_predictions(a.mixed)
-    base_ct, base_md, meta = baseline_predictions(a.baseline, a.baseline_filter)
-    seeds = sorted(set(mix_md) & set(base_md))
+    base_ct, base_md, meta = baseline_predictions(a.baseline, a.baseline_filter, a.baseline_eval)
+    # seeds whose mixed jobs cover every held-out patient (all folds finished) and whose baseline was evaluated
+    seeds = sorted(s for s in set(mix_md) & set(base_md) if set(mix_md[s]) == set(base_md[s]))
     if not seeds:
         raise SystemExit("no seed is in both sweeps")
     ct_keys = sorted(set.intersection(*[set(mix_ct[s]) for s in seeds], *[set(base_ct[s]) for s in seeds]))
+    # only seeds whose mixed jobs cover every held-out patient (both folds finished)
     md_keys = sorted(set.intersection(*[set(mix_md[s]) for s in seeds], *[set(base_md[s]) for s in seeds]))
     result: dict = {"seeds": seeds, "n_covid_ct_test": len(ct_keys), "n_md_slices": len(md_keys), "levels": {}}
 
@@ -167,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         result["patients"][p] = {"label": int(md_labels[idx[0]]), "baseline": b, "mixed": m, "slices": len(idx)}
         lines.append(f"| {p} | {int(md_labels[idx[0]])} | {b:.3f} | {m:.3f} |")
 
-    sb, sm = semiseg(a.baseline, a.baseline_filter), semiseg(a.mixed)
+    sb, sm = semiseg(a.baseline, a.baseline_filter, a.baseline_eval), semiseg(a.mixed, "", a.mixed_eval)
     result["semiseg_sensitivity"] = {"baseline": sb, "mixed": sm}
     if sb and sm:
         lines += ["", f"COVID-SemiSeg sensitivity (50 COVID slices, P >= 0.5; per job): baseline {np.mean(sb):.3f} ± "
