@@ -402,3 +402,26 @@ def test_sweep_jobs_expected_by_multirun_yaml_without_hydras_private_sweeper(tmp
     assert jobs[:4] == [["init=scratch", "seed=0", "data.root=/x"], ["init=scratch", "seed=1", "data.root=/x"],
                         ["init=scratch", "seed=2", "data.root=/x"], ["init=imagenet", "seed=0", "data.root=/x"]]
     assert len(jobs) == 6  # a later override of a key replaces an earlier one, as in Hydra
+
+
+def test_jobs_with_several_test_sources_get_a_section_per_source(tmp_path):
+    def block(auroc: float) -> dict:
+        return {"metrics": {"auroc": {"estimate": auroc}, "sensitivity": {"estimate": 0.5}, "specificity": {"estimate": 0.5}}}
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 30)
+    for sources, md in (("[covid_ct]", 0.5), ("[covid_ct,md]", 0.8)):
+        for seed in (0, 1):
+            by_source = {"covid_ct": {"images": {"all": block(0.7)}},
+                         "md": {"images": {"all": block(md + 0.02 * seed)}, "infected_slices": block(md), "patients": {"mean": {"all": block(1.0)}}}}
+            fake_job(tmp_path / f"data.sources={sources},seed={seed}", [f"data.sources={sources}", f"seed={seed}"], labels, rng.random(30),
+                     {"init": "scratch", "seed": seed, "test_by_source": by_source})
+    assert main([str(tmp_path), "--n-boot", "50"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    section = text.split("## Each test source on its own")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| scratch | [covid_ct")]
+    assert len(rows) == 4  # two groups x two sources
+    md_mixed = next(r for r in rows if r.startswith("| scratch | [covid_ct,md] | md |"))
+    assert "0.810 ± 0.014" in md_mixed and "1.000" in md_mixed  # seed-mean AUROC of md, and its patient AUROC
+    assert "0.510 ± 0.014" in next(r for r in rows if r.startswith("| scratch | [covid_ct] | md |"))
+    assert "| – | – |" in next(r for r in rows if r.startswith("| scratch | [covid_ct] | covid_ct |"))  # no patients on COVID-CT

@@ -27,6 +27,7 @@ from covidnet.report.cam import cam_section
 from covidnet.report.figures import figures_section
 from covidnet.report.render import Context, Section, fmt, md_table, pm, with_ci
 from covidnet.report.scoring import group_key, sort_value
+from covidnet.report.sources import sources_section
 from covidnet.report.sweep import REFERENCE_INIT
 
 SectionBuilder = Callable[[Context], "Section | None"]
@@ -108,6 +109,7 @@ def problems_section(ctx: Context) -> Section:
 # The report's sections, in the order they appear in report.md (see the module docstring to add one).
 SECTIONS: list[SectionBuilder] = [
     summary_section,
+    sources_section,
     comparison_section,
     runs_section,
     problems_section,
