@@ -365,13 +365,17 @@ def load_sets_for_training(names, eval_data: str | None) -> list[EvalSet]:
 
 
 def evaluate_run(best_checkpoint: str | Path, sets: list[EvalSet], run_dir: Path, batch_size: int = 32,
-                 n_boot: int = stats.DEFAULT_BOOT) -> list[dict]:
-    """One run's best checkpoint on each set, into ``<run dir>/eval/<set>/`` (what training's ``eval_sets`` does)."""
+                 n_boot: int = stats.DEFAULT_BOOT, channels_last: bool = False) -> list[dict]:
+    """One run's best checkpoint on each set, into ``<run dir>/eval/<set>/`` (what training's ``eval_sets`` does).
+    Training calls it under the run's precision context with the run's ``channels_last``, so an eval set's
+    P(COVID) are computed as the run's own ``predictions_test.csv`` are."""
     from covidnet.visualize import load_models
 
     models = load_models([str(best_checkpoint)], "unused", "cpu")
     for m in models:
         m.notes = []
+        if channels_last and hasattr(m.model, "set_channels_last"):
+            m.model.set_channels_last(True)
     out_dirs = {(m.name, s.name): [Path(run_dir) / EVAL_AREA / s.name] for m in models for s in sets}
     return evaluate_models(models, sets, out_dirs, batch_size, "cpu", n_boot, stats.DEFAULT_SEED, progress=False)
 

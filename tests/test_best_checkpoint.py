@@ -51,7 +51,9 @@ def run(tmp_path_factory):
     make_dataset(root, {"train": 8, "val": 4, "test": 4}, seed=2)  # small: three epochs in seconds
     out = tmp_path_factory.mktemp("best")
     cfg = tiny_cfg(root, out, f"trainer.max_epochs={EPOCHS}", "model.optimizer.lr=1e-3",
-                   "+callbacks.invert._target_=test_best_checkpoint.InvertHeadAtLastValidation")
+                   "+callbacks.invert._target_=test_best_checkpoint.InvertHeadAtLastValidation",
+                   # fp32: the written predictions and test metrics are compared exactly with an fp32 recomputation
+                   "trainer.precision=32-true", "channels_last=false")
     return train(cfg), out
 
 

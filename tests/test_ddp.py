@@ -47,6 +47,8 @@ def ddp_run(tmp_path_factory):
         sys.executable, str(ROOT / "train.py"), "-m", "seed=0,1", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
         f"data.root={data}", f"paths.log_dir={logs}", "data.image_size=32", "data.batch_size=4", "trainer.max_epochs=1",
         "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", "++callbacks.cam=null",
+        # fp32: the test metrics are compared exactly with a single-process fp32 evaluation (precision: test_hardware.py)
+        "trainer.precision=32-true", "channels_last=false",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1"}  # one thread per process
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=420)

@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 import covidnet.download as download
 from covidnet.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 from covidnet.dataset import CLASSES, SPLITS, check_dataset, image_dir, is_complete_layout, split_file
+from covidnet.hardware import resolve
 from covidnet.run_dir import read_failed_jobs
 from covidnet.train import RunDirError, check_run_dir, train
 from synthetic import make_dataset
@@ -186,6 +187,8 @@ def test_the_same_kill_does_corrupt_a_plain_torch_save(tmp_path):
 
 def test_trainer_from_config_writes_checkpoints_atomically(tmp_path):
     cfg = compose_cfg([*TINY, f"paths.output_dir={tmp_path}"])
+    # precision=auto is covidnet's, not Lightning's: resolved for this machine as train() does
+    cfg.trainer.precision = resolve(cfg.trainer.precision, cfg.channels_last, cfg.trainer.accelerator).precision
     trainer = instantiate(cfg.trainer, logger=False)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 

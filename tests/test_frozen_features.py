@@ -93,6 +93,8 @@ def test_experiment_config_trains_tests_and_predicts_on_cached_features(syntheti
         "experiment=ct_transfer", "model.arch=resnet18", "model.freeze=up_to_layer4", f"data.root={synthetic_root}",
         "data.image_size=32", "data.batch_size=8", "trainer.max_epochs=1", "trainer.accelerator=cpu",
         f"paths.log_dir={tmp_path}", "+trainer.enable_progress_bar=false",
+        # fp32: the predictions written from cached features are compared exactly with an fp32 full forward
+        "trainer.precision=32-true", "channels_last=false",
     ]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*overrides, f"paths.output_dir={tmp_path / 'run'}"])
