@@ -425,3 +425,34 @@ def test_jobs_with_several_test_sources_get_a_section_per_source(tmp_path):
     assert "0.810 ± 0.014" in md_mixed and "1.000" in md_mixed  # seed-mean AUROC of md, and its patient AUROC
     assert "0.510 ± 0.014" in next(r for r in rows if r.startswith("| scratch | [covid_ct] | md |"))
     assert "| – | – |" in next(r for r in rows if r.startswith("| scratch | [covid_ct] | covid_ct |"))  # no patients on COVID-CT
+
+
+def test_runs_evaluated_on_an_external_set_get_its_column_group(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 30)
+    ext_labels = np.array([1] * 6 + [0] * 6)
+    patients = ["c1"] * 3 + ["c2"] * 3 + ["n1"] * 3 + ["n2"] * 3
+
+    def block(v):
+        return {"metrics": {m: {"estimate": v} for m in ("auroc", "acc", "sensitivity", "specificity")}, "mean_prob_covid": {"estimate": 0.5}}
+
+    for init, skill in (("scratch", 0.0), ("ct", 0.6)):
+        for seed in (0, 1):
+            job = tmp_path / f"init={init},seed={seed}"
+            fake_job(job, [f"init={init}", f"seed={seed}"], labels, rng.random(30), {"init": init, "seed": seed})
+            out = job / "eval" / "md"
+            out.mkdir(parents=True)
+            probs = np.clip(skill * ext_labels + (1 - skill) * rng.random(12), 0, 1)
+            (out / "metrics.json").write_text(json.dumps({"kind": "dicom", "n_images": 12, "n_patients": 4,
+                                                         "images": {"all": block(0.9 if init == "ct" else 0.5)},
+                                                         "patients": {"mean": {"all": block(1.0)}}}))
+            with open(out / "predictions.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["path", "patient", "label", "prob_covid"])
+                w.writerows((f"s{i}.dcm", p, y, f"{q:.4f}") for i, (p, y, q) in enumerate(zip(patients, ext_labels, probs)))
+    assert main([str(tmp_path), "--n-boot", "50"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    section = text.split("## External sets")[1].split("\n## ")[0]
+    assert "### md (dicom, 12 images of 4 patients)" in section
+    assert "| init=ct | 2 | 0.900 ± 0.000" in section and "| init=scratch | 2 | 0.500 ± 0.000" in section
+    assert "init=ct − init=scratch on the same 12 images (patients resampled)" in section

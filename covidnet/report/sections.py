@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from covidnet import stats
 from covidnet.report.cam import cam_section
+from covidnet.report.external import external_section
 from covidnet.report.figures import figures_section
 from covidnet.report.render import Context, Section, fmt, md_table, pm, with_ci
 from covidnet.report.scoring import group_key, sort_value
@@ -110,6 +111,7 @@ def problems_section(ctx: Context) -> Section:
 SECTIONS: list[SectionBuilder] = [
     summary_section,
     sources_section,
+    external_section,
     comparison_section,
     runs_section,
     problems_section,
