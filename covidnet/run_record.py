@@ -228,6 +228,12 @@ def check_resume(cfg: DictConfig, out: Path, record_dir: Path | None = None) -> 
         if key in allow or (isinstance(node, DictConfig) and interpolated_key(node, leaf) in allow):
             allowed[key] = found[key]
     refused = {k: v for k, v in found.items() if k not in allowed}
+    # a key written ``${other}`` follows ``other``: when that differs too, it alone is named (allowing it allows both)
+    for key in list(refused):
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if isinstance(node, DictConfig) and interpolated_key(node, leaf) in refused:
+            del refused[key]
     if refused:
         lines = "\n  ".join(f"{k}: {_show(a)} in the run, {_show(b)} now" for k, a, b in ((k, *v) for k, v in refused.items()))
         raise ConfigError(

@@ -153,10 +153,11 @@ def test_resume_from_weights_of_another_architecture_is_summarised(tiny_root, tm
 
     other = CovidClassifier(arch="resnet50")
     path = tmp_path / "r50.ckpt"
-    hparams = {**dict(other.hparams), "arch": "resnet18"}  # claims resnet18, holds resnet50 weights
+    cfg = compose_cfg([*TINY, f"data.root={tiny_root}", f"paths.output_dir={tmp_path / 'out'}", f"ckpt_path={path}"])
+    # the run's settings (so the resume gets past the settings check), except: claims resnet18, holds resnet50 weights
+    hparams = {**dict(other.hparams), "arch": "resnet18", "calibrate_bn": cfg.model.calibrate_bn}
     torch.save({"state_dict": other.state_dict(), "hyper_parameters": hparams,
                 "datamodule_hyper_parameters": {"image_size": 32}}, path)
-    cfg = compose_cfg([*TINY, f"data.root={tiny_root}", f"paths.output_dir={tmp_path / 'out'}", f"ckpt_path={path}"])
     with pytest.raises(CheckpointError) as err:
         train(cfg)
     text = str(err.value)
