@@ -117,6 +117,24 @@ def _archs():
     return sorted(ARCHS)
 
 
+INIT_RESOLVER = "covidnet.init"
+
+
+def _init_default(name: str, field: str):
+    from covidnet.inits import config_default  # lazy: the config layer imports neither torch nor the model
+
+    return config_default(name, field)
+
+
+def register_init_resolver() -> None:
+    """Register ``${covidnet.init:<init>,<field>}`` (read by conf/model/*.yaml); idempotent."""
+    if not OmegaConf.has_resolver(INIT_RESOLVER):
+        OmegaConf.register_new_resolver(INIT_RESOLVER, _init_default)
+
+
+register_init_resolver()
+
+
 def _inits():
     from covidnet.inits import INITS
 

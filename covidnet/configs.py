@@ -13,6 +13,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from covidnet.config_check import register_init_resolver
+
+register_init_resolver()  # ${covidnet.init:...} in the configs read here
+
 @lru_cache(maxsize=1)
 def config_dir() -> Path:
     """The folder holding train.yaml: ``<checkout>/conf`` beside this package, else the packaged copy."""

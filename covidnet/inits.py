@@ -13,12 +13,12 @@ Layering (no cycle): weights_io <- ct_weights <- inits <- backbones <- model.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from torchvision import models
 
 from covidnet.weights_io import WeightsError, read_state_dict
@@ -112,12 +112,25 @@ def config_default(name: str, field: str):
     return init.default_arch if field == "arch" else getattr(init, field)
 
 
-OmegaConf.register_new_resolver("covidnet.init", config_default, replace=True)
+def register_resolver() -> None:
+    """``${covidnet.init:...}`` for the configs (registered in covidnet.config_check, which imports no torch)."""
+    from covidnet.config_check import register_init_resolver
+
+    register_init_resolver()
+
+
+# omegaconf stays unimported here (benchmarks/throughput.py imports the model without the config stack);
+# where it is already loaded, the configs can read the registry at once.
+if "omegaconf" in sys.modules:
+    register_resolver()
 
 
 def resolve_init_defaults(config: dict) -> dict:
     """A saved, unresolved job config (``.hydra/config.yaml`` as a dict) with every ``${covidnet.init:...}``
     value replaced by what it stood for in that job, for readers that show settings (the sweep report)."""
+    from omegaconf import OmegaConf
+
+    register_resolver()
     cfg = OmegaConf.create(config)
 
     def walk(node) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from covidnet.config_check import interpolated_key
+from covidnet.config_check import interpolated_key, register_init_resolver
 from covidnet.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ def record_subdir(output_dir: str) -> str:
 
 if not OmegaConf.has_resolver(RESOLVER):
     OmegaConf.register_new_resolver(RESOLVER, record_subdir)
+register_init_resolver()  # saved configs hold ${covidnet.init:...}
 
 
 # --- output folders -------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from covidnet.data import CovidCTDataModule
-from covidnet.visualize import LoadedModel, lesion_pairs, localisation
+from covidnet.visualize import Chosen, LoadedModel, lesion_pairs, localisation
 
 SIDE = 96
 CENTRES = [(0.25, 0.70), (0.70, 0.30), (0.20, 0.45), (0.80, 0.60)]  # (y, x) fractions, off the diagonal
@@ -56,7 +56,7 @@ def write_slices(folder: Path, masks) -> Path:
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> LoadedModel:
     dm = CovidCTDataModule(root=str(tmp_path_factory.mktemp("unused")), image_size=64)
-    return LoadedModel("blob-detector", Path("none.ckpt"), BlobDetector().eval(), dm)
+    return LoadedModel("blob-detector", Path("none.ckpt"), BlobDetector().eval(), dm, Chosen(Path("none.ckpt")))
 
 
 @pytest.mark.parametrize(("kind", "masks", "hits"), [

@@ -19,6 +19,7 @@ from PIL import Image
 
 from cam_training import blob_run
 from covidnet.checkpoint import CheckpointError
+from covidnet.errors import ConfigError
 from covidnet.visualize import VisualizeError, visualize
 from synthetic import blob_image
 
@@ -161,7 +162,7 @@ def test_bad_checkpoints_and_settings_get_clear_errors(run, tmp_path):
         visualize(config(f"ckpt=[{run.ckpt},{broken}]", *base))
     with pytest.raises(VisualizeError, match="only 10 COVID images"):
         visualize(config(f"ckpt={run.ckpt}", "n_per_class=11", *base))
-    with pytest.raises(ValueError, match="Unknown CAM method"):
+    with pytest.raises(ConfigError, match=r"nothing was started\):\n  methods=\['gradcam', 'lime'\]: must be"):
         visualize(config(f"ckpt={run.ckpt}", "methods=[gradcam,lime]", *base))
     with pytest.raises(VisualizeError, match="images/ and masks/"):
         visualize(config(f"ckpt={run.ckpt}", f"localize={tmp_path}", *base))
