@@ -4,8 +4,12 @@
 it is resumed, which would replace how the run started by how it was resumed. ``conf/hydra/default.yaml``
 therefore sets ``hydra.output_subdir: ${covidnet_record:${hydra.runtime.output_dir}}``: ``.hydra`` in a new
 run directory, ``.hydra/resume-<UTC time>`` in one that already has a record. ``.hydra/config.yaml`` always
-describes the original run, and each resume's config and overrides lie beside it. (The resolver is
+describes the original run, and each resume's config and overrides lie beside it. (The resolvers are
 registered when Hydra instantiates the ``RunRecord`` callback listed in the same file, before any job.)
+
+**A job's folder** in a sweep is its ``override_dirname`` with ``/`` written as ``.``
+(``hydra.sweep.subdir: ${covidnet_job_dir:${hydra.job.override_dirname}}``): a config-group override such as
+``data/source_aug=default`` would otherwise nest the job one folder deeper, where no sweep reader looks.
 
 **A resume** (``ckpt_path=last`` or a file) must continue the run it resumes, not silently mix two: the
 checkpoint's model and data-module hyperparameters and, when the run directory has one, the original config
@@ -37,6 +41,7 @@ from covidnet.errors import ConfigError, UserError
 log = logging.getLogger(__name__)
 
 RESOLVER = "covidnet_record"
+JOB_DIR_RESOLVER = "covidnet_job_dir"
 RECORD = ".hydra"
 _chosen: dict[str, str] = {}
 
@@ -55,8 +60,15 @@ def record_subdir(output_dir: str) -> str:
     return _chosen[key]
 
 
+def job_dir_name(override_dirname: str) -> str:
+    """A sweep job's folder name: its override_dirname, one path component (``data/source_aug=x`` -> ``data.source_aug=x``)."""
+    return str(override_dirname).replace("/", ".")
+
+
 if not OmegaConf.has_resolver(RESOLVER):
     OmegaConf.register_new_resolver(RESOLVER, record_subdir)
+if not OmegaConf.has_resolver(JOB_DIR_RESOLVER):
+    OmegaConf.register_new_resolver(JOB_DIR_RESOLVER, job_dir_name)
 register_init_resolver()  # saved configs hold ${covidnet.init:...}
 
 

@@ -33,6 +33,12 @@ def test_shipped_configs_pass_the_check(overrides):
     assert problems(compose_cfg("train", overrides), TRAIN) == []
 
 
+def test_source_aug_group_sweeps_between_none_and_default():
+    none, default = (compose_cfg("train", [f"data/source_aug={o}"]) for o in ("none", "default"))
+    assert none.data.source_aug is None and compose_cfg("train", []).data.source_aug is None
+    assert default.data.source_aug.p == 0.5 and problems(default, TRAIN) == []
+
+
 def test_visualize_defaults_pass_the_check():
     assert problems(compose_cfg("visualize", ["ckpt=a.ckpt"]), VISUALIZE) == []
 

@@ -251,7 +251,8 @@ def finish(proc: subprocess.Popen, timeout: float = 420) -> str:
 
 @pytest.fixture(scope="module")
 def sweeps(synthetic_root, tmp_path_factory):
-    """Two sweeps started at the same moment: `-m init=scratch,imagenet` and a one-job sweep.
+    """Two sweeps started at the same moment: `-m init=scratch,imagenet` and a one-job sweep (with a
+    config-group override, whose "/" must not nest the job a folder deeper).
 
     Launched from the dataset's parent with a relative data.root; the ImageNet arm reads a stand-in
     weights file from a temporary torch hub cache (no network).
@@ -271,7 +272,7 @@ def sweeps(synthetic_root, tmp_path_factory):
     exclude += [o.split("=")[0].lstrip("+") for o in TINY]
     common = ["data.root=covid-ct", f"paths.log_dir={logs}", *TINY, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(exclude)}]"]
     both = run_train(["-m", "init=scratch,imagenet", *common], synthetic_root.parent, env)
-    one = run_train(["-m", "init=scratch", "test=false", *common], synthetic_root.parent, env)
+    one = run_train(["-m", "init=scratch", "test=false", "data/source_aug=none", *common], synthetic_root.parent, env)
     finish(one)
     finish(both)
     return logs / "train" / "multiruns", stand_in
@@ -287,7 +288,7 @@ def test_two_sweeps_never_share_a_directory(sweeps):
     multiruns, _ = sweeps
     dirs = sweep_dirs(multiruns)
     assert len(list(multiruns.iterdir())) == 2
-    assert set(dirs) == {frozenset({"init=scratch", "init=imagenet"}), frozenset({"init=scratch,test=False"})}
+    assert set(dirs) == {frozenset({"init=scratch", "init=imagenet"}), frozenset({"data.source_aug=none,init=scratch,test=False"})}
     for sweep in dirs.values():
         for job in sweep.iterdir():
             if job.is_dir() and "=" in job.name:
