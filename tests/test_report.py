@@ -302,7 +302,7 @@ def test_data_fraction_sweep_gets_rows_comparisons_and_a_data_efficiency_curve(t
     summary = read_rows(tmp_path / "summary.csv")
     assert [(r["init"], r["data.fraction"]) for r in summary] == [("scratch", "0.25"), ("scratch", "1.0"), ("imagenet", "0.25"), ("imagenet", "1.0")]
     text = (tmp_path / "report.md").read_text()
-    table = text.split("## Transfer vs scratch")[1].split("## Runs")[0]
+    table = text.split("## Paired differences")[1].split("## Runs")[0]
     assert "data.fraction=0.25" in table and "data.fraction=1.0" in table
     with Image.open(tmp_path / "data_efficiency.png") as im:
         assert im.format == "PNG"
@@ -457,3 +457,38 @@ def test_runs_evaluated_on_an_external_set_get_its_column_group(tmp_path):
     assert "### md (dicom, 12 images of 4 patients)" in section
     assert "| init=ct | 2 | 0.900 ± 0.000" in section and "| init=scratch | 2 | 0.500 ± 0.000" in section
     assert "init=ct − init=scratch on the same 12 images (patients resampled)" in section
+
+
+def test_a_swept_setting_is_compared_with_the_first_value_the_sweep_lists(tmp_path):
+    """Not only inits: data.field=full,lung_crop gets lung_crop − full (in-split and external), paired, with
+    the other factor held fixed; the reference is the first value typed, not the alphabetically first."""
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 40)
+    ext_labels = np.array([1] * 6 + [0] * 6)
+    OmegaConf.save({"hydra": {"overrides": {"task": ["data.field=lung_crop,full", "aug=none,on", "seed=0,1"]},
+                              "job": {"config": {"override_dirname": {"exclude_keys": []}}}}}, tmp_path / "multirun.yaml")
+    for field_, skill in (("lung_crop", 0.0), ("full", 0.7)):
+        for aug in ("none", "on"):
+            for seed in (0, 1):
+                job = tmp_path / f"aug={aug},data.field={field_},seed={seed}"
+                probs = np.clip(skill * labels + (1 - skill) * rng.random(40), 0, 1)
+                fake_job(job, [f"data.field={field_}", f"aug={aug}", f"seed={seed}"], labels, probs, {"init": "scratch", "seed": seed})
+                out = job / "eval" / "md"
+                out.mkdir(parents=True)
+                (out / "metrics.json").write_text(json.dumps({"kind": "dicom", "n_images": 12, "n_patients": 0, "images": {"all": {}}}))
+                ext = np.clip(skill * ext_labels + (1 - skill) * rng.random(12), 0, 1)
+                with open(out / "predictions.csv", "w", newline="") as f:
+                    w = csv.writer(f)
+                    w.writerow(["path", "patient", "label", "prob_covid"])
+                    w.writerows((f"s{i}.dcm", "", y, f"{q:.4f}") for i, (y, q) in enumerate(zip(ext_labels, ext)))
+    assert main([str(tmp_path), "--n-boot", "200"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    paired = text.split("## Paired differences")[1].split("\n## ")[0]
+    assert "References: init: scratch, aug: none, data.field: lung_crop." in paired
+    rows = [line for line in paired.splitlines() if "data.field=full − data.field=lung_crop" in line]
+    assert len(rows) == 2 and all("aug=" in r for r in rows)  # once per level of the other factor
+    assert "data.field=full is higher than data.field=lung_crop" in paired  # skill 0.7 vs none: the interval excludes 0
+    assert sum("aug=on − aug=none" in line for line in paired.splitlines()) == 2
+    external = text.split("## External sets")[1].split("\n## ")[0]
+    assert "- init=scratch,aug=none,data.field=full − init=scratch,aug=none,data.field=lung_crop on the same 12 images" in external
+    assert "- init=scratch,aug=on,data.field=lung_crop − init=scratch,aug=none,data.field=lung_crop on the same 12 images" in external

@@ -1,15 +1,16 @@
 """Report section: one column group per external set the sweep's runs were evaluated on (docs/external.md).
 
 Reads each run's ``eval/<set>/`` (training with ``eval_sets``, or ``evaluate.py ... into_runs=true`` for an old
-sweep) through covidnet.external_summary: per summary row, mean ± std over seeds; per init, the paired
-difference against the reference init with the same other factors, on the same external images.
+sweep) through covidnet.external_summary: per summary row, mean ± std over seeds; the same paired differences
+as the in-split ones (each init against scratch, each other setting against its reference level, the other
+factors held fixed), on the same external images.
 """
 
 from __future__ import annotations
 
 from covidnet.external_summary import external_lines
 from covidnet.report.render import Context, Section
-from covidnet.report.sweep import REFERENCE_INIT
+from covidnet.report.scoring import reference_pairs
 
 
 def label(factors: list[str], key: tuple[str, ...]) -> str:
@@ -20,12 +21,6 @@ def external_section(ctx: Context) -> Section | None:
     factors = ctx.sweep.factors
     grouped = ctx.group_runs()
     groups = {label(factors, key): [r.run_dir.path for r in runs if r.run_dir is not None] for key, runs in grouped.items()}
-    pairs = []
-    if "init" in factors:
-        i = factors.index("init")
-        for key in grouped:
-            ref = key[:i] + (REFERENCE_INIT,) + key[i + 1 :]
-            if key[i] != REFERENCE_INIT and ref in grouped:
-                pairs.append((label(factors, key), label(factors, ref)))
+    pairs = [(label(factors, key), label(factors, ref)) for _, key, ref in reference_pairs(ctx.sweep, grouped)]
     lines = external_lines(groups, pairs, ctx.n_boot, ctx.seed)
     return Section("External sets: the best checkpoints on other CT data", lines) if lines else None

@@ -1,5 +1,6 @@
-"""Scoring a sweep: per-run bootstrap intervals, seed means per group, and each init against ``scratch``
-on the same test images (the numbers behind summary.csv, runs.csv and report.md)."""
+"""Scoring a sweep: per-run bootstrap intervals, seed means per group, and paired differences on the same test
+images — each init against ``scratch``, each other swept setting against its reference level, the other factors
+held fixed (the numbers behind summary.csv, runs.csv and report.md)."""
 
 from __future__ import annotations
 
@@ -103,31 +104,49 @@ class Comparison:
         )
 
 
-def comparisons(sweep: Sweep, n_boot: int, seed: int) -> list[Comparison]:
-    """Each init against ``scratch`` within every combination of the other factors, on shared test images."""
-    others = sweep.factors[1:]
-    out = []
-    for context_key, runs in ordered_groups(sweep.complete, others).items():
-        by_init: dict[str, list[Run]] = defaultdict(list)
-        for r in runs:
-            by_init[r.init].append(r)
-        if REFERENCE_INIT not in by_init:
+def level_name(factor: str, value: str) -> str:
+    """How a compared level is named: an init by itself (``imagenet``), any other factor as ``key=value``."""
+    return value if factor == "init" else f"{factor}={value}"
+
+
+def reference_pairs(sweep: Sweep, keys) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    """(factor, arm key, reference key) for every group key (values of ``sweep.factors``) that differs from an
+    existing group only in one factor, whose value there is that factor's reference level."""
+    keys = list(keys)
+    present = set(keys)
+    pairs = []
+    for i, factor in enumerate(sweep.factors):
+        ref_value = sweep.references.get(factor, REFERENCE_INIT if factor == "init" else None)
+        if ref_value is None:
             continue
-        ref = by_init[REFERENCE_INIT]
-        for init in sorted(by_init):
-            if init == REFERENCE_INIT:
-                continue
-            arm = by_init[init]
-            every = arm + ref
-            common = sorted(set.intersection(*(set(r.predictions) for r in every)))
-            union = set.union(*(set(r.predictions) for r in every))
-            if not common:
-                raise ReportError(f"Runs of init={init} and init={REFERENCE_INIT} ({label(others, context_key)}) share no test image.")
-            labels = np.array([k[1] for k in common])
-            a = np.stack([arrays(r, common)[1] for r in arm])
-            b = np.stack([arrays(r, common)[1] for r in ref])
-            diffs = stats.paired_difference(labels, a, b, ("auroc", "acc"), n_boot, seed)
-            out.append(Comparison(label(others, context_key), init, REFERENCE_INIT, len(arm), len(ref), len(common), len(union) - len(common), diffs))
+        for key in keys:
+            ref = key[:i] + (ref_value,) + key[i + 1 :]
+            if key[i] != ref_value and ref in present:
+                pairs.append((factor, key, ref))
+    return pairs
+
+
+def comparisons(sweep: Sweep, n_boot: int, seed: int) -> list[Comparison]:
+    """Each level of each factor against that factor's reference level (init: ``scratch``), the other factors
+    held at the same values, on the test images all those runs share."""
+    groups = ordered_groups(sweep.complete, sweep.factors)
+    out = []
+    for factor, key, ref_key in reference_pairs(sweep, groups):
+        i = sweep.factors.index(factor)
+        others = [f for f in sweep.factors if f != factor]
+        context = label(others, key[:i] + key[i + 1 :])
+        arm, ref = groups[key], groups[ref_key]
+        every = arm + ref
+        common = sorted(set.intersection(*(set(r.predictions) for r in every)))
+        union = set.union(*(set(r.predictions) for r in every))
+        arm_name, ref_name = level_name(factor, key[i]), level_name(factor, ref_key[i])
+        if not common:
+            raise ReportError(f"Runs of {arm_name} and {ref_name} ({context}) share no test image.")
+        labels = np.array([k[1] for k in common])
+        a = np.stack([arrays(r, common)[1] for r in arm])
+        b = np.stack([arrays(r, common)[1] for r in ref])
+        diffs = stats.paired_difference(labels, a, b, ("auroc", "acc"), n_boot, seed)
+        out.append(Comparison(context, arm_name, ref_name, len(arm), len(ref), len(common), len(union) - len(common), diffs))
     return out
 
 

@@ -57,25 +57,30 @@ def summary_section(ctx: Context) -> Section:
 
 def comparison_section(ctx: Context) -> Section:
     comps, sweep = ctx.comparisons, ctx.sweep
-    title = f"Transfer vs {REFERENCE_INIT}: paired bootstrap on the same test images"
+    title = "Paired differences on the same test images"
     if not comps:
         inits = sorted({r.init for r in sweep.complete})
         swept = sorted({r.init for r in sweep.runs})
         why = f"no complete {REFERENCE_INIT} run" if REFERENCE_INIT not in inits else "no other init with a complete run"
         hint = "see the failed jobs below" if len(swept) > 1 else f"sweep `init={REFERENCE_INIT},imagenet` to compare"
+        if len(sweep.factors) > 1:
+            why, hint = "no two rows differ in one factor only, with one of them at that factor's reference level", "see the failed jobs below"
         return Section(title, [f"No comparison: {why} (inits with complete runs: {', '.join(inits) or 'none'}; in the sweep: {', '.join(swept)}); {hint}."])
+    refs = ", ".join(f"{k}: {v}" for k, v in sweep.references.items() if k in sweep.factors)
+    intro = [f"Each init against {REFERENCE_INIT}, and each other swept setting against its reference level (the first value "
+             f"the sweep lists), the other factors held fixed. References: {refs}.", ""]
     table = []
     for c in comps:
         table.append([c.context, f"{c.arm} − {c.reference}", f"{c.n_arm} / {c.n_reference}", f"{c.n_images}" + (f" ({c.n_dropped} not in every run, left out)" if c.n_dropped else "")]
                      + [with_ci(c.diffs[m]) for m in ("auroc", "acc")])
-    lines = md_table(["other factors", "difference", "runs (arm / ref)", "test images", "Δ AUROC [95% CI]", "Δ accuracy [95% CI]"], table) + [""]
+    lines = intro + md_table(["other factors", "difference", "runs (arm / ref)", "test images", "Δ AUROC [95% CI]", "Δ accuracy [95% CI]"], table) + [""]
     for c in comps:
         prefix = f"{c.context}: " if len(comps) > 1 else ""
         lines += [f"- {prefix}{c.sentence('auroc')}", f"- {prefix}{c.sentence('acc')}"]
     lines += [
         "",
         f"How: test images are paired by file name; on each of {ctx.n_boot} resamples of the test images (seed {ctx.seed}) every run's "
-        "metric is computed, averaged over the seeds of each init, and the averages are subtracted. The estimate is the "
+        "metric is computed, averaged over the seeds of each arm, and the averages are subtracted. The estimate is the "
         "difference of the seed means in the summary. The interval covers which test images were drawn; training "
         "randomness enters only through the seeds that were run (their spread is the ± above), so few seeds make it optimistic.",
     ]

@@ -64,6 +64,9 @@ class Sweep:
     command: str
     runs: list[Run]  # every job directory and every expected job that never started
     factors: list[str]  # swept keys other than seed: what a summary row stands for (init first)
+    # the level each factor is compared against: scratch for init; for any other factor the value of the
+    # sweep's first job as multirun.yaml lists it (the first value typed, e.g. full in data.field=full,lung_crop)
+    references: dict[str, str] = field(default_factory=dict)
 
     @property
     def complete(self) -> list[Run]:
@@ -210,4 +213,6 @@ def load_sweep(sweep_dir: str | Path, failures: dict[str, str] | None = None) ->
     for r in runs:
         r.params = {"init": r.init} | {k: r.overrides.get(k, str(dig(r.config, k, "default"))) for k in factors[1:]}
     command = "python train.py -m " + " ".join(task) if task else ""
-    return Sweep(sweep_dir, command, runs, factors)
+    first = parse_overrides(expected[0]) if expected else {}
+    references = {"init": REFERENCE_INIT} | {k: first[k] for k in factors[1:] if k in first}
+    return Sweep(sweep_dir, command, runs, factors, references)
