@@ -44,8 +44,9 @@ def jobs(sweep: Path, contains: str = "") -> list[Path]:
 
 
 def mixed_predictions(sweep: Path) -> tuple[dict[int, dict[str, float]], dict[int, dict[str, float]], dict[str, dict]]:
-    """Per seed: COVID-CT test P(COVID) by file (fold 0's job; the folds share COVID-CT's test split, so the
-    two folds' COVID-CT numbers are averaged), and COVID-CT-MD P(COVID) by slice key from the fold holding it out."""
+    """Per seed: COVID-CT test P(COVID) by file from fold 0's job only (both folds test the same COVID-CT split;
+    averaging the two models' probabilities would score an ensemble of two against one baseline model), and
+    COVID-CT-MD P(COVID) by slice key from the fold holding it out."""
     ct: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     md: dict[int, dict[str, float]] = defaultdict(dict)
     meta: dict[str, dict] = {}
@@ -58,9 +59,16 @@ def mixed_predictions(sweep: Path) -> tuple[dict[int, dict[str, float]], dict[in
                     raise SystemExit(f"{job}: {key} is tested by two folds of seed {s}")
                 md[s][key] = float(r["prob_covid"])
                 meta[key] = {"patient": r["patient"], "label": int(r["label"])}
-            else:
+            elif fold_of(job) == 0:
                 ct[s][r["file"]].append(float(r["prob_covid"]))
     return {s: {k: float(np.mean(v)) for k, v in d.items()} for s, d in ct.items()}, dict(md), meta
+
+
+def fold_of(job: Path) -> int:
+    """The job's data.fold, from its saved config."""
+    import yaml
+
+    return int(((yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}).get("data") or {}).get("fold", 0))
 
 
 def eval_file(job: Path, set_name: str, eval_root: Path | None) -> Path:
