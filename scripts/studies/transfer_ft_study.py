@@ -71,10 +71,16 @@ def job(sweep: Path, init: str, setting: dict, seed: int) -> Path | None:
     """The finished job of ``sweep`` with these overrides (found by its Hydra record, not by its folder name)."""
     import yaml
 
+    def same(a: str | None, b: str) -> bool:  # Hydra records 3e-4 as 0.0003
+        try:
+            return a is not None and float(a) == float(b)
+        except ValueError:
+            return a == b
+
     want = {"init": init, "seed": str(seed), **setting}
     for overrides in sorted(sweep.glob("*/.hydra/overrides.yaml")):
         have = dict(line.lstrip("+").split("=", 1) for line in yaml.safe_load(overrides.read_text()))
-        if all(have.get(k) == v for k, v in want.items()) and (overrides.parent.parent / "metrics.json").is_file():
+        if all(same(have.get(k), v) for k, v in want.items()) and (overrides.parent.parent / "metrics.json").is_file():
             return overrides.parent.parent
     return None
 
