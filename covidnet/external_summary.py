@@ -60,7 +60,8 @@ def collect(groups: dict[str, list[Path]]) -> dict[str, dict[str, SetRuns]]:
     return out
 
 
-def _estimate(block: dict | None, metric: str) -> float:
+def estimate(block: dict | None, metric: str) -> float:
+    """One metric's point estimate from an evaluation block (``{'metrics': {...}, 'mean_prob_covid': ...}``); NaN if absent."""
     iv = (block or {}).get("metrics", {}).get(metric) if metric != "mean_prob_covid" else (block or {}).get("mean_prob_covid")
     return float("nan") if not iv or iv.get("estimate") is None else float(iv["estimate"])
 
@@ -69,9 +70,9 @@ def group_row(s: SetRuns) -> dict[str, tuple[float, float]]:
     """mean ± std over runs of the set's headline numbers."""
     row = {}
     for m in (*SLICE_METRICS, "mean_prob_covid"):
-        row[f"slice {m}"] = stats.mean_std([_estimate(x["images"]["all"], m) for x in s.metrics])
+        row[f"slice {m}"] = stats.mean_std([estimate(x["images"]["all"], m) for x in s.metrics])
     if all("patients" in x for x in s.metrics):
-        row["patient auroc"] = stats.mean_std([_estimate(x["patients"]["mean"]["all"], "auroc") for x in s.metrics])
+        row["patient auroc"] = stats.mean_std([estimate(x["patients"]["mean"]["all"], "auroc") for x in s.metrics])
     return row
 
 

@@ -9,7 +9,8 @@ registered when Hydra instantiates the ``RunRecord`` callback listed in the same
 
 **A job's folder** in a sweep is its ``override_dirname`` with ``/`` written as ``.``
 (``hydra.sweep.subdir: ${covidnet_job_dir:${hydra.job.override_dirname}}``): a config-group override such as
-``data/source_aug=default`` would otherwise nest the job one folder deeper, where no sweep reader looks.
+``data/source_aug=default`` would otherwise nest the job one folder deeper (covidnet.run_dir.SweepDir walks
+down to it, but globs like ``<sweep>/*/metrics.json`` and a reader's eye look one level deep).
 
 **A resume** (``ckpt_path=last`` or a file) must continue the run it resumes, not silently mix two: the
 checkpoint's model and data-module hyperparameters and, when the run directory has one, the original config

@@ -116,7 +116,7 @@ def reference_pairs(sweep: Sweep, keys) -> list[tuple[str, tuple[str, ...], tupl
     present = set(keys)
     pairs = []
     for i, factor in enumerate(sweep.factors):
-        ref_value = sweep.references.get(factor, REFERENCE_INIT if factor == "init" else None)
+        ref_value = sweep.references.get(factor)
         if ref_value is None:
             continue
         for key in keys:

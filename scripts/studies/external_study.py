@@ -15,26 +15,17 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 from pathlib import Path
 
 from covidnet import stats
-from covidnet.external_summary import external_lines
-
-
-def estimate(block: dict | None, metric: str) -> float:
-    node = (block or {}).get("metrics", {}).get(metric) if metric != "mean_prob_covid" else (block or {}).get("mean_prob_covid")
-    return float("nan") if not node or node.get("estimate") is None else float(node["estimate"])
-
-
-def read(run: Path, set_name: str) -> dict:
-    path = run / "eval" / set_name / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+from covidnet.external_summary import estimate, eval_sets_of, external_lines, read_eval
+from covidnet.run_dir import RunDir
 
 
 def columns(run: Path) -> dict[str, float]:
-    test = json.loads((run / "metrics.json").read_text())["test"]
-    md, ss = read(run, "covid_ct_md"), read(run, "semiseg")
+    rd = RunDir(run)
+    test = rd.read_metrics()["test"]
+    md, ss = (read_eval(run, name)[0] if name in eval_sets_of(run) else {} for name in ("covid_ct_md", "semiseg"))
     patients = md.get("patients", {})
     topk = next((k for k in patients if k != "mean"), None)
     return {
@@ -61,7 +52,7 @@ def main(argv=None) -> None:
     groups: dict[str, list[Path]] = {}
     for spec in args.group:
         label, pattern = spec.split("=", 1)
-        runs = sorted(Path(x) for x in glob.glob(pattern) if (Path(x) / "metrics.json").is_file())
+        runs = sorted(Path(x) for x in glob.glob(pattern) if RunDir(x).read_metrics())
         if not runs:
             raise SystemExit(f"--group {label}: no finished run matches {pattern}")
         groups[label] = runs

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from covidnet import stats
+from covidnet.run_dir import RunDir
 
 MD = "covid_ct_md"
 
@@ -66,9 +67,7 @@ def mixed_predictions(sweep: Path) -> tuple[dict[int, dict[str, float]], dict[in
 
 def fold_of(job: Path) -> int:
     """The job's data.fold, from its saved config."""
-    import yaml
-
-    return int(((yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}).get("data") or {}).get("fold", 0))
+    return int((RunDir(job).config().get("data") or {}).get("fold", 0))
 
 
 def eval_file(job: Path, set_name: str, eval_root: Path | None) -> Path:

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from covidnet.run_dir import SweepDir
+
 ROOT = Path(__file__).resolve().parents[2]
 GRID = {
     "scratch": [{"model.optimizer.lr": "3e-4"}, {"model.optimizer.lr": "1e-3"}],
@@ -69,8 +71,6 @@ def train(args, sweep: Path, overrides: list[str]) -> None:
 
 def job(sweep: Path, init: str, setting: dict, seed: int) -> Path | None:
     """The finished job of ``sweep`` with these overrides (found by its Hydra record, not by its folder name)."""
-    import yaml
-
     def same(a: str | None, b: str) -> bool:  # Hydra records 3e-4 as 0.0003
         try:
             return a is not None and float(a) == float(b)
@@ -78,10 +78,10 @@ def job(sweep: Path, init: str, setting: dict, seed: int) -> Path | None:
             return a == b
 
     want = {"init": init, "seed": str(seed), **setting}
-    for overrides in sorted(sweep.glob("*/.hydra/overrides.yaml")):
-        have = dict(line.lstrip("+").split("=", 1) for line in yaml.safe_load(overrides.read_text()))
-        if all(same(have.get(k), v) for k, v in want.items()) and (overrides.parent.parent / "metrics.json").is_file():
-            return overrides.parent.parent
+    for run in (SweepDir(sweep).job_dirs() if sweep.is_dir() else []):
+        have = run.override_values()
+        if all(same(have.get(k), v) for k, v in want.items()) and run.read_metrics():
+            return run.path
     return None
 
 
