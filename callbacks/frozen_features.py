@@ -24,7 +24,6 @@ from torch.utils.data import Dataset
 
 from covidnet.callbacks.cam_logger import CamLogger
 from covidnet.atomic import atomic_path
-from covidnet.model import FREEZE_MODES
 from covidnet.predict import eval_mode
 from covidnet.weights_io import tensors_sha256
 
@@ -54,6 +53,8 @@ def split_frozen_stages(model) -> tuple[list, list]:
     """The frozen steps as (stem..layer3, the rest): the first part is the same in every freeze mode."""
     frozen = model.frozen_stages()
     names = [name for name, _ in frozen]
+    if SHARED_PREFIX_END not in names:  # an architecture with one freeze mode (EfficientNet-Lite0: backbone)
+        return frozen, []
     end = names.index(SHARED_PREFIX_END) + 1
     return frozen[:end], frozen[end:]
 
@@ -83,7 +84,7 @@ class FrozenFeatureCache(L.Callback):
         if not self.enabled:
             return
         freeze = pl_module.hparams.get("freeze", "none")
-        if FREEZE_MODES.get(freeze) is None:
+        if getattr(pl_module, "trained_modules", None) is None:
             raise ValueError(f"callbacks.frozen_features.enabled=true needs model.freeze=backbone or up_to_layer4, not {freeze!r}.")
         dm = trainer.datamodule
         if not hasattr(dm, "wrap_datasets"):

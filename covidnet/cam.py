@@ -85,12 +85,24 @@ def check_target(target: str) -> str:
 
 
 def target_layer(model: nn.Module, name: str = "layer4") -> nn.Module:
-    """The last block of a ResNet stage (default ``layer4``: the deepest map with a spatial layout)."""
+    """The module whose output the maps are computed on: ``layer1``..``layer4`` name the deepest map at output
+    stride 4, 8, 16, 32 (default ``layer4``: the deepest map with a spatial layout). On a ResNet that is the
+    stage's last block; other architectures say which module it is (covidnet/backbones.py ``cam_layers``)."""
+    arch = getattr(model, "arch", None)
     net = getattr(model, "net", model)
-    stage = getattr(net, name, None) if name.startswith("layer") else None
-    if not isinstance(stage, nn.Sequential):
-        raise ValueError(f"CAM layer={name!r}: {type(net).__name__} has no such ResNet stage; choose layer1, layer2, layer3 or layer4.")
-    return stage[-1]
+    path = arch.cam_layers.get(name) if arch is not None else (name if name.startswith("layer") else None)
+    module = net.get_submodule(path) if path is not None and _has_submodule(net, path) else None
+    if module is None:
+        raise ValueError(f"CAM layer={name!r}: {type(net).__name__} has no such map; choose layer1, layer2, layer3 or layer4.")
+    return module[-1] if isinstance(module, nn.Sequential) else module
+
+
+def _has_submodule(net: nn.Module, path: str) -> bool:
+    try:
+        net.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 def categories_for(target: str, labels: Sequence[int], probs: Sequence[float]) -> list[int]:

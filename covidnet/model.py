@@ -1,4 +1,4 @@
-"""LightningModule: a one-logit ResNet trained with BCEWithLogitsLoss; COVID is the positive class."""
+"""LightningModule: a one-logit network (ResNet or EfficientNet-Lite0) trained with BCEWithLogitsLoss; COVID is the positive class."""
 
 from __future__ import annotations
 
@@ -18,15 +18,8 @@ from torchmetrics.classification import (
     BinarySpecificity,
 )
 
-from covidnet.backbones import build_resnet
+from covidnet.backbones import FREEZE_MODES, build_backbone, get_arch
 from covidnet.bn_calibration import batchnorm_layers, estimate_batchnorm_statistics, training_batches
-
-# Which parameters stay fixed: name -> top-level children of the ResNet that are trained.
-FREEZE_MODES = {
-    "none": None,  # full fine-tuning
-    "backbone": ("fc",),  # feature extraction: only the new head learns
-    "up_to_layer4": ("layer4", "fc"),  # stem and layer1-3 fixed, layer4 and head learn
-}
 
 
 def binary_metrics(prefix: str) -> MetricCollection:
@@ -55,7 +48,7 @@ def _sync_is_free(device: torch.device) -> bool:
 
 
 class CovidClassifier(L.LightningModule):
-    """ResNet-18/50/152 with one logit. Hyperparameters are plain values, so a checkpoint alone
+    """ResNet-18/50/152 or EfficientNet-Lite0 with one logit (covidnet/backbones.py). Hyperparameters are plain values, so a checkpoint alone
     rebuilds the model: ``covidnet.checkpoint.load_checkpoint(path)`` (the one loader; it checks the file
     and skips fetching pretrained weights, which the checkpoint's replace)."""
 
@@ -79,12 +72,14 @@ class CovidClassifier(L.LightningModule):
             input_spec = {k: (v.item() if hasattr(v, "item") else v) for k, v in dict(input_spec).items()}
         if freeze not in FREEZE_MODES:
             raise ValueError(f"Unknown model.freeze={freeze!r}; choose one of {', '.join(FREEZE_MODES)}.")
+        self.arch = get_arch(arch)
+        self.trained_modules = self.arch.trained_in(freeze)  # None: all; raises for a mode the arch lacks
         # optimizer/scheduler are Hydra partials: needed to train, not to rebuild the model
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "load_pretrained"])
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         # A checkpoint already holds the trained weights; skip fetching pretrained ones again.
-        self.net = build_resnet(arch, init if load_pretrained else "scratch", weights_path if load_pretrained else None)
+        self.net = build_backbone(arch, init if load_pretrained else "scratch", weights_path if load_pretrained else None)
         self._apply_freeze()
         self.feature_inputs = False  # see take_features
         if calibrate_bn:
@@ -109,7 +104,7 @@ class CovidClassifier(L.LightningModule):
         return self
 
     def _frozen_children(self) -> list[nn.Module]:
-        trained = FREEZE_MODES[self.hparams.freeze]
+        trained = self.trained_modules
         if trained is None:
             return []
         return [m for name, m in self.net.named_children() if name not in trained]
@@ -164,14 +159,13 @@ class CovidClassifier(L.LightningModule):
 
     # --- the frozen part and the trained part ---------------------------------------------------------
     def stages(self) -> list[tuple[str, nn.Module]]:
-        """The ResNet's forward pass as named steps (torchvision's ResNet.forward, flatten made a step)."""
-        n = self.net
-        names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool")
-        return [(name, getattr(n, name)) for name in names] + [("flatten", nn.Flatten(1)), ("fc", n.fc)]
+        """The network's forward pass as named steps (the arch's steps to the pooled features, flatten, the head)."""
+        n, head = self.net, self.arch.head
+        return [(name, getattr(n, name)) for name in self.arch.steps] + [("flatten", nn.Flatten(1)), (head, getattr(n, head))]
 
     def frozen_stages(self) -> list[tuple[str, nn.Module]]:
         """The steps before the first trained one (stem..layer3 for up_to_layer4, up to flatten for backbone)."""
-        trained = FREEZE_MODES[self.hparams.freeze]
+        trained = self.trained_modules
         if trained is None:
             raise ValueError("model.freeze=none: nothing is frozen, so there are no frozen features.")
         names = [name for name, _ in self.stages()]
@@ -270,8 +264,9 @@ class CovidClassifier(L.LightningModule):
     def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise RuntimeError("No optimizer was given: build the model from the Hydra config (conf/model) to train it.")
-        head = [p for n, p in self.net.named_parameters() if n.startswith("fc.") and p.requires_grad]
-        body = [p for n, p in self.net.named_parameters() if not n.startswith("fc.") and p.requires_grad]
+        prefix = f"{self.arch.head}."
+        head = [p for n, p in self.net.named_parameters() if n.startswith(prefix) and p.requires_grad]
+        body = [p for n, p in self.net.named_parameters() if not n.startswith(prefix) and p.requires_grad]
         groups = [{"params": head, "name": "head"}]
         if body:
             groups.append({"params": body, "name": "backbone"})

@@ -20,6 +20,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATIONS = {
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
     "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # intensities in [0, 1], as CT foundation models expect
+    "symmetric": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # [-1, 1], as TensorFlow's EfficientNet-Lite weights expect
 }
 
 

@@ -80,10 +80,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_backbone_weights(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy every backbone tensor into ``net``; the classification head (``fc``) is ignored."""
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
-    own = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+def load_backbone_weights(net: nn.Module, state: dict[str, torch.Tensor], source: str, head: str = "fc") -> None:
+    """Copy every backbone tensor into ``net``; the classification head (module ``head``) is ignored."""
+    prefix = f"{head}."
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith(prefix)}
+    own = {k: v for k, v in net.state_dict().items() if not k.startswith(prefix)}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
