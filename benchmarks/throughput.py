@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics import MetricCollection
 
+from covidnet.backbones import ARCHS
 from covidnet.data import CovidCTDataModule
 from covidnet.model import CovidClassifier
 
@@ -60,7 +61,7 @@ OVERHEAD_VARIANTS = {
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=os.environ.get("COVIDNET_DATA", DEFAULT_DATA), help="COVID-CT in the official layout")
-    p.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet50", "resnet152"])
+    p.add_argument("--arch", default="resnet18", choices=sorted(ARCHS))
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--precision", default="32-true", choices=sorted(PRECISIONS))

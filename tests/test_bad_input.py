@@ -21,7 +21,8 @@ from hydra.utils import instantiate
 from PIL import Image
 
 import covidnet.dataset as dataset
-from covidnet.backbones import WeightsError, build_resnet, read_state_dict
+from covidnet.backbones import build_backbone
+from covidnet.weights_io import WeightsError, read_state_dict
 from covidnet.checkpoint import CheckpointError, load_checkpoint
 from covidnet.data import CovidCTDataModule
 from covidnet.dataset import COVID, NON_COVID, DatasetError, image_dir, load_grey, split_file
@@ -195,7 +196,7 @@ def test_misspelt_option_is_refused_by_hydra():
 # --- pretrained weights files ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def resnet18_state() -> dict[str, torch.Tensor]:
-    return build_resnet("resnet18").state_dict()
+    return build_backbone("resnet18").state_dict()
 
 
 def test_weights_of_another_shape_are_named(tmp_path, resnet18_state):
@@ -203,7 +204,7 @@ def test_weights_of_another_shape_are_named(tmp_path, resnet18_state):
     state["layer1.0.conv1.weight"] = torch.zeros(32, 64, 3, 3)
     torch.save(state, tmp_path / "w.pth")
     with pytest.raises(WeightsError) as err:
-        build_resnet("resnet18", "imagenet", str(tmp_path / "w.pth"))
+        build_backbone("resnet18", "imagenet", str(tmp_path / "w.pth"))
     msg = str(err.value)
     assert "layer1.0.conv1.weight: file (32, 64, 3, 3) vs model (64, 64, 3, 3)" in msg
     assert "model.arch" in msg
@@ -220,7 +221,7 @@ def test_weights_of_another_architecture_via_config(tmp_path, resnet18_state):
 def test_weights_file_that_fits_loads(tmp_path, resnet18_state):
     """Control for the two tests above: the same file with the right architecture is accepted."""
     torch.save(resnet18_state, tmp_path / "w.pth")
-    net = build_resnet("resnet18", "imagenet", str(tmp_path / "w.pth"))
+    net = build_backbone("resnet18", "imagenet", str(tmp_path / "w.pth"))
     assert torch.equal(net.state_dict()["conv1.weight"], resnet18_state["conv1.weight"])
 
 

