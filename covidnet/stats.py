@@ -247,11 +247,14 @@ class SeedInterval:
     @property
     def text(self) -> str:
         """``+0.126 [-0.130, +0.380]``, or the estimate with "not enough seeds to judge" / "no interval"."""
-        if not self.judgeable:
-            return f"{self.estimate:+.3f} (not enough seeds to judge)"
-        if self.low is None or not (math.isfinite(self.low) and math.isfinite(self.high)):
-            return f"{self.estimate:+.3f} (no interval: no draw held both classes)"
-        return f"{self.estimate:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+        return signed(self) if self.judgeable else f"{self.estimate:+.3f} (not enough seeds to judge)"
+
+
+def signed(iv: Interval | SeedInterval) -> str:
+    """A difference as text, signed: ``+0.126 [-0.130, +0.380]``; without a finite interval, say so."""
+    if iv.low is None or not (math.isfinite(iv.low) and math.isfinite(iv.high)):
+        return f"{iv.estimate:+.3f} (no interval: no resample held both classes)"
+    return f"{iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"
 
 
 def _run_draws(n_a: int, n_b: int, paired: bool, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -334,6 +337,36 @@ def verdict(interval: SeedInterval, margin: float | None = None) -> str:
     if margin is not None and -margin <= low and high <= margin:
         return "equivalent"
     return "not resolved"
+
+
+def arm_differences(
+    labels: Sequence[int],
+    runs_a: Sequence[np.ndarray],
+    runs_b: Sequence[np.ndarray],
+    metrics: Sequence[str] = ("auroc", "acc"),
+    seeds_a: Sequence | None = None,
+    seeds_b: Sequence | None = None,
+    n_boot: int = DEFAULT_BOOT,
+    seed: int = DEFAULT_SEED,
+    groups: Sequence | None = None,
+    min_runs: int = 3,
+) -> tuple[dict[str, Interval], dict[str, SeedInterval]]:
+    """B minus A per metric, both ways a comparison is shown: (for these trained models, over seeds and test images).
+
+    The first (``paired_difference``, images only) is context; the second (``seed_paired_difference``) backs a
+    verdict. With the seed of every run given, the arms are paired by seed when both ran the same distinct seeds
+    (rows reordered so that row i of each is the same seed) and unpaired otherwise; without seeds,
+    ``seed_paired_difference``'s default applies (paired iff both have as many runs)."""
+    a, b = np.atleast_2d(np.asarray(runs_a, float)), np.atleast_2d(np.asarray(runs_b, float))
+    paired = None
+    if seeds_a is not None and seeds_b is not None:
+        sa, sb = [str(s) for s in seeds_a], [str(s) for s in seeds_b]
+        paired = sorted(sa) == sorted(sb) and len(set(sa)) == len(sa)
+        if paired:
+            a, b = a[np.argsort(sa, kind="stable")], b[np.argsort(sb, kind="stable")]
+    fixed = paired_difference(labels, b, a, metrics, n_boot, seed, groups=groups)
+    seeded = {m: seed_paired_difference(labels, a, b, m, n_boot, seed, groups=groups, paired=paired, min_runs=min_runs) for m in metrics}
+    return fixed, seeded
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -180,3 +180,20 @@ def test_verdict(low, high, margin, expected):
 def test_verdict_without_enough_seeds():
     iv = stats.SeedInterval("auroc", 0.1, None, None, 0, 0, 2, 3, False, False)
     assert stats.verdict(iv) == stats.verdict(iv, 0.5) == "not enough seeds to judge"
+
+
+def test_arm_differences_pair_by_seed_name_and_show_both_intervals():
+    """Runs listed in different seed orders are still paired seed by seed; other seeds leave the arms unpaired."""
+    rng = np.random.default_rng(8)
+    labels = np.repeat([0, 1], 100)
+    strengths = np.array([0.3, 2.5, 1.0])
+    noise = rng.normal(size=(3, labels.size))
+    a = 1 / (1 + np.exp(-(strengths[:, None] * (2 * labels - 1) + noise)))
+    b = 1 / (1 + np.exp(-((strengths[:, None] + 0.4) * (2 * labels - 1) + noise)))
+    fixed, seeded = stats.arm_differences(labels, a, b[::-1], ("auroc", "acc"), seeds_a=[0, 1, 2], seeds_b=[2, 1, 0], n_boot=200)
+    in_order = stats.seed_paired_difference(labels, a, b, "auroc", n_boot=200, paired=True)
+    assert seeded["auroc"] == in_order and seeded["auroc"].paired
+    want = stats.paired_difference(labels, b, a, ("auroc",), n_boot=200)["auroc"]  # B minus A as well
+    assert (fixed["auroc"].estimate, fixed["auroc"].low, fixed["auroc"].high) == pytest.approx((want.estimate, want.low, want.high), abs=1e-12)
+    _, other = stats.arm_differences(labels, a, b, ("auroc",), seeds_a=[0, 1, 2], seeds_b=[3, 4, 5], n_boot=200)
+    assert not other["auroc"].paired and other["auroc"].high - other["auroc"].low > in_order.high - in_order.low
