@@ -4,8 +4,12 @@ Read by the sweep report (one column group per set) and usable on its own. Each 
 ``metrics.json`` and ``predictions.csv`` (written by evaluate.py with ``into_runs=true`` or by training with
 ``eval_sets``). Per group (e.g. an init) and set: mean ± std over the runs (seeds) of slice-level AUROC,
 accuracy, sensitivity, specificity and mean P(COVID), and patient-level AUROC (mean slice probability);
-per other group, the paired difference against the reference group on the same external images, with a
-95 % bootstrap interval that resamples patients where the set has them (covidnet.stats).
+per other group, the paired difference against the reference group on the same external images: the 95 %
+interval over seeds and images (patients where the set has them) behind the verdict, and the one for these trained
+models (images or patients only), both from covidnet.stats.
+
+A run is a run directory, or any object with ``seed`` and ``eval_results()`` (``{set: (metrics.json, prediction
+rows)}``), such as a run of a report rebuilt from its committed predictions (covidnet.report.bundle).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class SetRuns:
     predictions: list[dict[str, float]] = field(default_factory=list)  # path -> P(COVID), one per run
     labels: dict[str, int] = field(default_factory=dict)
     patients: dict[str, str] = field(default_factory=dict)
+    seeds: list = field(default_factory=list)  # one per run (None where unknown)
 
 
 def eval_sets_of(run_dir: Path) -> list[str]:
@@ -45,15 +50,24 @@ def read_eval(run_dir: Path, set_name: str) -> tuple[dict, list[dict]]:
     return json.loads((out / "metrics.json").read_text()), rows
 
 
-def collect(groups: dict[str, list[Path]]) -> dict[str, dict[str, SetRuns]]:
+def evals_and_seed(run) -> tuple[dict[str, tuple[dict, list[dict]]], object]:
+    """``({set: (metrics.json, prediction rows)}, seed)`` of a run directory or of a run object (module docstring)."""
+    if isinstance(run, (str, Path)):
+        seed = (json.loads((Path(run) / "metrics.json").read_text()) if (Path(run) / "metrics.json").is_file() else {}).get("seed")
+        return {name: read_eval(run, name) for name in eval_sets_of(run)}, seed
+    return run.eval_results(), run.seed
+
+
+def collect(groups: dict[str, list]) -> dict[str, dict[str, SetRuns]]:
     """``{set: {group: SetRuns}}`` for every set any run of ``groups`` was evaluated on."""
     out: dict[str, dict[str, SetRuns]] = {}
     for group, runs in groups.items():
         for run in runs:
-            for name in eval_sets_of(run):
-                metrics, rows = read_eval(run, name)
+            evals, seed = evals_and_seed(run)
+            for name, (metrics, rows) in evals.items():
                 s = out.setdefault(name, {}).setdefault(group, SetRuns())
                 s.metrics.append(metrics)
+                s.seeds.append(seed)
                 s.predictions.append({r["path"]: float(r["prob_covid"]) for r in rows})
                 s.labels.update({r["path"]: int(r["label"]) for r in rows})
                 s.patients.update({r["path"]: r["patient"] for r in rows if r.get("patient")})
@@ -76,21 +90,39 @@ def group_row(s: SetRuns) -> dict[str, tuple[float, float]]:
     return row
 
 
-def paired(arm: SetRuns, ref: SetRuns, n_boot: int, seed: int) -> tuple[dict[str, stats.Interval], int]:
-    """Arm minus reference on the images every run of both has (AUROC, accuracy, sensitivity)."""
+def paired(arm: SetRuns, ref: SetRuns, n_boot: int, seed: int
+           ) -> tuple[dict[str, stats.Interval], dict[str, stats.SeedInterval], int]:
+    """Arm minus reference on the images every run of both has (AUROC, accuracy, sensitivity): the interval for
+    these trained models and the one over seeds (paired by seed where both ran the same seeds) and images."""
     keys = sorted(set.intersection(*(set(p) for p in arm.predictions + ref.predictions)))
     labels = np.asarray([ref.labels[k] for k in keys])
     a = np.asarray([[p[k] for k in keys] for p in arm.predictions])
     b = np.asarray([[p[k] for k in keys] for p in ref.predictions])
     groups = [ref.patients[k] for k in keys] if all(k in ref.patients for k in keys) else None
     metrics = ("auroc", "acc", "sensitivity") if len(set(labels.tolist())) > 1 else ("sensitivity",)
-    return stats.paired_difference(labels, a, b, metrics, n_boot, seed, groups=groups), len(keys)
+    known = None not in arm.seeds + ref.seeds
+    fixed, seeded = stats.arm_differences(labels, b, a, metrics, ref.seeds if known else None, arm.seeds if known else None,
+                                          n_boot, seed, groups=groups)
+    return fixed, seeded, len(keys)
 
 
-def external_lines(groups: dict[str, list[Path]], pairs: list[tuple[str, str]] | str | None, n_boot: int = stats.DEFAULT_BOOT,
-                   seed: int = stats.DEFAULT_SEED) -> list[str]:
+def difference_line(arm: str, ref: str, n: int, unit: str, fixed: dict[str, stats.Interval], seeded: dict[str, stats.SeedInterval],
+                    margins: dict[str, float]) -> list[str]:
+    """One pair: per metric the seed-aware interval with its verdict, then the one for these trained models."""
+    some = next(iter(seeded.values()))
+    runs = f"{some.n_runs_b} / {some.n_runs_a} runs, " + ("paired by seed" if some.paired else "not paired by seed")
+    lines = [f"- {arm} − {ref} on the same {n} images ({unit} resampled), {runs}:"]
+    for m, si in seeded.items():
+        seeds = f" {si.text} over seeds and {unit}" if si.judgeable else f" {si.estimate:+.3f}"
+        lines.append(f"  - Δ {m}{seeds}: {stats.verdict(si, margins.get(m))}; for these trained models {stats.signed(fixed[m])}")
+    return lines
+
+
+def external_lines(groups: dict[str, list], pairs: list[tuple[str, str]] | str | None, n_boot: int = stats.DEFAULT_BOOT,
+                   seed: int = stats.DEFAULT_SEED, margins: dict[str, float] | None = None) -> list[str]:
     """Markdown: one table per external set (groups as rows), then the paired difference of each ``(arm, reference)``
-    pair of group labels (a single label: every other group against it)."""
+    pair of group labels (a single label: every other group against it). ``margins``: equivalence margins per metric
+    stated before the runs (none: no "equivalent" verdict)."""
     if isinstance(pairs, str):
         pairs = [(g, pairs) for g in groups if g != pairs]
     data = collect(groups)
@@ -111,14 +143,15 @@ def external_lines(groups: dict[str, list[Path]], pairs: list[tuple[str, str]] |
         lines.append("")
         shown = [(arm, ref) for arm, ref in pairs or [] if arm in by_group and ref in by_group]
         for arm, ref in shown:
-            diffs, n = paired(by_group[arm], by_group[ref], n_boot, seed)
-            text = ", ".join(f"Δ {m} {iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]" for m, iv in diffs.items())
-            how = "patients resampled" if first.get("n_patients") else "images resampled"
-            lines.append(f"- {arm} − {ref} on the same {n} images ({how}): {text}")
+            fixed, seeded, n = paired(by_group[arm], by_group[ref], n_boot, seed)
+            lines += difference_line(arm, ref, n, "patients" if first.get("n_patients") else "images", fixed, seeded, margins or {})
         if shown:
             lines.append("")
     lines.append("Slice numbers: P(COVID) > 0.5 is a COVID call; ± is the std over runs (seeds). Patient AUROC: each patient's "
-                 "mean slice P(COVID). Intervals: 95 % bootstrap, paired on the same images; see docs/external.md.")
+                 "mean slice P(COVID). Differences: arm − reference on the same images, 95 % bootstrap. The interval over seeds "
+                 "and images (or patients) resamples the runs of each arm too and is the one behind the verdict (better / worse: "
+                 "excludes 0; equivalent: inside a margin stated before the runs; fewer than 3 runs in an arm: not enough seeds "
+                 "to judge). The one for these trained models resamples images (or patients) only. See docs/external.md.")
     return lines
 
 
@@ -138,6 +171,19 @@ def sweep_groups(sweep_dir: Path) -> tuple[dict[str, list[Path]], list[tuple[str
     return groups, pairs
 
 
+def margin_arg(text: str) -> tuple[str, float]:
+    """``auroc=0.05`` -> ("auroc", 0.05): a command-line equivalence margin."""
+    import argparse
+
+    metric, sep, value = text.partition("=")
+    if not sep or metric not in stats.METRICS:
+        raise argparse.ArgumentTypeError(f"expected METRIC=VALUE with METRIC one of {', '.join(stats.METRICS)}, not {text!r}")
+    try:
+        return metric, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"margin {value!r} is not a number") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m covidnet.external_summary <sweep dir>``: the external-set tables of a sweep, on stdout."""
     import argparse
@@ -145,9 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--n-boot", type=int, default=stats.DEFAULT_BOOT)
+    parser.add_argument("--margin", action="append", default=[], metavar="METRIC=VALUE", type=margin_arg,
+                        help="equivalence margin stated before the runs, e.g. auroc=0.05 (repeatable)")
     args = parser.parse_args(argv)
     groups, pairs = sweep_groups(args.sweep_dir)
-    lines = external_lines(groups, pairs, args.n_boot)
+    lines = external_lines(groups, pairs, args.n_boot, margins=dict(args.margin))
     if not lines:
         print(f"No run of {args.sweep_dir} has an eval/<set>/ result: run training with eval_sets=[...], or "
               f"python evaluate.py ckpt={args.sweep_dir} eval=... into_runs=true.")

@@ -18,10 +18,16 @@ patients, and likewise for non-COVID), so every resample holds both classes when
 ``rng = np.random.default_rng(seed)``; per resample, per label in ascending order, ``rng.integers(0, k, k)``
 over that label's k patients in order of first appearance; the resample is the concatenation of the drawn
 patients' images (in image order within a patient).
+
+Two intervals compare two arms (settings) on the same test images. ``paired_difference`` resamples images
+only: its interval is for these trained models, and says nothing about retraining. ``seed_paired_difference``
+also resamples each arm's runs (seeds), so it is the one that can back "B is better than A on this data";
+``verdict`` turns it into better / worse / equivalent (against a margin fixed in advance) / not resolved.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -198,7 +204,8 @@ def paired_difference(
     for every run and averaged over the runs of each arm, then the arm means are subtracted; so the
     estimate is the difference of the seed-mean metrics in the summary table, and the interval
     reflects which test images were drawn, for these trained models. With ``groups`` (a patient id per
-    image) whole patients are drawn.
+    image) whole patients are drawn. Note the direction: A minus B. Training randomness is not in this
+    interval; for a claim about the settings use ``seed_paired_difference`` (B minus A).
     """
     labels = np.asarray(labels)
     a = np.atleast_2d(np.asarray(probs_a, float))
@@ -214,6 +221,152 @@ def paired_difference(
     point_a, point_b = arm_mean(a, None), arm_mean(b, None)
     boot_a, boot_b = arm_mean(a, idx), arm_mean(b, idx)
     return {m: percentile_interval(float(point_a[m] - point_b[m]), boot_a[m] - boot_b[m], alpha) for m in metrics}
+
+
+@dataclass(frozen=True)
+class SeedInterval:
+    """B minus A in one metric, with a 95 % interval that covers both sources of chance: which test images
+    (or patients) were drawn and which training runs (seeds) each arm happened to get.
+
+    ``estimate`` is the seed-mean metric of arm B minus that of arm A on all test images. ``judgeable`` is
+    False when an arm has fewer runs than the ``min_runs`` asked for: a bootstrap over one or two seeds says
+    nothing about training randomness, so no interval is given (``low``/``high`` None, ``n_boot`` 0).
+    ``n_undefined`` counts draws whose metric does not exist (AUROC on a resample with one class only)."""
+
+    metric: str
+    estimate: float
+    low: float | None
+    high: float | None
+    n_boot: int
+    n_undefined: int
+    n_runs_a: int
+    n_runs_b: int
+    paired: bool
+    judgeable: bool
+
+    @property
+    def text(self) -> str:
+        """``+0.126 [-0.130, +0.380]``, or the estimate with "not enough seeds to judge" / "no interval"."""
+        return signed(self) if self.judgeable else f"{self.estimate:+.3f} (not enough seeds to judge)"
+
+
+def signed(iv: Interval | SeedInterval) -> str:
+    """A difference as text, signed: ``+0.126 [-0.130, +0.380]``; without a finite interval, say so."""
+    if iv.low is None or not (math.isfinite(iv.low) and math.isfinite(iv.high)):
+        return f"{iv.estimate:+.3f} (no interval: no resample held both classes)"
+    return f"{iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"
+
+
+def _run_draws(n_a: int, n_b: int, paired: bool, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resampled run indices of each arm, shapes (n_boot, n_a) and (n_boot, n_b).
+
+    A stream of its own, so the image draws stay those of ``bootstrap_metrics`` / ``paired_difference`` with
+    the same seed: ``rng = np.random.default_rng([seed, 1])``; paired: ``rng.integers(0, n, (n_boot, n))``
+    used for both arms (a draw keeps seed i of A with seed i of B); unpaired: A's draw, then B's."""
+    rng = np.random.default_rng([seed, 1])
+    runs_a = rng.integers(0, n_a, size=(n_boot, n_a))
+    return runs_a, (runs_a if paired else rng.integers(0, n_b, size=(n_boot, n_b)))
+
+
+def seed_paired_difference(
+    labels: Sequence[int],
+    runs_a: Sequence[np.ndarray],
+    runs_b: Sequence[np.ndarray],
+    metric: str = "auroc",
+    n_boot: int = DEFAULT_BOOT,
+    seed: int = DEFAULT_SEED,
+    groups: Sequence | None = None,
+    paired: bool | None = None,
+    min_runs: int = 3,
+    alpha: float = 0.05,
+) -> SeedInterval:
+    """Seed-mean ``metric`` of arm B minus that of arm A ("B minus A"), with an interval over test images
+    *and* training runs: the interval behind a claim that one setting beats another on this data.
+
+    ``paired_difference`` holds the trained models fixed, so its interval says nothing about whether
+    retraining with other seeds would give the same answer; with three seeds of AUROC 0.74 / 0.55 / 0.68
+    that second source of chance is usually the larger one. Here each of ``n_boot`` draws resamples the
+    runs of each arm with replacement (``_run_draws``; the same indices for both arms when ``paired``, i.e.
+    ``runs_a[i]`` and ``runs_b[i]`` were trained with the same seed) and the test images, or with ``groups``
+    the patients stratified by label (``resample``, the same draw for both arms), and recomputes the mean
+    metric of each arm's drawn runs on the drawn images. ``labels`` is (N,) 0/1; every run is (N,) P(COVID)
+    in the same image order. ``paired`` defaults to True iff both arms have the same number of runs.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"Unknown metric {metric!r}; one of {', '.join(METRICS)}.")
+    labels = np.asarray(labels)
+    a = np.atleast_2d(np.asarray(runs_a, float))
+    b = np.atleast_2d(np.asarray(runs_b, float))
+    if a.shape[1] != labels.size or b.shape[1] != labels.size:
+        raise ValueError(f"Predictions ({a.shape[1]}, {b.shape[1]} images) do not match the {labels.size} labels.")
+    n_a, n_b = len(a), len(b)
+    paired = n_a == n_b if paired is None else bool(paired)
+    if paired and n_a != n_b:
+        raise ValueError(f"Paired by seed needs the same runs in both arms, not {n_a} and {n_b}.")
+    estimate = float(np.mean([binary_metrics(labels, p)[metric] for p in b]) - np.mean([binary_metrics(labels, p)[metric] for p in a]))
+    if min(n_a, n_b) < min_runs:
+        return SeedInterval(metric, estimate, None, None, 0, 0, n_a, n_b, paired, False)
+    idx = resample(labels.size, groups, labels, n_boot, seed)
+    # (runs, n_boot): each run's metric on each image draw; a draw then averages the rows of its drawn runs
+    per_a = np.stack([metrics_on_resamples(labels, p, idx)[metric] for p in a])
+    per_b = np.stack([metrics_on_resamples(labels, p, idx)[metric] for p in b])
+    draw_a, draw_b = _run_draws(n_a, n_b, paired, n_boot, seed)
+    cols = np.arange(n_boot)[:, None]
+    diffs = per_b[draw_b, cols].mean(-1) - per_a[draw_a, cols].mean(-1)
+    iv = percentile_interval(estimate, diffs, alpha)
+    return SeedInterval(metric, estimate, iv.low, iv.high, iv.n_boot, iv.n_undefined, n_a, n_b, paired, True)
+
+
+def verdict(interval: SeedInterval, margin: float | None = None) -> str:
+    """What the seed-aware interval lets one say about B against A.
+
+    "better" / "worse": the interval excludes 0 (B above / below A; every metric here is higher-is-better).
+    "equivalent": both ends within ±``margin``, a margin that must have been fixed before the runs (one
+    chosen after seeing the interval proves nothing); without a margin there is no equivalence claim.
+    "not resolved": anything else, including no finite interval. "not enough seeds to judge": an arm has
+    too few runs for a seed-aware interval."""
+    if not interval.judgeable:
+        return "not enough seeds to judge"
+    low, high = interval.low, interval.high
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return "not resolved"
+    if low > 0:
+        return "better"
+    if high < 0:
+        return "worse"
+    if margin is not None and -margin <= low and high <= margin:
+        return "equivalent"
+    return "not resolved"
+
+
+def arm_differences(
+    labels: Sequence[int],
+    runs_a: Sequence[np.ndarray],
+    runs_b: Sequence[np.ndarray],
+    metrics: Sequence[str] = ("auroc", "acc"),
+    seeds_a: Sequence | None = None,
+    seeds_b: Sequence | None = None,
+    n_boot: int = DEFAULT_BOOT,
+    seed: int = DEFAULT_SEED,
+    groups: Sequence | None = None,
+    min_runs: int = 3,
+) -> tuple[dict[str, Interval], dict[str, SeedInterval]]:
+    """B minus A per metric, both ways a comparison is shown: (for these trained models, over seeds and test images).
+
+    The first (``paired_difference``, images only) is context; the second (``seed_paired_difference``) backs a
+    verdict. With the seed of every run given, the arms are paired by seed when both ran the same distinct seeds
+    (rows reordered so that row i of each is the same seed) and unpaired otherwise; without seeds,
+    ``seed_paired_difference``'s default applies (paired iff both have as many runs)."""
+    a, b = np.atleast_2d(np.asarray(runs_a, float)), np.atleast_2d(np.asarray(runs_b, float))
+    paired = None
+    if seeds_a is not None and seeds_b is not None:
+        sa, sb = [str(s) for s in seeds_a], [str(s) for s in seeds_b]
+        paired = sorted(sa) == sorted(sb) and len(set(sa)) == len(sa)
+        if paired:
+            a, b = a[np.argsort(sa, kind="stable")], b[np.argsort(sb, kind="stable")]
+    fixed = paired_difference(labels, b, a, metrics, n_boot, seed, groups=groups)
+    seeded = {m: seed_paired_difference(labels, a, b, m, n_boot, seed, groups=groups, paired=paired, min_runs=min_runs) for m in metrics}
+    return fixed, seeded
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -168,8 +168,12 @@ def test_sweep_into_runs_writes_each_runs_eval_area_once(tmp_path, scans, semise
              for k in (0, 1)]
     row = next(line for line in lines if line.startswith("| init=ct |"))
     assert row.split("|")[3].strip() == f"{auroc[1]:.3f}"
-    diff = next(line for line in lines if line.startswith("- init=ct − init=scratch on the same 20 images (patients resampled)"))
-    assert f"Δ auroc {auroc[1] - auroc[0]:+.3f}" in diff
+    at = next(i for i, line in enumerate(lines) if line.startswith("- init=ct − init=scratch on the same 20 images (patients resampled)"))
+    assert "1 / 1 runs, not paired by seed" in lines[at]  # seeds 0 and 1: no common seed
+    (diff,) = [line for line in lines[at + 1 : at + 4] if line.startswith("  - Δ auroc ")]
+    # one run per arm: the estimate, no seed-aware interval, and the interval for these two trained models
+    assert diff.startswith(f"  - Δ auroc {auroc[1] - auroc[0]:+.3f}: not enough seeds to judge;")
+    assert f"for these trained models {auroc[1] - auroc[0]:+.3f} [" in diff
     with pytest.raises(EvalError, match="never overwrites"):
         evaluate(config(scans, semiseg, tmp_path / "out2", f"ckpt={sweep}", "into_runs=true"))
     assert not (tmp_path / "out2").exists()

@@ -3,7 +3,7 @@
 Reads each run's ``eval/<set>/`` (training with ``eval_sets``, or ``evaluate.py ... into_runs=true`` for an old
 sweep) through covidnet.external_summary: per summary row, mean ± std over seeds; the same paired differences
 as the in-split ones (each init against scratch, each other setting against its reference level, the other
-factors held fixed), on the same external images.
+factors held fixed), on the same external images, with the same two intervals and verdict.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def label(factors: list[str], key: tuple[str, ...]) -> str:
 def external_section(ctx: Context) -> Section | None:
     factors = ctx.sweep.factors
     grouped = ctx.group_runs()
-    groups = {label(factors, key): [r.run_dir.path for r in runs if r.run_dir is not None] for key, runs in grouped.items()}
+    groups = {label(factors, key): runs for key, runs in grouped.items()}
     pairs = [(label(factors, key), label(factors, ref)) for _, key, ref in reference_pairs(ctx.sweep, grouped)]
-    lines = external_lines(groups, pairs, ctx.n_boot, ctx.seed)
+    lines = external_lines(groups, pairs, ctx.n_boot, ctx.seed, ctx.options.get("margins"))
     return Section("External sets: the best checkpoints on other CT data", lines) if lines else None

@@ -65,6 +65,11 @@ def with_ci(iv: stats.Interval) -> str:
     return f"{iv.estimate:.3f} [{fmt(iv.low)}, {fmt(iv.high)}]"
 
 
+def diff_ci(iv: stats.Interval | stats.SeedInterval) -> str:
+    """A difference in a table cell: ``stats.signed``, or "(not enough seeds)" for a seed-aware one without interval."""
+    return stats.signed(iv) if getattr(iv, "judgeable", True) else f"{iv.estimate:+.3f} (not enough seeds)"
+
+
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     clean = [[" ".join(str(c).split()).replace("|", "\\|") for c in row] for row in rows]
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + ["| " + " | ".join(r) + " |" for r in clean]

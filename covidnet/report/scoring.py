@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -75,8 +75,19 @@ def summary_rows(sweep: Sweep) -> list[dict]:
     return rows
 
 
+COMPARED = ("auroc", "acc")  # the metrics every comparison reports
+METRIC_NAMES = {"auroc": "AUROC", "acc": "accuracy"}
+MIN_RUNS = 3  # runs per arm below which no seed-aware interval is given (covidnet.stats.seed_paired_difference)
+
+
 @dataclass
 class Comparison:
+    """One level against its reference, arm minus reference, on the test images all their runs share.
+
+    ``seed_diffs`` (test images and runs resampled, covidnet.stats.seed_paired_difference) is the interval behind
+    the verdict; ``diffs`` (test images only) holds the trained models fixed and is shown labelled "for these
+    trained models". ``margins``: equivalence margins per metric, stated before the runs (none: no equivalence claim)."""
+
     context: str
     arm: str
     reference: str
@@ -85,23 +96,38 @@ class Comparison:
     n_images: int
     n_dropped: int
     diffs: dict[str, stats.Interval]
+    seed_diffs: dict[str, stats.SeedInterval]
+    margins: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def paired(self) -> bool:
+        return next(iter(self.seed_diffs.values())).paired
+
+    def verdict(self, metric: str) -> str:
+        return stats.verdict(self.seed_diffs[metric], self.margins.get(metric))
 
     def sentence(self, metric: str) -> str:
-        iv = self.diffs[metric]
-        name = {"auroc": "AUROC", "acc": "accuracy"}.get(metric, metric)
-        if not math.isfinite(iv.low):
-            return f"{name}: no interval (the test resamples never held both classes)."
-        span = f"95% CI {iv.low:+.3f} to {iv.high:+.3f}"
-        if iv.includes(0.0):
-            return (
-                f"{name}: {self.arm} minus {self.reference} = {iv.estimate:+.3f} ({span}). The interval includes zero: "
-                f"on these {self.n_images} test images this sweep does not show a difference between {self.arm} and {self.reference}."
-            )
-        direction = "higher" if iv.estimate > 0 else "lower"
-        return (
-            f"{name}: {self.arm} is {direction} than {self.reference} by {abs(iv.estimate):.3f} ({span}); "
-            f"the interval excludes zero."
-        )
+        """What the comparison lets one say, in words: the seed-aware verdict, then the fixed-model interval."""
+        si, iv = self.seed_diffs[metric], self.diffs[metric]
+        name, verdict, margin = METRIC_NAMES.get(metric, metric), self.verdict(metric), self.margins.get(metric)
+        head = f"{name}: {self.arm} minus {self.reference} = {si.estimate:+.3f}"
+        if verdict == "not enough seeds to judge":
+            claim = (f"not enough seeds to judge ({self.n_arm} / {self.n_reference} runs; a seed-aware interval needs at least "
+                     f"{MIN_RUNS} per arm), so no claim about {self.arm} against {self.reference}.")
+        elif si.low is None or not math.isfinite(si.low):
+            claim = "no interval (the test resamples never held both classes)."
+        else:
+            span = f"95% CI over seeds and test images {si.low:+.3f} to {si.high:+.3f}"
+            claim = {
+                "better": f"{span}: {self.arm} is better than {self.reference} (the interval excludes zero).",
+                "worse": f"{span}: {self.arm} is worse than {self.reference} (the interval excludes zero).",
+                "equivalent": f"{span}: equivalent within the ±{margin} margin stated before the runs (both ends inside it).",
+            }.get(verdict, f"{span}: not resolved (the interval includes zero" + (
+                f" and leaves the ±{margin} equivalence margin)." if margin is not None else
+                "; with no equivalence margin stated before the runs, this is no evidence of equality)."))
+        fixed = ("no interval for these trained models." if not math.isfinite(iv.low) else
+                 f"For these trained models (test images resampled only): {iv.low:+.3f} to {iv.high:+.3f}.")
+        return f"{head}; {claim} {fixed}"
 
 
 def level_name(factor: str, value: str) -> str:
@@ -126,9 +152,9 @@ def reference_pairs(sweep: Sweep, keys) -> list[tuple[str, tuple[str, ...], tupl
     return pairs
 
 
-def comparisons(sweep: Sweep, n_boot: int, seed: int) -> list[Comparison]:
+def comparisons(sweep: Sweep, n_boot: int, seed: int, margins: dict[str, float] | None = None) -> list[Comparison]:
     """Each level of each factor against that factor's reference level (init: ``scratch``), the other factors
-    held at the same values, on the test images all those runs share."""
+    held at the same values, on the test images all those runs share (``margins``: see ``Comparison``)."""
     groups = ordered_groups(sweep.complete, sweep.factors)
     out = []
     for factor, key, ref_key in reference_pairs(sweep, groups):
@@ -145,8 +171,10 @@ def comparisons(sweep: Sweep, n_boot: int, seed: int) -> list[Comparison]:
         labels = np.array([k[1] for k in common])
         a = np.stack([arrays(r, common)[1] for r in arm])
         b = np.stack([arrays(r, common)[1] for r in ref])
-        diffs = stats.paired_difference(labels, a, b, ("auroc", "acc"), n_boot, seed)
-        out.append(Comparison(context, arm_name, ref_name, len(arm), len(ref), len(common), len(union) - len(common), diffs))
+        diffs, seed_diffs = stats.arm_differences(labels, b, a, COMPARED, [r.seed for r in ref], [r.seed for r in arm], n_boot, seed,
+                                                  min_runs=MIN_RUNS)
+        out.append(Comparison(context, arm_name, ref_name, len(arm), len(ref), len(common), len(union) - len(common), diffs, seed_diffs,
+                              dict(margins or {})))
     return out
 
 

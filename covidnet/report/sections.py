@@ -26,8 +26,8 @@ from covidnet import stats
 from covidnet.report.cam import cam_section
 from covidnet.report.external import external_section
 from covidnet.report.figures import figures_section
-from covidnet.report.render import Context, Section, fmt, md_table, pm, with_ci
-from covidnet.report.scoring import group_key, sort_value
+from covidnet.report.render import Context, Section, diff_ci, fmt, md_table, pm, with_ci
+from covidnet.report.scoring import COMPARED, METRIC_NAMES, MIN_RUNS, group_key, sort_value
 from covidnet.report.sources import sources_section
 from covidnet.report.sweep import REFERENCE_INIT
 
@@ -67,22 +67,34 @@ def comparison_section(ctx: Context) -> Section:
             why, hint = "no two rows differ in one factor only, with one of them at that factor's reference level", "see the failed jobs below"
         return Section(title, [f"No comparison: {why} (inits with complete runs: {', '.join(inits) or 'none'}; in the sweep: {', '.join(swept)}); {hint}."])
     refs = ", ".join(f"{k}: {v}" for k, v in sweep.references.items() if k in sweep.factors)
+    margins = ", ".join(f"{METRIC_NAMES.get(m, m)} ±{v}" for m, v in comps[0].margins.items()) or "none stated, so no equivalence is claimed"
     intro = [f"Each init against {REFERENCE_INIT}, and each other swept setting against its reference level (the first value "
-             f"the sweep lists), the other factors held fixed. References: {refs}.", ""]
+             f"the sweep lists), the other factors held fixed. References: {refs}. Equivalence margins: {margins}.", ""]
     table = []
     for c in comps:
-        table.append([c.context, f"{c.arm} − {c.reference}", f"{c.n_arm} / {c.n_reference}", f"{c.n_images}" + (f" ({c.n_dropped} not in every run, left out)" if c.n_dropped else "")]
-                     + [with_ci(c.diffs[m]) for m in ("auroc", "acc")])
-    lines = intro + md_table(["other factors", "difference", "runs (arm / ref)", "test images", "Δ AUROC [95% CI]", "Δ accuracy [95% CI]"], table) + [""]
+        row = [c.context, f"{c.arm} − {c.reference}", f"{c.n_arm} / {c.n_reference}", "yes" if c.paired else "no",
+               f"{c.n_images}" + (f" ({c.n_dropped} not in every run, left out)" if c.n_dropped else "")]
+        for m in COMPARED:
+            row += [diff_ci(c.seed_diffs[m]), c.verdict(m), diff_ci(c.diffs[m])]
+        table.append(row)
+    header = ["other factors", "difference", "runs (arm / ref)", "paired by seed", "test images"]
+    for m in COMPARED:
+        name = "Δ " + METRIC_NAMES.get(m, m)
+        header += [f"{name} [95% CI over seeds and images]", "verdict", f"{name} for these trained models [95% CI]"]
+    lines = intro + md_table(header, table) + [""]
     for c in comps:
         prefix = f"{c.context}: " if len(comps) > 1 else ""
-        lines += [f"- {prefix}{c.sentence('auroc')}", f"- {prefix}{c.sentence('acc')}"]
+        lines += [f"- {prefix}{c.sentence(m)}" for m in COMPARED]
     lines += [
         "",
-        f"How: test images are paired by file name; on each of {ctx.n_boot} resamples of the test images (seed {ctx.seed}) every run's "
-        "metric is computed, averaged over the seeds of each arm, and the averages are subtracted. The estimate is the "
-        "difference of the seed means in the summary. The interval covers which test images were drawn; training "
-        "randomness enters only through the seeds that were run (their spread is the ± above), so few seeds make it optimistic.",
+        f"How: test images are paired by file name. The interval behind the verdict covers both sources of chance: on each of "
+        f"{ctx.n_boot} draws (seed {ctx.seed}) the runs of each arm are resampled with replacement (the same seeds for both arms "
+        "when both ran the same seeds: paired by seed) and so are the test images; each drawn run's metric is computed on "
+        "the drawn images and averaged per arm, and the averages are subtracted. Better / worse: the interval excludes 0; "
+        "equivalent: both ends inside a margin stated before the runs; an arm with fewer than "
+        f"{MIN_RUNS} runs gets no such interval (not enough seeds to judge). The estimate is the difference of the seed means "
+        "in the summary. The interval for these trained models resamples the test images only: it says how well these "
+        "particular models were measured, not whether retraining with other seeds would give the same answer.",
     ]
     return Section(title, lines)
 

@@ -39,6 +39,9 @@ class Run:
     params: dict[str, str] = field(default_factory=dict)  # the swept keys' values, filled by load_sweep
     points: dict[str, float] = field(default_factory=dict)
     intervals: dict[str, stats.Interval] = field(default_factory=dict)
+    # {set: (metrics.json, prediction rows)} for a run not read from its directory (a report rebuilt from its predictions)
+    evals: dict[str, tuple[dict, list[dict]]] | None = None
+    curves: dict[str, list[tuple[int, float]]] | None = None  # likewise: validation curves per tag, else read from TensorBoard
 
     @property
     def ok(self) -> bool:
@@ -48,6 +51,14 @@ class Run:
     def run_dir(self) -> RunDir | None:
         """The job's files (``eval_sets()``, ``read_eval()``, checkpoints), None for a job never started."""
         return RunDir(self.path) if self.path is not None else None
+
+    def eval_results(self) -> dict[str, tuple[dict, list[dict]]]:
+        """The run's external-set evaluations, ``{set: (metrics.json, prediction rows)}`` (covidnet.external_summary)."""
+        from covidnet.external_summary import eval_sets_of, read_eval
+
+        if self.evals is not None:
+            return self.evals
+        return {} if self.path is None else {name: read_eval(self.path, name) for name in eval_sets_of(self.path)}
 
     @property
     def seed(self) -> str:

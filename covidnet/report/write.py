@@ -10,6 +10,7 @@ from pathlib import Path
 
 from covidnet import stats
 from covidnet.atomic import atomic_path, write_text
+from covidnet.external_summary import margin_arg
 from covidnet.report.render import Context, render
 from covidnet.report.scoring import comparisons, run_rows, score_runs, summary_rows
 from covidnet.report.sections import build_sections
@@ -25,12 +26,16 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def write_report(sweep_dir: str | Path, cam: bool = False, n_boot: int = stats.DEFAULT_BOOT, seed: int = stats.DEFAULT_SEED,
-                 failures: dict[str, str] | None = None, cam_overrides: list[str] | None = None) -> Path:
-    """Write report.md, summary.csv, runs.csv and the figures into the sweep directory; return report.md's path."""
+                 failures: dict[str, str] | None = None, cam_overrides: list[str] | None = None,
+                 margins: dict[str, float] | None = None) -> Path:
+    """Write report.md, summary.csv, runs.csv and the figures into the sweep directory; return report.md's path.
+
+    ``margins``: equivalence margins per metric (``{"auroc": 0.05}``), stated before the runs; without one no
+    comparison is called equivalent."""
     sweep = load_sweep(sweep_dir, failures)
     score_runs(sweep, n_boot, seed)
-    ctx = Context(sweep, summary_rows(sweep), run_rows(sweep), comparisons(sweep, n_boot, seed), n_boot, seed,
-                  {"cam": cam, "cam_overrides": list(cam_overrides or [])})
+    ctx = Context(sweep, summary_rows(sweep), run_rows(sweep), comparisons(sweep, n_boot, seed, margins), n_boot, seed,
+                  {"cam": cam, "cam_overrides": list(cam_overrides or []), "margins": dict(margins or {})})
     sections = build_sections(ctx)  # may add columns to ctx.summary / ctx.runs
     write_csv(sweep.path / "summary.csv", ctx.summary)
     write_csv(sweep.path / "runs.csv", ctx.runs)
@@ -49,9 +54,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="a visualize.py setting for --cam, e.g. localize=../shared/data/covid-semiseg or device=cuda (repeatable)")
     parser.add_argument("--n-boot", type=int, default=stats.DEFAULT_BOOT, help="bootstrap resamples (default %(default)s)")
     parser.add_argument("--seed", type=int, default=stats.DEFAULT_SEED, help="bootstrap seed (default %(default)s)")
+    parser.add_argument("--margin", action="append", default=[], metavar="METRIC=VALUE", type=margin_arg,
+                        help="equivalence margin stated before the runs, e.g. auroc=0.05 (repeatable; none: no equivalence claim)")
     args = parser.parse_args(argv)
     try:
-        path = write_report(args.sweep_dir, cam=args.cam, n_boot=args.n_boot, seed=args.seed, cam_overrides=args.cam_set)
+        path = write_report(args.sweep_dir, cam=args.cam, n_boot=args.n_boot, seed=args.seed, cam_overrides=args.cam_set,
+                            margins=dict(args.margin))
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

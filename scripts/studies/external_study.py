@@ -5,10 +5,11 @@ with ``eval_sets=[...]`` or by ``evaluate.py ... into_runs=true``). Per group: m
 in-split test AUROC and accuracy (203 official test images), covid_ct_md slice AUROC (all, COVID vs normal,
 COVID vs CAP), patient AUROC (mean and top-k mean slice P(COVID)), semiseg sensitivity and mean P(COVID). Then
 covidnet.external_summary's per-set tables and the paired differences asked for (``--pair arm:ref``: on the same
-external images, patients resampled where the set has them).
+external images, patients resampled where the set has them): the interval over seeds and images behind the verdict,
+and the one for these trained models (``--margin auroc=0.05``: an equivalence margin stated before the runs).
 
-    python scripts/studies/external_study.py --group "scratch=/work/runs/lungs/data.field=full,data.source_aug=none,*" \\
-        --group "ct=/work/runs/frozen/init=ct,model.freeze=up_to_layer4,*" --pair ct:scratch
+    python scripts/studies/external_study.py --group "scratch=runs/lungs/data.field=full,data.source_aug=none,*" \\
+        --group "ct=runs/frozen/init=ct,model.freeze=up_to_layer4,*" --pair ct:scratch
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import glob
 from pathlib import Path
 
 from covidnet import stats
-from covidnet.external_summary import estimate, eval_sets_of, external_lines, read_eval
+from covidnet.external_summary import estimate, eval_sets_of, external_lines, margin_arg, read_eval
 from covidnet.run_dir import RunDir
 
 
@@ -48,6 +49,8 @@ def main(argv=None) -> None:
     p.add_argument("--group", action="append", required=True, help="label=glob of run directories")
     p.add_argument("--pair", action="append", default=[], help="arm:reference (group labels)")
     p.add_argument("--out", type=Path, help="also write the markdown here")
+    p.add_argument("--margin", action="append", default=[], metavar="METRIC=VALUE", type=margin_arg,
+                   help="equivalence margin stated before the runs, e.g. auroc=0.05 (repeatable)")
     args = p.parse_args(argv)
     groups: dict[str, list[Path]] = {}
     for spec in args.group:
@@ -68,7 +71,7 @@ def main(argv=None) -> None:
     lines += ["", "± = std over the group's runs (seeds). In-split: 203 official test images; MD: covid_ct_md (297 slices of 6 "
               "patients); SemiSeg: 50 COVID slices. Runs:", ""]
     lines += [f"- {label}: " + ", ".join(str(r) for r in runs) for label, runs in groups.items()]
-    lines += ["", *external_lines(groups, [tuple(x.split(":", 1)) for x in args.pair])]
+    lines += ["", *external_lines(groups, [tuple(x.split(":", 1)) for x in args.pair], margins=dict(args.margin))]
     text = "\n".join(lines)
     print(text)
     if args.out:

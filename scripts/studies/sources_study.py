@@ -9,7 +9,9 @@ Reads, does not train:
   patients was trained on) and on COVID-SemiSeg (``eval=semiseg``), and the mixed sweep likewise on semiseg.
 
 Writes ``<out>/summary.md`` and ``summary.json``: per arm mean ± std over seeds, and the paired difference
-mixed − baseline with 95 % bootstrap intervals (COVID-CT test images resampled; COVID-CT-MD patients resampled).
+mixed − baseline with two 95 % bootstrap intervals (COVID-CT test images resampled; COVID-CT-MD patients resampled):
+over seeds and images, paired by seed (covidnet.stats.seed_paired_difference), the one behind the verdict; and for
+these trained models (images or patients only). ``--margin auroc=0.05`` states an equivalence margin (before the runs).
 
     python scripts/studies/sources_study.py --mixed <sweep> --baseline <sweep> --baseline-filter bf16 --out docs/results/sources
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from covidnet import stats
+from covidnet.external_summary import margin_arg
 from covidnet.run_dir import RunDir
 
 MD = "covid_ct_md"
@@ -110,8 +113,8 @@ def ms(entry: dict, arm: str, metric: str) -> str:
     return f"{e['mean']:.3f} ± {e['std']:.3f}" if e["std"] is not None else f"{e['mean']:.3f}"
 
 
-def fmt_iv(iv: stats.Interval) -> str:
-    return f"{iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"
+def seed_cell(si: stats.SeedInterval) -> str:
+    return si.text if si.judgeable else f"{si.estimate:+.3f} (not enough seeds)"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,7 +126,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mixed-eval", type=Path, default=None, help="evaluate.py out_dir holding <job name>/semiseg/ of the mixed jobs")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--margin", action="append", default=[], metavar="METRIC=VALUE", type=margin_arg,
+                    help="equivalence margin stated before the runs, e.g. auroc=0.05 (repeatable; none: no equivalence claim)")
     a = ap.parse_args(argv)
+    margins = dict(a.margin)
 
     mix_ct, mix_md, _ = mixed_predictions(a.mixed)
     base_ct, base_md, meta = baseline_predictions(a.baseline, a.baseline_filter, a.baseline_eval)
@@ -153,25 +159,35 @@ def main(argv: list[str] | None = None) -> None:
         "# Several sources: COVID-CT only vs COVID-CT + COVID-CT-MD", "",
         f"Seeds {seeds}; mixed arm: `{a.mixed}`; baseline: `{a.baseline}` (jobs containing `{a.baseline_filter}`).",
         "Per arm: the metric per seed, mean ± std. Δ = mixed − baseline, seed-mean metric, 95 % paired bootstrap "
-        f"({a.n_boot} resamples; COVID-CT-MD: whole patients, stratified by label).", "",
-        "| level | n | baseline AUROC | mixed AUROC | Δ AUROC [95 % CI] | baseline acc | mixed acc | Δ acc [95 % CI] |",
-        "|---|---|---|---|---|---|---|---|",
+        f"({a.n_boot} resamples; COVID-CT-MD: whole patients, stratified by label). The interval over seeds and images "
+        "also resamples the seeds (paired: the same seeds for both arms) and is the one behind the verdict (better / worse: "
+        "excludes 0; equivalent: inside a margin stated before the runs"
+        + (f", here {', '.join(f'{m} ±{v}' for m, v in margins.items())}" if margins else ", none stated here") +
+        "; fewer than 3 seeds: not enough seeds to judge). The one for these trained models resamples images (patients) only.", "",
+        "| level | n | baseline AUROC | mixed AUROC | Δ AUROC [95 % CI over seeds and images] | verdict | Δ AUROC for these trained models "
+        "| baseline acc | mixed acc | Δ acc [95 % CI over seeds and images] | verdict | Δ acc for these trained models |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, (keys, labels, groups, mix, base) in levels.items():
         A, B = matrix(mix, keys, seeds), matrix(base, keys, seeds)
         per = {arm: [stats.binary_metrics(labels, p) for p in P] for arm, P in (("mixed", A), ("baseline", B))}
-        diff = stats.paired_difference(labels, A, B, ("auroc", "acc"), n_boot=a.n_boot, groups=groups)
+        # runs_a = baseline, runs_b = mixed: B minus A is mixed − baseline; row i of both is seed seeds[i]
+        fixed, seeded = stats.arm_differences(labels, B, A, ("auroc", "acc"), seeds, seeds, n_boot=a.n_boot, groups=groups)
         entry = {"n": len(keys), "n_covid": int(labels.sum()), "patients": len(set(groups)) if groups else None}
         for arm in ("baseline", "mixed"):
             for m in ("auroc", "acc", "sensitivity", "specificity"):
                 v = [float(r[m]) for r in per[arm]]
                 entry[f"{arm}_{m}"] = {"per_seed": v, "mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else None}
-        entry["delta"] = {m: {"estimate": iv.estimate, "low": iv.low, "high": iv.high} for m, iv in diff.items()}
+        entry["delta"] = {m: {"estimate": si.estimate, "low": si.low, "high": si.high, "verdict": stats.verdict(si, margins.get(m)),
+                              "paired_by_seed": si.paired, "margin": margins.get(m)} for m, si in seeded.items()}
+        entry["delta_for_these_trained_models"] = {m: {"estimate": iv.estimate, "low": iv.low, "high": iv.high} for m, iv in fixed.items()}
         result["levels"][name] = entry
 
         n = f"{len(keys)} ({entry['patients']} patients)" if groups else str(len(keys))
-        lines.append(f"| {name} | {n} | {ms(entry, 'baseline', 'auroc')} | {ms(entry, 'mixed', 'auroc')} | {fmt_iv(diff['auroc'])} | "
-                     f"{ms(entry, 'baseline', 'acc')} | {ms(entry, 'mixed', 'acc')} | {fmt_iv(diff['acc'])} |")
+        cells = [n]
+        for m in ("auroc", "acc"):
+            cells += [ms(entry, "baseline", m), ms(entry, "mixed", m), seed_cell(seeded[m]), entry["delta"][m]["verdict"], stats.signed(fixed[m])]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
     # per patient: mean slice P(COVID), seed-averaged, each arm
     patients = sorted(set(md_groups))

@@ -8,7 +8,8 @@
    to the first listed; no test number is read (<out>/selection.json).
 3. **Seeds 1 and 2** at each init's chosen setting into <out>/final, beside a copy of the seed-0 grid run; lr and
    backbone_lr_scale are left out of job names there, so the report pairs the two inits on the same test images.
-4. ``python -m covidnet.report <out>/final``.
+4. ``python -m covidnet.report <out>/final --margin auroc=0.05 --margin acc=0.06``: the equivalence margins
+   docs/transfer.md states before the runs; the report's verdicts use the interval over seeds and test images.
 
 A step already done (its files present) is not run again, so an interrupted study resumes where it stopped.
 
@@ -35,6 +36,7 @@ GRID = {
     "ct": [{"model.optimizer.lr": "3e-4", "model.backbone_lr_scale": "0.1"}, {"model.optimizer.lr": "3e-4", "model.backbone_lr_scale": "1.0"}],
 }
 CHOSEN_KEYS = ["model.optimizer.lr", "model.backbone_lr_scale"]
+MARGINS = {"auroc": 0.05, "acc": 0.06}  # equivalence margins, stated in docs/transfer.md before any run
 
 
 def step_seconds(repeats: int = 3) -> list[float]:
@@ -124,7 +126,8 @@ def main(argv=None) -> None:
             shutil.copytree(job(out / f"grid_{init}", init, chosen, 0), final / f"init={init},seed=0")
         if any(job(final, init, chosen, s) is None for s in (1, 2)):
             train(args, final, [*common, f"init={init}", "seed=1,2", *(f"{k}={v}" for k, v in chosen.items()), exclude])
-    subprocess.run([sys.executable, "-m", "covidnet.report", str(final)], cwd=ROOT, check=True)
+    margins = [f"--margin={m}={v}" for m, v in MARGINS.items()]
+    subprocess.run([sys.executable, "-m", "covidnet.report", str(final), *margins], cwd=ROOT, check=True)
 
 
 if __name__ == "__main__":
