@@ -177,10 +177,11 @@ def test_callback_twenty_times_without_hooks_or_gradients_left(run, tmp_path):
     assert {k: len(v) for k, v in events.items()} == {"cam_val/gradcam": 20, "cam_val/eigencam": 20}
 
 
-def test_callback_in_fit_validate_and_test(run, tmp_path):
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_lite0"])
+def test_callback_in_fit_validate_and_test(run, tmp_path, arch):
     cb = CamLogger(k=2, every_n_epochs=2)
     dm = run.datamodule
-    model = CovidClassifier(optimizer=functools.partial(torch.optim.SGD, lr=0.01))
+    model = CovidClassifier(arch=arch, optimizer=functools.partial(torch.optim.SGD, lr=0.01))
     trainer = small_trainer(tmp_path, cb, max_epochs=2, limit_train_batches=1, limit_val_batches=1, limit_test_batches=1,
                             num_sanity_val_steps=1)
     trainer.fit(model, datamodule=dm)  # sanity check skipped, epoch 0 skipped (interval), epoch 1 logged

@@ -26,11 +26,13 @@ from covidnet.predict import predict_probs
 from synthetic import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
+ARCHS = ("resnet18", "efficientnet_lite0")
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
-    """`python train.py -m seed=0,1 trainer=ddp trainer.accelerator=cpu trainer.devices=2`: two DDP jobs.
+    """`python train.py -m seed=0,1 model.arch=resnet18,efficientnet_lite0 trainer=ddp trainer.accelerator=cpu
+    trainer.devices=2`: four DDP jobs, both kinds of architecture.
 
     A multirun, because it is where DDP under Hydra breaks: Lightning relaunches rank 1 with the whole
     command line, and the second job inherits the first job's process group and rank variables.
@@ -44,7 +46,7 @@ def ddp_run(tmp_path_factory):
     test_list.write_text("\n".join(test_list.read_text().split()[:-1]) + "\n")  # 4 COVID + 3 non-COVID
     logs = tmp / "logs"
     cmd = [
-        sys.executable, str(ROOT / "train.py"), "-m", "seed=0,1", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+        sys.executable, str(ROOT / "train.py"), "-m", "seed=0,1", f"model.arch={','.join(ARCHS)}", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
         f"data.root={data}", f"paths.log_dir={logs}", "data.image_size=32", "data.batch_size=4", "trainer.max_epochs=1",
         "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", "++callbacks.cam=null",
         # fp32: the test metrics are compared exactly with a single-process fp32 evaluation (precision: test_hardware.py)
@@ -58,31 +60,33 @@ def ddp_run(tmp_path_factory):
     return sweeps[0], proc.stdout + proc.stderr
 
 
-def job_dir(sweep: Path, seed: int) -> Path:
-    """The job directory whose name has seed=<seed> among its overrides."""
-    (job,) = [p for p in sweep.iterdir() if p.is_dir() and f"seed={seed}" in p.name.split(",")]
+def job_dir(sweep: Path, seed: int, arch: str) -> Path:
+    """The job directory whose name has seed=<seed> and model.arch=<arch> among its overrides."""
+    (job,) = [p for p in sweep.iterdir() if p.is_dir() and {f"seed={seed}", f"model.arch={arch}"} <= set(p.name.split(","))]
     return job
 
 
 @pytest.mark.slow
 def test_each_job_runs_on_two_processes_in_its_own_directory(ddp_run):
     sweep, output = ddp_run
-    assert output.count("GLOBAL_RANK: 1") == 2 and "gloo" in output  # two processes per job
-    assert len([p for p in sweep.iterdir() if p.is_dir()]) == 2
-    for seed in (0, 1):
-        run = job_dir(sweep, seed)
+    assert output.count("GLOBAL_RANK: 1") == 4 and "gloo" in output  # two processes per job
+    assert len([p for p in sweep.iterdir() if p.is_dir()]) == 4
+    for seed, arch in ((s, a) for s in (0, 1) for a in ARCHS):
+        run = job_dir(sweep, seed, arch)
         assert (run / "train_ddp_process_1.log").is_file()  # rank 1 ran in this job's directory
         assert json.loads((run / "metrics.json").read_text())["seed"] == seed
+        assert json.loads((run / "metrics.json").read_text())["arch"] == arch
         assert not list(run.glob(".*.tmp"))
         assert len(list((run / "checkpoints").glob("epoch=*.ckpt"))) == 1
         assert (run / "checkpoints" / "last.ckpt").is_file()
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_test_metrics_equal_a_single_process_evaluation(ddp_run, seed):
+def test_test_metrics_equal_a_single_process_evaluation(ddp_run, seed, arch):
     sweep, _ = ddp_run
-    run = job_dir(sweep, seed)
+    run = job_dir(sweep, seed, arch)
     metrics = json.loads((run / "metrics.json").read_text())
     model, dm_hparams = load_checkpoint(metrics["best_checkpoint"])
     dm = CovidCTDataModule(**dm_hparams)

@@ -162,7 +162,7 @@ def test_trained_checkpoint_rebuilds_alone_predicts_as_the_run_and_draws_cams(sy
         rows = list(csv.DictReader(f))
     assert [float(r["prob_covid"]) for r in rows] == pytest.approx(probs.tolist(), abs=1e-5)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        vcfg = compose("visualize", overrides=[f"ckpt={metrics['best_checkpoint']}", f"data.root={synthetic_root}",
+        vcfg = compose("visualize", overrides=[f"ckpt='{metrics['best_checkpoint']}'", f"data.root={synthetic_root}",
                                                f"out_dir={tmp_path / 'cams'}", "n_per_class=2", "score_images=figure"])
     result = visualize(vcfg)
     assert (tmp_path / "cams").is_dir() and result
