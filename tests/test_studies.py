@@ -1,0 +1,101 @@
+"""The study scripts (scripts/studies/): their claims come from the seed-aware interval, and a study's committed
+predictions recompute its summary without the runs."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "studies" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_csv(path: Path, header: list[str], rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def job(path: Path, seed: int, fold: int = 0) -> Path:
+    (path / ".hydra").mkdir(parents=True)
+    OmegaConf.save({"data": {"fold": fold}}, path / ".hydra" / "config.yaml")
+    (path / "metrics.json").write_text(json.dumps({"seed": seed}))
+    return path
+
+
+def two_sweeps(tmp: Path) -> tuple[Path, Path]:
+    """A mixed sweep (2 folds x 3 seeds, each fold holding out two of four COVID-CT-MD patients) and a baseline sweep
+    (3 seeds, evaluated on all four patients and on SemiSeg): the mixed arm is better on COVID-CT in every seed."""
+    rng = np.random.default_rng(0)
+    ct = [(f"ct{i}.png", i % 2) for i in range(60)]
+    md = [(f"{p}/s{j}.dcm", p, int(p.startswith("c")), "COVID" if p.startswith("c") else "normal", str(j % 2))
+          for p in ("c1", "c2", "n1", "n2") for j in range(4)]
+    held_out = {0: {"c1", "n1"}, 1: {"c2", "n2"}}
+    semi = [f"semi{i}.jpg" for i in range(10)]
+    mixed, baseline = tmp / "mixed", tmp / "baseline"
+    for seed in range(3):
+        for fold in (0, 1):
+            j = job(mixed / f"data.fold={fold},seed={seed}", seed, fold)
+            rows = [(f, y, f"{np.clip(0.6 * y + 0.4 * rng.random(), 0, 1):.6f}", "covid_ct", "") for f, y in ct]
+            rows += [(f"covid_ct_md/{k}", y, f"{rng.random():.6f}", "covid_ct_md", p) for k, p, y, _, _ in md if p in held_out[fold]]
+            write_csv(j / "predictions_test.csv", ["file", "label", "prob_covid", "source", "patient"], rows)
+            write_csv(j / "eval" / "semiseg" / "predictions.csv", ["path", "prob_covid"], [(k, f"{rng.random():.6f}") for k in semi])
+        j = job(baseline / f"seed={seed}", seed)
+        write_csv(j / "predictions_test.csv", ["file", "label", "prob_covid"],
+                  [(f, y, f"{np.clip(0.1 * y + 0.9 * rng.random(), 0, 1):.6f}") for f, y in ct])
+        write_csv(j / "eval" / "covid_ct_md" / "predictions.csv", ["path", "prob_covid", "patient", "label", "diagnosis", "slice_label"],
+                  [(k, f"{rng.random():.6f}", p, y, d, sl) for k, p, y, d, sl in md])
+        write_csv(j / "eval" / "semiseg" / "predictions.csv", ["path", "prob_covid"], [(k, f"{rng.random():.6f}") for k in semi])
+    return mixed, baseline
+
+
+def test_sources_study_verdicts_come_from_the_seed_aware_interval_and_rebuild_from_its_predictions(tmp_path, capsys):
+    study = script("sources_study")
+    mixed, baseline = two_sweeps(tmp_path)
+    out = tmp_path / "out"
+    study.main(["--mixed", str(mixed), "--baseline", str(baseline), "--out", str(out), "--n-boot", "200", "--margin", "auroc=0.05"])
+    text = (out / "summary.md").read_text()
+    result = json.loads((out / "summary.json").read_text())
+    ct = result["levels"]["COVID-CT test (images)"]
+    assert result["seeds"] == [0, 1, 2] and ct["delta"]["auroc"]["paired_by_seed"]
+    assert ct["delta"]["auroc"]["verdict"] == "better" and ct["delta"]["auroc"]["low"] > 0
+    # the seed-aware interval is at least as wide as the one for these trained models, and both are in the table
+    fixed = ct["delta_for_these_trained_models"]["auroc"]
+    assert ct["delta"]["auroc"]["estimate"] == fixed["estimate"]
+    row = next(line for line in text.splitlines() if line.startswith("| COVID-CT test (images) |"))
+    assert "| better |" in row and f"{fixed['low']:+.3f}, {fixed['high']:+.3f}]" in row
+    assert "Δ AUROC [95 % CI over seeds and images] | verdict | Δ AUROC for these trained models" in text
+    assert "here auroc ±0.05" in text
+    assert len(result["semiseg_sensitivity"]["mixed"]) == 6 and len(result["semiseg_sensitivity"]["baseline"]) == 3
+
+    # predictions.csv: file name, label and P(COVID) per run, enough to recompute the same summary without the sweeps
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [sum(r["set"] == s for r in rows) for s in ("covid_ct_test", "covid_ct_md", "semiseg")] == [60, 16, 10]
+    copy = tmp_path / "committed"
+    copy.mkdir()
+    for name in ("predictions.csv", "summary.json"):
+        shutil.copy(out / name, copy / name)
+    shutil.rmtree(mixed)
+    shutil.rmtree(baseline)
+    capsys.readouterr()
+    study.main(["--from-predictions", "--out", str(copy), "--n-boot", "200", "--margin", "auroc=0.05"])
+    assert (copy / "summary.md").read_text() == text
+    assert json.loads((copy / "summary.json").read_text()) == result
+    assert (copy / "predictions.csv").read_text() == (out / "predictions.csv").read_text()
