@@ -95,7 +95,45 @@ def test_sources_study_verdicts_come_from_the_seed_aware_interval_and_rebuild_fr
     shutil.rmtree(mixed)
     shutil.rmtree(baseline)
     capsys.readouterr()
-    study.main(["--from-predictions", "--out", str(copy), "--n-boot", "200", "--margin", "auroc=0.05"])
+    study.main(["--from-predictions", "--out", str(copy)])  # the recorded resamples and margins
     assert (copy / "summary.md").read_text() == text
     assert json.loads((copy / "summary.json").read_text()) == result
     assert (copy / "predictions.csv").read_text() == (out / "predictions.csv").read_text()
+
+
+def test_rebuild_results_recomputes_every_folder_with_predictions_and_lists_the_others(tmp_path, capsys):
+    from covidnet.report import write_report
+
+    results = tmp_path / "results"
+    sweep = results / "sweep"
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 10)
+    for init in ("scratch", "imagenet"):
+        for seed in range(3):
+            j = sweep / f"init={init},seed={seed}"
+            (j / ".hydra").mkdir(parents=True)
+            OmegaConf.save(OmegaConf.create([f"init={init}", f"seed={seed}"]), j / ".hydra" / "overrides.yaml")
+            (j / "metrics.json").write_text(json.dumps({"seed": seed, "init": init, "best_epoch": 1}))
+            write_csv(j / "predictions_test.csv", ["file", "label", "prob_covid"], [(f"i{k}.png", y, f"{rng.random():.6f}") for k, y in enumerate(labels)])
+    write_report(sweep, n_boot=50)
+    for j in [p for p in sweep.iterdir() if p.is_dir()]:
+        shutil.rmtree(j)  # what is committed: the report folder without its job directories
+    (sweep / "summary.csv").unlink()
+    study = script("sources_study")
+    mixed, baseline = two_sweeps(tmp_path)
+    study.main(["--mixed", str(mixed), "--baseline", str(baseline), "--out", str(results / "sources"), "--n-boot", "50"])
+    (results / "sources" / "summary.md").write_text("stale\n")
+    (results / "old").mkdir()
+    (results / "old" / "report.md").write_text("# a report whose runs are gone\n")
+    capsys.readouterr()
+
+    rebuild = script("rebuild_results")
+    assert rebuild.main([str(results), "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert f"would rebuild (sweep report): {sweep}" in listed and f"would rebuild (sources study): {results / 'sources'}" in listed
+    assert f"not recomputable (no predictions committed beside it): {results / 'old' / 'report.md'}" in listed
+    assert not (sweep / "summary.csv").exists()
+    assert rebuild.main([str(results)]) == 0
+    assert [r["init"] for r in csv.DictReader(open(sweep / "summary.csv"))] == ["scratch", "imagenet"]
+    assert "Several sources" in (results / "sources" / "summary.md").read_text()
+    assert (results / "old" / "report.md").read_text() == "# a report whose runs are gone\n"

@@ -175,6 +175,12 @@ def write_inputs(inputs: Inputs, path: Path) -> None:
             w.writerow(["semiseg", k, 1, "", "", "", *([""] * len(per_seed)), *(repr(p[k]) if k in p else "" for p in per_job.values())])
 
 
+def recorded_settings(folder: Path) -> dict:
+    """The bootstrap resamples and margins an earlier run recorded in ``folder``/summary.json (``{}`` if none)."""
+    summary = folder / "summary.json"
+    return {k: v for k, v in json.loads(summary.read_text()).items() if k in ("n_boot", "margins")} if summary.is_file() else {}
+
+
 def read_inputs(folder: Path) -> Inputs:
     """The inputs an earlier run of this script wrote into ``folder`` (predictions.csv; the header from summary.json)."""
     if not (folder / PREDICTIONS).is_file():
@@ -221,19 +227,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--baseline-eval", type=Path, default=None, help="evaluate.py out_dir holding <job name>/<set>/ of the baseline jobs")
     ap.add_argument("--mixed-eval", type=Path, default=None, help="evaluate.py out_dir holding <job name>/semiseg/ of the mixed jobs")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--n-boot", type=int, default=2000)
-    ap.add_argument("--margin", action="append", default=[], metavar="METRIC=VALUE", type=margin_arg,
-                    help="equivalence margin stated before the runs, e.g. auroc=0.05 (repeatable; none: no equivalence claim)")
+    ap.add_argument("--n-boot", type=int, help="bootstrap resamples (default 2000; with --from-predictions, as recorded)")
+    ap.add_argument("--margin", action="append", metavar="METRIC=VALUE", type=margin_arg,
+                    help="equivalence margin stated before the runs, e.g. auroc=0.05 (repeatable; none: no equivalence claim; "
+                         "with --from-predictions, as recorded)")
     ap.add_argument("--from-predictions", action="store_true", help=f"recompute from the {PREDICTIONS} a previous run wrote into --out")
     a = ap.parse_args(argv)
     if not a.from_predictions and (a.mixed is None or a.baseline is None):
         ap.error("--mixed and --baseline are required (or --from-predictions)")
-    margins = dict(a.margin)
+    recorded = recorded_settings(a.out) if a.from_predictions else {}
+    a.n_boot = a.n_boot if a.n_boot is not None else recorded.get("n_boot", 2000)
+    margins = dict(a.margin) if a.margin is not None else recorded.get("margins", {})
 
     inputs = read_inputs(a.out) if a.from_predictions else from_sweeps(a)
     seeds, meta, mix_ct, base_ct, mix_md, base_md = inputs.seeds, inputs.meta, inputs.mix_ct, inputs.base_ct, inputs.mix_md, inputs.base_md
     ct_keys, md_keys = list(inputs.ct_label), list(meta)
-    result: dict = {"inputs": inputs.source, "seeds": seeds, "n_covid_ct_test": len(ct_keys), "n_md_slices": len(md_keys), "levels": {}}
+    result: dict = {"inputs": inputs.source, "n_boot": a.n_boot, "margins": margins, "seeds": seeds, "n_covid_ct_test": len(ct_keys), "n_md_slices": len(md_keys), "levels": {}}
 
     levels = {"COVID-CT test (images)": (ct_keys, np.asarray([inputs.ct_label[k] for k in ct_keys]), None, mix_ct, base_ct)}
     md_labels = np.asarray([meta[k]["label"] for k in md_keys])
