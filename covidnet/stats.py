@@ -233,7 +233,6 @@ class SeedInterval:
     nothing about training randomness, so no interval is given (``low``/``high`` None, ``n_boot`` 0).
     ``n_undefined`` counts draws whose metric does not exist (AUROC on a resample with one class only)."""
 
-    metric: str
     estimate: float
     low: float | None
     high: float | None
@@ -243,6 +242,7 @@ class SeedInterval:
     n_runs_b: int
     paired: bool
     judgeable: bool
+    metric: str = ""
 
     @property
     def text(self) -> str:
@@ -305,7 +305,7 @@ def seed_paired_difference(
         raise ValueError(f"Paired by seed needs the same runs in both arms, not {n_a} and {n_b}.")
     estimate = float(np.mean([binary_metrics(labels, p)[metric] for p in b]) - np.mean([binary_metrics(labels, p)[metric] for p in a]))
     if min(n_a, n_b) < min_runs:
-        return SeedInterval(metric, estimate, None, None, 0, 0, n_a, n_b, paired, False)
+        return SeedInterval(estimate, None, None, 0, 0, n_a, n_b, paired, False, metric)
     idx = resample(labels.size, groups, labels, n_boot, seed)
     # (runs, n_boot): each run's metric on each image draw; a draw then averages the rows of its drawn runs
     per_a = np.stack([metrics_on_resamples(labels, p, idx)[metric] for p in a])
@@ -314,7 +314,7 @@ def seed_paired_difference(
     cols = np.arange(n_boot)[:, None]
     diffs = per_b[draw_b, cols].mean(-1) - per_a[draw_a, cols].mean(-1)
     iv = percentile_interval(estimate, diffs, alpha)
-    return SeedInterval(metric, estimate, iv.low, iv.high, iv.n_boot, iv.n_undefined, n_a, n_b, paired, True)
+    return SeedInterval(estimate, iv.low, iv.high, iv.n_boot, iv.n_undefined, n_a, n_b, paired, True, metric)
 
 
 def verdict(interval: SeedInterval, margin: float | None = None) -> str:
