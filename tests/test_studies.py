@@ -137,3 +137,44 @@ def test_rebuild_results_recomputes_every_folder_with_predictions_and_lists_the_
     assert [r["init"] for r in csv.DictReader(open(sweep / "summary.csv"))] == ["scratch", "imagenet"]
     assert "Several sources" in (results / "sources" / "summary.md").read_text()
     assert (results / "old" / "report.md").read_text() == "# a report whose runs are gone\n"
+
+
+def test_external_study_tables_recompute_from_their_predictions(tmp_path):
+    """Two groups from different sweeps (job names that repeat across them), evaluated on an external set with
+    patients: the pair's seed-aware verdict, and the same markdown again from the predictions folder alone."""
+    rng = np.random.default_rng(4)
+    ct_labels = np.repeat([0, 1], 15)
+    patients = [f"{d}{i}" for d in ("c", "n") for i in range(4)]
+    md = [(f"{p}/s{j}.dcm", p, int(p.startswith("c")), "COVID" if p.startswith("c") else "normal") for p in patients for j in range(3)]
+    for sweep, skill in (("a", 0.05), ("b", 0.8)):
+        for seed in range(3):
+            j = job(tmp_path / sweep / f"seed={seed}", seed)
+            probs = np.clip(skill * ct_labels + (1 - skill) * rng.random(ct_labels.size), 0, 1)
+            write_csv(j / "predictions_test.csv", ["file", "label", "prob_covid"], [(f"i{k}.png", y, f"{p:.6f}") for k, (y, p) in enumerate(zip(ct_labels, probs))])
+            block = {"metrics": {m: {"estimate": 0.5} for m in ("auroc", "acc", "sensitivity", "specificity")}, "mean_prob_covid": {"estimate": 0.4}}
+            (j / "metrics.json").write_text(json.dumps({"seed": seed, "test": {"test/auroc": 0.7, "test/acc": 0.6}}))
+            out = j / "eval" / "covid_ct_md"
+            out.mkdir(parents=True)
+            (out / "metrics.json").write_text(json.dumps({"kind": "dicom", "root": "/somewhere/data", "n_images": len(md), "n_patients": 8,
+                                                         "images": {"all": block, "COVID vs normal": block},
+                                                         "patients": {"mean": {"all": block}, "top5_mean": {"all": block}}}))
+            write_csv(out / "predictions.csv", ["path", "patient", "label", "diagnosis", "prob_covid"],
+                      [(k, p, y, d, f"{np.clip(skill * y + (1 - skill) * rng.random(), 0, 1):.6f}") for k, p, y, d in md])
+    study = script("external_study")
+    first = tmp_path / "docs" / "external.md"
+    study.main(["--group", f"scratch={tmp_path / 'a' / '*'}", "--group", f"ct={tmp_path / 'b' / '*'}", "--pair", "ct:scratch",
+                "--margin", "auroc=0.05", "--n-boot", "100", "--out", str(first)])
+    text = first.read_text()
+    at = text.index("- ct − scratch on the same 24 images (patients resampled), 3 / 3 runs, paired by seed:")
+    assert text[at:].splitlines()[1].startswith("  - Δ auroc +") and ": better; for these trained models +" in text[at:].splitlines()[1]
+    bundle = tmp_path / "docs" / "external"
+    with open(bundle / "predictions.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert header[:4] == ["set", "path", "label", "patient"] and sorted(header[4:]) == sorted(f"{g}/seed={s}" for g in ("ct", "scratch") for s in range(3))
+    assert "/somewhere/data" not in (bundle / "jobs.json").read_text()  # the evaluating machine's data path is not kept
+
+    shutil.rmtree(tmp_path / "a")
+    shutil.rmtree(tmp_path / "b")
+    again = tmp_path / "again.md"
+    study.main(["--from-predictions", str(bundle), "--out", str(again)])
+    assert again.read_text().splitlines()[:-1] == text.splitlines()[:-1]  # all but the line naming the command

@@ -11,7 +11,7 @@ also writes, beside report.md:
 - ``jobs.json``: the sweep (its name, command, swept factors and reference levels, the report's bootstrap settings and
   equivalence margins) and per job what the report reads besides predictions: status and message, overrides,
   the metrics.json entries in ``METRIC_KEYS``, the config entries in ``CONFIG_KEYS`` (the settings the report's
-  header shows), validation curves, and per external set the parts of its metrics.json that the external tables read.
+  header shows), validation curves, and per external set its metrics.json (counts and metrics per subset).
 
 ``python -m covidnet.report --from-predictions <folder>`` reads them back (``load_bundle``) and rewrites report.md,
 summary.csv, runs.csv, the figures and these two files; with the recorded bootstrap settings the numbers are the
@@ -32,21 +32,18 @@ PREDICTIONS = "predictions.csv"
 JOBS = "jobs.json"
 TEST_SET = "test"
 FORMAT = 1
-# metrics.json entries the report reads (summary columns, per-source section, data-efficiency figure, seed)
-METRIC_KEYS = ("seed", "init", "best_epoch", "epochs_trained", "best_val_score", "fit_seconds", "train_images", "test_by_source")
+# metrics.json entries the report reads (summary columns, per-source section, data-efficiency figure, seed), and
+# the test metrics training logged (scripts/studies/external_study.py's in-split columns)
+METRIC_KEYS = ("seed", "init", "best_epoch", "epochs_trained", "best_val_score", "fit_seconds", "train_images", "test_by_source", "test")
 # config entries the report reads: the settings its header shows, and the init a job without an override had
 CONFIG_KEYS = (*SETTING_KEYS, "model.init")
 _MISSING = object()
 
 
 def _eval_part(metrics: dict) -> dict:
-    """The parts of an external set's metrics.json that covidnet.external_summary's tables read."""
-    out = {k: metrics.get(k) for k in ("kind", "n_images", "n_covid", "n_patients")}
-    out["images"] = {"all": dig(metrics, "images.all")}
-    mean = dig(metrics, "patients.mean.all")
-    if "patients" in metrics:
-        out["patients"] = {"mean": {"all": mean}}
-    return out
+    """An external set's metrics.json without what only describes the machine that evaluated (``root``, ``notes``):
+    its counts, and the metrics per image subset and per patient aggregation that the external tables read."""
+    return {k: v for k, v in metrics.items() if k not in ("root", "notes")}
 
 
 def _settings(config: dict) -> dict:
@@ -65,7 +62,8 @@ def _settings(config: dict) -> dict:
 
 
 def write_bundle(sweep: Sweep, folder: Path, options: dict) -> None:
-    """predictions.csv and jobs.json of ``sweep`` into ``folder`` (``options``: n_boot, seed, margins of the report)."""
+    """predictions.csv and jobs.json of ``sweep`` into ``folder``. ``options``: what the report was written with
+    (n_boot, seed, margins; a study may add its own), recorded as given."""
     from covidnet.report.figures import read_curves
 
     columns: dict[tuple[str, str], dict] = {}  # (set, path) -> {"label", "patient", job: prob}
@@ -73,7 +71,7 @@ def write_bundle(sweep: Sweep, folder: Path, options: dict) -> None:
     for r in sweep.runs:
         for (path, label), prob in r.predictions.items():
             columns.setdefault((TEST_SET, path), {"label": label, "patient": ""})[r.name] = prob
-        evals = r.eval_results() if r.ok else {}
+        evals = r.eval_results()
         for name, (_, rows) in evals.items():
             if name == TEST_SET:
                 raise ReportError(f"{r.name}: an external set named {TEST_SET!r} would mix with the test split in {PREDICTIONS}.")
@@ -100,7 +98,7 @@ def write_bundle(sweep: Sweep, folder: Path, options: dict) -> None:
         for (set_name, path), cell in columns.items():
             w.writerow([set_name, path, cell["label"], cell["patient"], *(repr(cell[n]) if n in cell else "" for n in names)])
     record = {"format": FORMAT, "sweep": sweep.name or sweep.path.name, "command": sweep.command, "factors": sweep.factors, "references": sweep.references,
-              "report": {"n_boot": options.get("n_boot"), "seed": options.get("seed"), "margins": options.get("margins") or {}},
+              "report": {"margins": {}, **options},
               "jobs": jobs}
     write_text(folder / JOBS, json.dumps(record, indent=1) + "\n")
 
