@@ -178,3 +178,7 @@ def test_external_study_tables_recompute_from_their_predictions(tmp_path):
     again = tmp_path / "again.md"
     study.main(["--from-predictions", str(bundle), "--out", str(again)])
     assert again.read_text().splitlines()[:-1] == text.splitlines()[:-1]  # all but the line naming the command
+    # the folder-wide rebuild finds it too, and rewrites the file beside its folder
+    first.write_text("stale\n")
+    assert script("rebuild_results").main([str(tmp_path / "docs")]) == 0
+    assert first.read_text().splitlines()[:-1] == text.splitlines()[:-1]

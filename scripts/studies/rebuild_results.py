@@ -4,6 +4,8 @@
   ``python -m covidnet.report --from-predictions <folder>``, with the bootstrap settings and margins it records.
 - A several-sources study folder (``summary.md`` with ``predictions.csv`` and ``summary.json``) is recomputed by
   ``python scripts/studies/sources_study.py --from-predictions --out <folder>``.
+- An external-study folder (``predictions.csv`` and ``jobs.json`` recording its groups) recomputes the markdown file
+  beside it, named as the folder: ``python scripts/studies/external_study.py --from-predictions <folder> --out <folder>.md``.
 - Any other folder holding a report (a ``.md`` file other than a README) has no committed predictions: it is listed as not
   recomputable, and nothing in it is changed.
 
@@ -22,7 +24,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SWEEP, SOURCES = "sweep report", "sources study"
+SWEEP, SOURCES, EXTERNAL = "sweep report", "sources study", "external study"
 
 
 def kind_of(folder: Path) -> str | None:
@@ -30,7 +32,7 @@ def kind_of(folder: Path) -> str | None:
     if not (folder / "predictions.csv").is_file():
         return None
     if (folder / "jobs.json").is_file():
-        return SWEEP
+        return EXTERNAL if "groups" in json.loads((folder / "jobs.json").read_text()).get("report", {}) else SWEEP
     summary = folder / "summary.json"
     if summary.is_file() and "levels" in json.loads(summary.read_text()):
         return SOURCES
@@ -39,14 +41,21 @@ def kind_of(folder: Path) -> str | None:
 
 def survey(root: Path) -> tuple[dict[Path, str], list[Path]]:
     """(rebuildable folders and their kind, report files in folders without predictions)."""
-    rebuildable, missing = {}, []
-    for folder in sorted({root, *(p for p in root.rglob("*") if p.is_dir())}):
-        kind = kind_of(folder)
-        if kind:
-            rebuildable[folder] = kind
-        else:
-            missing += sorted(p for p in folder.glob("*.md") if p.name != "README.md")
+    folders = sorted({root, *(p for p in root.rglob("*") if p.is_dir())})
+    rebuildable = {folder: kind for folder in folders if (kind := kind_of(folder))}
+    written = {folder.with_suffix(".md") for folder, kind in rebuildable.items() if kind == EXTERNAL}  # beside its folder
+    missing = [p for folder in folders if folder not in rebuildable
+               for p in sorted(folder.glob("*.md")) if p.name != "README.md" and p not in written]
     return rebuildable, missing
+
+
+def study(name: str):
+    """A study script of this folder as a module (they are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def rebuild(folder: Path, kind: str) -> None:
@@ -54,13 +63,12 @@ def rebuild(folder: Path, kind: str) -> None:
         from covidnet.report import write_report
 
         write_report(folder, from_predictions=True)
-    else:
-        spec = importlib.util.spec_from_file_location("sources_study", Path(__file__).with_name("sources_study.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["sources_study"] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints the summary it writes
-            module.main(["--from-predictions", "--out", str(folder)])
+        return
+    with contextlib.redirect_stdout(io.StringIO()):  # the studies print what they write
+        if kind == SOURCES:
+            study("sources_study").main(["--from-predictions", "--out", str(folder)])
+        else:
+            study("external_study").main(["--from-predictions", str(folder), "--out", str(folder.with_suffix(".md"))])
 
 
 def main(argv: list[str] | None = None) -> int:
