@@ -207,20 +207,37 @@ def paired_difference(
     image) whole patients are drawn. Note the direction: A minus B. Training randomness is not in this
     interval; for a claim about the settings use ``seed_paired_difference`` (B minus A).
     """
+    point_a, point_b, boot_a, boot_b = _arm_metrics(labels, probs_a, probs_b, n_boot, seed, groups)
+    return {m: _fixed_interval(point_a[m], point_b[m], boot_a[m], boot_b[m], alpha) for m in metrics}
+
+
+def _arms(labels: Sequence[int], runs_a, runs_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """labels and both arms as arrays, (runs, images) each, checked against each other."""
     labels = np.asarray(labels)
-    a = np.atleast_2d(np.asarray(probs_a, float))
-    b = np.atleast_2d(np.asarray(probs_b, float))
+    a, b = np.atleast_2d(np.asarray(runs_a, float)), np.atleast_2d(np.asarray(runs_b, float))
     if a.shape[1] != labels.size or b.shape[1] != labels.size:
         raise ValueError(f"Predictions ({a.shape[1]}, {b.shape[1]} images) do not match the {labels.size} labels.")
+    return labels, a, b
+
+
+def _arm_metrics(labels, runs_a, runs_b, n_boot: int, seed: int, groups) -> tuple[dict, dict, dict, dict]:
+    """Every metric of every run of both arms on all images and on the same image (or patient) resamples:
+    what both intervals of a comparison are computed from (``_run_metrics``)."""
+    labels, a, b = _arms(labels, runs_a, runs_b)
     idx = resample(labels.size, groups, labels, n_boot, seed)
+    return _run_metrics(labels, a, None), _run_metrics(labels, b, None), _run_metrics(labels, a, idx), _run_metrics(labels, b, idx)
 
-    def arm_mean(probs: np.ndarray, rows) -> dict[str, np.ndarray]:
-        per_run = [binary_metrics(labels, p) if rows is None else metrics_on_resamples(labels, p, rows) for p in probs]
-        return {m: np.mean([r[m] for r in per_run], axis=0) for m in metrics}
 
-    point_a, point_b = arm_mean(a, None), arm_mean(b, None)
-    boot_a, boot_b = arm_mean(a, idx), arm_mean(b, idx)
-    return {m: percentile_interval(float(point_a[m] - point_b[m]), boot_a[m] - boot_b[m], alpha) for m in metrics}
+def _fixed_interval(point_a: np.ndarray, point_b: np.ndarray, boot_a: np.ndarray, boot_b: np.ndarray, alpha: float) -> Interval:
+    """Seed-mean A minus seed-mean B on the same resamples, the runs held fixed (``paired_difference``)."""
+    return percentile_interval(float(point_a.mean() - point_b.mean()), boot_a.mean(0) - boot_b.mean(0), alpha)
+
+
+def _run_metrics(labels: np.ndarray, runs: np.ndarray, resamples) -> dict[str, np.ndarray]:
+    """Every metric of every run (rows of ``runs``): shape (runs,) on all images (``resamples`` None), else
+    (runs, n_boot) on each resample. Computed once per comparison, shared by both of its intervals."""
+    per = [binary_metrics(labels, p) if resamples is None else metrics_on_resamples(labels, p, resamples) for p in runs]
+    return {m: np.stack([np.asarray(r[m], float) for r in per]) for m in METRICS}
 
 
 @dataclass(frozen=True)
@@ -233,7 +250,6 @@ class SeedInterval:
     nothing about training randomness, so no interval is given (``low``/``high`` None, ``n_boot`` 0).
     ``n_undefined`` counts draws whose metric does not exist (AUROC on a resample with one class only)."""
 
-    metric: str
     estimate: float
     low: float | None
     high: float | None
@@ -243,6 +259,7 @@ class SeedInterval:
     n_runs_b: int
     paired: bool
     judgeable: bool
+    metric: str = ""
 
     @property
     def text(self) -> str:
@@ -294,33 +311,43 @@ def seed_paired_difference(
     """
     if metric not in METRICS:
         raise ValueError(f"Unknown metric {metric!r}; one of {', '.join(METRICS)}.")
-    labels = np.asarray(labels)
-    a = np.atleast_2d(np.asarray(runs_a, float))
-    b = np.atleast_2d(np.asarray(runs_b, float))
-    if a.shape[1] != labels.size or b.shape[1] != labels.size:
-        raise ValueError(f"Predictions ({a.shape[1]}, {b.shape[1]} images) do not match the {labels.size} labels.")
-    n_a, n_b = len(a), len(b)
+    labels, a, b = _arms(labels, runs_a, runs_b)
+    paired = _pairing(len(a), len(b), paired)
+    if min(len(a), len(b)) < min_runs:  # no resampling needed: there will be no interval
+        return _seed_interval(metric, _run_metrics(labels, a, None)[metric], _run_metrics(labels, b, None)[metric], None, None,
+                              paired, n_boot, seed, alpha)
+    point_a, point_b, boot_a, boot_b = _arm_metrics(labels, a, b, n_boot, seed, groups)
+    return _seed_interval(metric, point_a[metric], point_b[metric], boot_a[metric], boot_b[metric], paired, n_boot, seed, alpha)
+
+
+def _pairing(n_a: int, n_b: int, paired: bool | None) -> bool:
+    """Whether runs are paired by seed: as asked, by default when both arms have as many runs."""
     paired = n_a == n_b if paired is None else bool(paired)
     if paired and n_a != n_b:
         raise ValueError(f"Paired by seed needs the same runs in both arms, not {n_a} and {n_b}.")
-    estimate = float(np.mean([binary_metrics(labels, p)[metric] for p in b]) - np.mean([binary_metrics(labels, p)[metric] for p in a]))
-    if min(n_a, n_b) < min_runs:
-        return SeedInterval(metric, estimate, None, None, 0, 0, n_a, n_b, paired, False)
-    idx = resample(labels.size, groups, labels, n_boot, seed)
-    # (runs, n_boot): each run's metric on each image draw; a draw then averages the rows of its drawn runs
-    per_a = np.stack([metrics_on_resamples(labels, p, idx)[metric] for p in a])
-    per_b = np.stack([metrics_on_resamples(labels, p, idx)[metric] for p in b])
+    return paired
+
+
+def _seed_interval(metric: str, point_a: np.ndarray, point_b: np.ndarray, boot_a: np.ndarray | None, boot_b: np.ndarray | None,
+                   paired: bool, n_boot: int, seed: int, alpha: float) -> SeedInterval:
+    """The seed-aware interval from each run's metric on all images (``point_*``, (runs,)) and on each image draw
+    (``boot_*``, (runs, n_boot); None when an arm has too few runs): draw k averages, per arm, the rows of the runs
+    that ``_run_draws`` drew for it, at column k."""
+    n_a, n_b = len(point_a), len(point_b)
+    estimate = float(point_b.mean() - point_a.mean())
+    if boot_a is None or boot_b is None:
+        return SeedInterval(estimate, None, None, 0, 0, n_a, n_b, paired, False, metric)
     draw_a, draw_b = _run_draws(n_a, n_b, paired, n_boot, seed)
     cols = np.arange(n_boot)[:, None]
-    diffs = per_b[draw_b, cols].mean(-1) - per_a[draw_a, cols].mean(-1)
-    iv = percentile_interval(estimate, diffs, alpha)
-    return SeedInterval(metric, estimate, iv.low, iv.high, iv.n_boot, iv.n_undefined, n_a, n_b, paired, True)
+    iv = percentile_interval(estimate, boot_b[draw_b, cols].mean(-1) - boot_a[draw_a, cols].mean(-1), alpha)
+    return SeedInterval(estimate, iv.low, iv.high, iv.n_boot, iv.n_undefined, n_a, n_b, paired, True, metric)
 
 
 def verdict(interval: SeedInterval, margin: float | None = None) -> str:
     """What the seed-aware interval lets one say about B against A.
 
-    "better" / "worse": the interval excludes 0 (B above / below A; every metric here is higher-is-better).
+    "better" / "worse": the interval excludes 0 (B above / below A; every metric here is higher-is-better), also
+    when it lies inside the margin (a difference, smaller than the margin).
     "equivalent": both ends within ±``margin``, a margin that must have been fixed before the runs (one
     chosen after seeing the interval proves nothing); without a margin there is no equivalence claim.
     "not resolved": anything else, including no finite interval. "not enough seeds to judge": an arm has
@@ -350,6 +377,7 @@ def arm_differences(
     seed: int = DEFAULT_SEED,
     groups: Sequence | None = None,
     min_runs: int = 3,
+    alpha: float = 0.05,
 ) -> tuple[dict[str, Interval], dict[str, SeedInterval]]:
     """B minus A per metric, both ways a comparison is shown: (for these trained models, over seeds and test images).
 
@@ -364,8 +392,13 @@ def arm_differences(
         paired = sorted(sa) == sorted(sb) and len(set(sa)) == len(sa)
         if paired:
             a, b = a[np.argsort(sa, kind="stable")], b[np.argsort(sb, kind="stable")]
-    fixed = paired_difference(labels, b, a, metrics, n_boot, seed, groups=groups)
-    seeded = {m: seed_paired_difference(labels, a, b, m, n_boot, seed, groups=groups, paired=paired, min_runs=min_runs) for m in metrics}
+    paired = _pairing(len(a), len(b), paired)
+    # what paired_difference and seed_paired_difference compute, once for both intervals and every metric
+    point_a, point_b, boot_a, boot_b = _arm_metrics(labels, a, b, n_boot, seed, groups)
+    judge = min(len(a), len(b)) >= min_runs
+    fixed = {m: _fixed_interval(point_b[m], point_a[m], boot_b[m], boot_a[m], alpha) for m in metrics}
+    seeded = {m: _seed_interval(m, point_a[m], point_b[m], boot_a[m] if judge else None, boot_b[m] if judge else None, paired, n_boot,
+                                seed, alpha) for m in metrics}
     return fixed, seeded
 
 

@@ -165,7 +165,7 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_report_on_a_pipeline_sweep(tiny_sweep):
+def test_report_on_a_pipeline_sweep(tiny_sweep, tmp_path):
     report = write_report(tiny_sweep, n_boot=N_BOOT)
     text = report.read_text()
 
@@ -215,6 +215,13 @@ def test_report_on_a_pipeline_sweep(tiny_sweep):
             assert im.format == "PNG" and min(im.size) > 100
         assert f"]({name})" in text
     assert not (tiny_sweep / "data_efficiency.png").exists()
+
+    # rebuilt from its predictions alone (no job directory): the same report, learning curves from jobs.json
+    for name in REPORT_FILES:
+        shutil.copy(tiny_sweep / name, tmp_path / name)
+    assert without_stamp(write_report(tmp_path, from_predictions=True).read_text()) == without_stamp(text)
+    with Image.open(tmp_path / "learning_curves.png") as im:
+        assert im.format == "PNG"
 
 
 def test_learning_curves_come_from_the_tensorboard_events(tiny_sweep):
@@ -464,9 +471,10 @@ def test_runs_evaluated_on_an_external_set_get_its_column_group(tmp_path):
     assert all(": not enough seeds to judge; for these trained models " in line for line in pair[1:])  # two seeds per arm
 
 
-def test_a_swept_setting_is_compared_with_the_first_value_the_sweep_lists(tmp_path):
-    """Not only inits: data.field=full,lung_crop gets lung_crop − full (in-split and external), paired, with
-    the other factor held fixed; the reference is the first value typed, not the alphabetically first."""
+def setting_sweep(tmp_path: Path) -> Path:
+    """data.field=lung_crop,full x aug=none,on x seeds 0-2 (full skilled, lung_crop not), each job evaluated on an
+    external set "md" of 12 images."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 2, 40)
     ext_labels = np.array([1] * 6 + [0] * 6)
@@ -486,6 +494,13 @@ def test_a_swept_setting_is_compared_with_the_first_value_the_sweep_lists(tmp_pa
                     w = csv.writer(f)
                     w.writerow(["path", "patient", "label", "prob_covid"])
                     w.writerows((f"s{i}.dcm", "", y, f"{q:.4f}") for i, (y, q) in enumerate(zip(ext_labels, ext)))
+    return tmp_path
+
+
+def test_a_swept_setting_is_compared_with_the_first_value_the_sweep_lists(tmp_path):
+    """Not only inits: data.field=full,lung_crop gets lung_crop − full (in-split and external), paired, with
+    the other factor held fixed; the reference is the first value typed, not the alphabetically first."""
+    setting_sweep(tmp_path)
     assert main([str(tmp_path), "--n-boot", "200"]) == 0
     text = (tmp_path / "report.md").read_text()
     paired = text.split("## Paired differences")[1].split("\n## ")[0]
@@ -522,3 +537,47 @@ def test_seeds_that_disagree_leave_a_difference_unresolved_that_the_fixed_models
     assert fixed[0] > 0 and seeds[0] < 0 < seeds[1] and cells[6] == "not resolved"
     assert "Equivalence margins: AUROC ±0.05." in text
     assert "and leaves the ±0.05 equivalence margin" in next(line for line in text.splitlines() if line.startswith("- AUROC: imagenet"))
+
+
+REPORT_FILES = ("report.md", "summary.csv", "runs.csv", "predictions.csv", "jobs.json")
+
+
+def without_stamp(text: str) -> str:
+    """report.md without its first paragraph after the title (when and by which command it was written)."""
+    return "\n".join(line for line in text.splitlines() if not line.startswith("Written "))
+
+
+def test_a_report_folder_rebuilds_from_its_predictions_alone(tmp_path):
+    """The report folder carries predictions.csv (file, label, P(COVID) per job) and jobs.json; copied without any
+    job directory, `--from-predictions` rewrites the same report, with the recorded bootstrap settings and margins."""
+    sweep = setting_sweep(tmp_path / "sweep")
+    assert main([str(sweep), "--n-boot", "150", "--seed", "3", "--margin", "auroc=0.05"]) == 0
+    copy = tmp_path / "docs" / "results" / "fields"
+    copy.mkdir(parents=True)
+    for name in REPORT_FILES:
+        shutil.copy(sweep / name, copy / name)
+    with open(copy / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert list(rows[0])[:4] == ["set", "path", "label", "patient"] and sorted(list(rows[0])[4:]) == jobs
+    assert [sum(r["set"] == s for r in rows) for s in ("test", "md")] == [40, 12]
+    first = read_rows(sweep / jobs[0] / "predictions_test.csv")
+    assert [float(r[jobs[0]]) for r in rows[:40]] == [float(r["prob_covid"]) for r in first]
+
+    assert main([str(copy), "--from-predictions"]) == 0
+    original, rebuilt = (sweep / "report.md").read_text(), (copy / "report.md").read_text()
+    assert f"`python -m covidnet.report --from-predictions {copy}`" in rebuilt
+    assert f"`python -m covidnet.report {sweep} --n-boot 150 --seed 3 --margin auroc=0.05`" in original
+    assert without_stamp(rebuilt) == without_stamp(original)  # every table, interval and verdict
+    assert "better" in rebuilt.split("## Paired differences")[1] and "Equivalence margins: AUROC ±0.05." in rebuilt
+    for name in REPORT_FILES[1:]:
+        assert (copy / name).read_text() == (sweep / name).read_text(), name  # and the bundle rewrites itself unchanged
+    assert (copy / "roc.png").is_file()
+    # asked for other settings, it uses them
+    assert main([str(copy), "--from-predictions", "--n-boot", "60"]) == 0
+    assert "on each of 60 draws" in (copy / "report.md").read_text()
+
+
+def test_rebuilding_needs_the_predictions(tmp_path, capsys):
+    assert main([str(tmp_path), "--from-predictions"]) == 2
+    assert "holds no predictions.csv and jobs.json" in capsys.readouterr().err

@@ -157,7 +157,7 @@ def test_fewer_than_min_runs_is_not_judgeable():
 
 
 def interval(low, high, judgeable=True) -> stats.SeedInterval:
-    return stats.SeedInterval("auroc", (low + high) / 2, low, high, 100, 0, 3, 3, True, judgeable)
+    return stats.SeedInterval((low + high) / 2, low, high, 100, 0, 3, 3, True, judgeable)
 
 
 @pytest.mark.parametrize(
@@ -178,7 +178,7 @@ def test_verdict(low, high, margin, expected):
 
 
 def test_verdict_without_enough_seeds():
-    iv = stats.SeedInterval("auroc", 0.1, None, None, 0, 0, 2, 3, False, False)
+    iv = stats.SeedInterval(0.1, None, None, 0, 0, 2, 3, False, False)
     assert stats.verdict(iv) == stats.verdict(iv, 0.5) == "not enough seeds to judge"
 
 

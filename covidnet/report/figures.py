@@ -154,7 +154,9 @@ def figures_section(ctx: Context) -> Section:
         curves = {}
         for r in sweep.complete:
             try:
-                curves[r.name] = read_curves(r.path)
+                if r.curves is None:  # kept on the run: the report folder's jobs.json records them (covidnet.report.bundle)
+                    r.curves = read_curves(r.path)
+                curves[r.name] = r.curves
             except Exception as err:  # noqa: BLE001 - a damaged events file costs its curve, not the report
                 notes.append(f"{r.name}: no learning curve ({type(err).__name__}: {err}).")
         if plot_learning_curves(sweep, curves, out / "learning_curves.png"):

@@ -99,11 +99,16 @@ def header(ctx: Context) -> list[str]:
     """Title, provenance, the sweep command, job counts, the test set and the shared settings."""
     sweep = ctx.sweep
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    args = [sweep.source or str(sweep.path)]
+    if not sweep.source:  # a rebuild from predictions reuses the recorded settings
+        args += [f"--n-boot {ctx.n_boot}"] * (ctx.n_boot != stats.DEFAULT_BOOT) + [f"--seed {ctx.seed}"] * (ctx.seed != stats.DEFAULT_SEED)
+        args += [f"--margin {m}={v}" for m, v in (ctx.options.get("margins") or {}).items()]
     lines = [
-        f"# Sweep report: {sweep.path.name}",
+        f"# Sweep report: {sweep.name or sweep.path.name}",
         "",
-        f"Written {stamp} by `python -m covidnet.report {sweep.path}`. This file, summary.csv, runs.csv and the figures are "
-        "derived data: they are rewritten from the job directories every time the report runs.",
+        f"Written {stamp} by `python -m covidnet.report {' '.join(args)}`. This file, summary.csv, runs.csv and the "
+        "figures are derived data: they are rewritten from the job directories every time the report runs, or from "
+        "predictions.csv and jobs.json beside them (`python -m covidnet.report --from-predictions <this folder>`).",
         "",
     ]
     if sweep.command:
@@ -117,7 +122,7 @@ def header(ctx: Context) -> list[str]:
         "",
         test_set_line(sweep),
     ]
-    settings = common_settings([r for r in sweep.runs if r.path is not None])
+    settings = common_settings(sweep.runs)
     if settings:
         lines += ["", "Settings shared by all jobs (as written in their .hydra/config.yaml): " + ", ".join(f"`{k}={v}`" for k, v in settings) + "."]
     return lines

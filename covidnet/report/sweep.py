@@ -78,6 +78,9 @@ class Sweep:
     # the level each factor is compared against: scratch for init; for any other factor the value of the
     # sweep's first job as multirun.yaml lists it (the first value typed, e.g. full in data.field=full,lung_crop)
     references: dict[str, str] = field(default_factory=dict)
+    # the argument of `python -m covidnet.report` that rebuilds the report (default: the sweep directory)
+    source: str = ""
+    name: str = ""  # what the report is titled (default: the sweep directory's name)
 
     @property
     def complete(self) -> list[Run]:

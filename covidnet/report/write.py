@@ -11,6 +11,7 @@ from pathlib import Path
 from covidnet import stats
 from covidnet.atomic import atomic_path, write_text
 from covidnet.external_summary import margin_arg
+from covidnet.report.bundle import load_bundle, read_options, write_bundle
 from covidnet.report.render import Context, render
 from covidnet.report.scoring import comparisons, run_rows, score_runs, summary_rows
 from covidnet.report.sections import build_sections
@@ -25,20 +26,34 @@ def write_csv(path: Path, rows: list[dict]) -> None:
             writer.writerows(rows)
 
 
-def write_report(sweep_dir: str | Path, cam: bool = False, n_boot: int = stats.DEFAULT_BOOT, seed: int = stats.DEFAULT_SEED,
+def write_report(sweep_dir: str | Path, cam: bool = False, n_boot: int | None = None, seed: int | None = None,
                  failures: dict[str, str] | None = None, cam_overrides: list[str] | None = None,
-                 margins: dict[str, float] | None = None) -> Path:
-    """Write report.md, summary.csv, runs.csv and the figures into the sweep directory; return report.md's path.
+                 margins: dict[str, float] | None = None, from_predictions: bool = False) -> Path:
+    """Write report.md, summary.csv, runs.csv, the figures and the predictions they come from (covidnet.report.bundle)
+    into the sweep directory; return report.md's path.
 
     ``margins``: equivalence margins per metric (``{"auroc": 0.05}``), stated before the runs; without one no
-    comparison is called equivalent."""
-    sweep = load_sweep(sweep_dir, failures)
+    comparison is called equivalent. ``from_predictions``: ``sweep_dir`` is a report folder; rebuild it from its
+    predictions.csv and jobs.json, with the bootstrap settings and margins recorded there unless given."""
+    if from_predictions:
+        if cam:
+            raise ReportError("--cam needs the runs' checkpoints; a report rebuilt from its predictions has none.")
+        recorded = read_options(sweep_dir)
+        sweep = load_bundle(sweep_dir)
+        n_boot, seed = recorded.get("n_boot") if n_boot is None else n_boot, recorded.get("seed") if seed is None else seed
+        margins = recorded.get("margins") if margins is None else margins
+    else:
+        sweep = load_sweep(sweep_dir, failures)
+    n_boot = stats.DEFAULT_BOOT if n_boot is None else n_boot
+    seed = stats.DEFAULT_SEED if seed is None else seed
+    margins = dict(margins or {})
     score_runs(sweep, n_boot, seed)
     ctx = Context(sweep, summary_rows(sweep), run_rows(sweep), comparisons(sweep, n_boot, seed, margins), n_boot, seed,
-                  {"cam": cam, "cam_overrides": list(cam_overrides or []), "margins": dict(margins or {})})
+                  {"cam": cam, "cam_overrides": list(cam_overrides or []), "margins": margins})
     sections = build_sections(ctx)  # may add columns to ctx.summary / ctx.runs
     write_csv(sweep.path / "summary.csv", ctx.summary)
     write_csv(sweep.path / "runs.csv", ctx.runs)
+    write_bundle(sweep, sweep.path, {"n_boot": n_boot, "seed": seed, "margins": margins})
     path = sweep.path / "report.md"
     write_text(path, render(ctx, sections) + "\n")
     return path
@@ -48,18 +63,21 @@ def main(argv: list[str] | None = None) -> int:
     from covidnet.report import __doc__ as doc
 
     parser = argparse.ArgumentParser(prog="python -m covidnet.report", description=(doc or "").split("\n\n")[0])
-    parser.add_argument("sweep_dir", help="a sweep directory, e.g. logs/train/multiruns/<stamp>")
+    parser.add_argument("sweep_dir", help="a sweep directory, e.g. logs/train/multiruns/<stamp> (with --from-predictions: a report folder)")
+    parser.add_argument("--from-predictions", action="store_true",
+                        help="rebuild the report in SWEEP_DIR from its predictions.csv and jobs.json (no job directories needed)")
     parser.add_argument("--cam", action="store_true", help="also compute the CAM numbers of each run's best checkpoint")
     parser.add_argument("--cam-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a visualize.py setting for --cam, e.g. localize=../shared/data/covid-semiseg or device=cuda (repeatable)")
-    parser.add_argument("--n-boot", type=int, default=stats.DEFAULT_BOOT, help="bootstrap resamples (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=stats.DEFAULT_SEED, help="bootstrap seed (default %(default)s)")
-    parser.add_argument("--margin", action="append", default=[], metavar="METRIC=VALUE", type=margin_arg,
-                        help="equivalence margin stated before the runs, e.g. auroc=0.05 (repeatable; none: no equivalence claim)")
+    parser.add_argument("--n-boot", type=int, help=f"bootstrap resamples (default {stats.DEFAULT_BOOT}; with --from-predictions, as recorded)")
+    parser.add_argument("--seed", type=int, help=f"bootstrap seed (default {stats.DEFAULT_SEED}; with --from-predictions, as recorded)")
+    parser.add_argument("--margin", action="append", metavar="METRIC=VALUE", type=margin_arg,
+                        help="equivalence margin stated before the runs, e.g. auroc=0.05 (repeatable; none: no equivalence claim; "
+                             "with --from-predictions, as recorded)")
     args = parser.parse_args(argv)
     try:
         path = write_report(args.sweep_dir, cam=args.cam, n_boot=args.n_boot, seed=args.seed, cam_overrides=args.cam_set,
-                            margins=dict(args.margin))
+                            margins=None if args.margin is None else dict(args.margin), from_predictions=args.from_predictions)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
