@@ -17,6 +17,7 @@ writes there directly).
 from __future__ import annotations
 
 import csv
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -34,14 +35,15 @@ from covidnet.config_check import EVALUATE, check_config
 from covidnet.errors import UserError
 from covidnet.dataset import DatasetError
 from covidnet.predict import predict_batch
-from covidnet.preprocess import resize_grey
+from covidnet.hardware import precision_plugin
+from covidnet.preprocess import InputSpec, prepare
 from covidnet.sources import Record, SourceError, read_source
 
 OUTPUT_FILES = ("metrics.json", "predictions.csv")
 EVAL_AREA = "eval"  # <run dir>/eval/<set>/
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # preprocessing keys a user may state (evaluate.yaml `data:`); the checkpoint's values always win
-STATED_PREPROCESSING = ("image_size", "normalization")
+STATED_PREPROCESSING = ("image_size", "normalization", "field", "intensity", "crop_margin")
 
 
 def known_sets() -> list[str]:
@@ -91,11 +93,24 @@ def load_set(name: str, cfg: DictConfig | dict) -> EvalSet:
     return EvalSet(name, str(cfg.kind), root.resolve(), records, notes, topk)
 
 
-def decode(s: EvalSet, sizes: set[int], progress: bool = True) -> dict[int, torch.Tensor]:
-    """Each image decoded once, resized to every image size a model needs: ``{size: uint8 N x 1 x S x S}``.
+@dataclass
+class Decoded:
+    """One set prepared for one input spec: the uint8 N x 1 x S x S the model's data module would cache, and the
+    keys of the images whose lung field was not found (used whole, as in training; None: the spec needs none)."""
+
+    images: torch.Tensor
+    lung_fallbacks: list[str] | None
+
+
+def decode(s: EvalSet, specs: set[InputSpec], progress: bool = True) -> dict[InputSpec, Decoded]:
+    """Each image decoded once and prepared for every distinct input spec the models need, through
+    :func:`covidnet.preprocess.prepare` (field, intensity, resize): the one path training, CAMs and visualize
+    take, so a model sees an eval image as it saw its training images.
 
     Every image that fails is listed together, before any model runs."""
-    out: dict[int, list[torch.Tensor]] = {size: [] for size in sizes}
+    specs = sorted(specs, key=lambda spec: tuple(spec.as_dict().values()))
+    out: dict[InputSpec, list[torch.Tensor]] = {spec: [] for spec in specs}
+    fallbacks: dict[InputSpec, list[str]] = {spec: [] for spec in specs}
     problems = []
     for r in tqdm(s.records, desc=f"{s.name}: reading", unit="img", disable=not progress, file=sys.stderr):
         try:
@@ -103,19 +118,26 @@ def decode(s: EvalSet, sizes: set[int], progress: bool = True) -> dict[int, torc
         except (SourceError, DatasetError) as err:
             problems.append(str(err))
             continue
-        for size in sizes:
-            out[size].append(resize_grey(grey, size))
+        for spec in specs:
+            prepared = prepare(grey, spec)
+            out[spec].append(prepared.image)
+            if prepared.lungs_found is False:
+                fallbacks[spec].append(r.key)
     if problems:
         raise EvalError(f"eval set {s.name}: {len(problems)} image(s) cannot be read, nothing was evaluated:\n  " + "\n  ".join(problems[:10]))
-    return {size: torch.stack(v) for size, v in out.items()}
+    return {spec: Decoded(torch.stack(out[spec]), fallbacks[spec] if spec.needs_lungs else None) for spec in specs}
 
 
-def predict(model: torch.nn.Module, preprocess, images: torch.Tensor, batch_size: int, device, desc: str, progress: bool = True) -> np.ndarray:
-    """P(COVID) per image, in order, through covidnet.predict (eval mode, restored afterwards)."""
+def predict(model: torch.nn.Module, preprocess, images: torch.Tensor, batch_size: int, device, desc: str, progress: bool = True,
+            precision=None) -> np.ndarray:
+    """P(COVID) per image, in order, through covidnet.predict (eval mode, restored afterwards), under
+    ``precision`` (a Lightning precision plugin, :func:`covidnet.hardware.precision_plugin`; None: fp32)."""
+    precision = precision or precision_plugin("32-true")
     probs = []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress, file=sys.stderr):
-        x = torch.stack([preprocess(img) for img in images[start : start + batch_size]])
-        probs.append(predict_batch(model, x).flatten())
+    with precision.forward_context():
+        for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress, file=sys.stderr):
+            x = torch.stack([preprocess(img) for img in images[start : start + batch_size]])
+            probs.append(predict_batch(model, precision.convert_input(x)).flatten())
     return torch.cat(probs).numpy()
 
 
@@ -257,16 +279,12 @@ def summary_rows(model: str, metrics: dict) -> list[dict]:
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------------
-def model_preprocessing(dm) -> tuple[int, object]:
-    """(image size, uint8 grey -> network input) exactly as the checkpoint's data module does it."""
-    return int(dm.hparams.image_size), dm.preprocess
-
-
-def preprocessing_notes(name: str, dm_hparams: dict, stated: dict) -> list[str]:
+def preprocessing_notes(name: str, spec: dict, stated: dict) -> list[str]:
+    """A note for each ``data.<key>`` the user stated that differs from the checkpoint's input spec (which wins)."""
     notes = []
     for key, value in stated.items():
-        if value is not None and key in dm_hparams and dm_hparams[key] != value:
-            notes.append(f"{name}: trained with data.{key}={dm_hparams[key]}; data.{key}={value} is ignored "
+        if value is not None and key in spec and spec[key] != value:
+            notes.append(f"{name}: trained with data.{key}={spec[key]}; data.{key}={value} is ignored "
                          "(the checkpoint's preprocessing wins)")
     return notes
 
@@ -276,20 +294,60 @@ def run_dir_of(checkpoint: Path) -> Path | None:
     return run if run is not None and (run / "metrics.json").is_file() else None
 
 
+RUN = "run"  # precision / channels_last: what the checkpoint's training run used
+
+
+def scoring(checkpoint: Path, precision: str = RUN, channels_last: bool | str = RUN, device: str = "cpu") -> dict:
+    """How a checkpoint's P(COVID) are computed, recorded in each metrics.json: the precision and memory format
+    (``run``: those its training run recorded in metrics.json ``hardware``, so evaluation reproduces the run's own
+    test predictions; 32-true and the default format for a checkpoint outside a run) and the device."""
+    run = run_dir_of(Path(checkpoint))
+    hardware = (json.loads((run / "metrics.json").read_text()).get("hardware") or {}) if run is not None else {}
+    source = {}
+    if precision == RUN:
+        precision, source["precision"] = (hardware["precision"], "the run's metrics.json") if hardware.get("precision") else ("32-true", "default (no run record)")
+    else:
+        source["precision"] = "set (precision=)"
+    if channels_last == RUN:
+        channels_last, source["channels_last"] = ((bool(hardware["channels_last"]), "the run's metrics.json") if "channels_last" in hardware
+                                                  else (False, "default (no run record)"))
+    else:
+        source["channels_last"] = "set (channels_last=)"
+    precision_plugin(precision, device)  # an unusable precision fails here, before any image is read
+    return {"precision": str(precision), "channels_last": bool(channels_last), "device": str(device), "from": source}
+
+
+def set_scoring(m, how: dict) -> None:
+    """Put a loaded model in the precision and memory format ``how`` (see :func:`scoring`) says."""
+    m.scoring = how
+    m.precision = precision_plugin(how["precision"], how["device"])
+    m.model = m.precision.convert_module(m.model)
+    if hasattr(m.model, "set_channels_last"):
+        m.model.set_channels_last(how["channels_last"])
+
+
 def evaluate_models(models, sets: list[EvalSet], out_dirs: dict[tuple[str, str], list[Path]], batch_size: int, device, n_boot: int,
                     seed: int, progress: bool = True) -> list[dict]:
-    """Predict and write results for every (model, set); returns summary rows. ``out_dirs[(model, set)]``: where to write."""
+    """Predict and write results for every (model, set); returns summary rows. ``out_dirs[(model, set)]``: where to write.
+
+    Each set is decoded once per distinct input spec among the models (covidnet.preprocess.InputSpec, from each
+    checkpoint), and each metrics.json records that whole spec, the images used whole for want of a lung field,
+    and the precision the probabilities were computed in."""
     check_fresh([d for dirs in out_dirs.values() for d in dirs])
     rows = []
     for s in sets:
-        images = decode(s, {model_preprocessing(m.datamodule)[0] for m in models}, progress)
+        decoded = decode(s, {m.datamodule.spec for m in models}, progress)
         for m in models:
-            size, preprocess = model_preprocessing(m.datamodule)
-            probs = predict(m.model, preprocess, images[size], batch_size, device, f"{s.name}: {m.name}", progress)
+            spec = m.datamodule.spec
+            probs = predict(m.model, m.datamodule.preprocess, decoded[spec].images, batch_size, device, f"{s.name}: {m.name}", progress,
+                            getattr(m, "precision", None))
             metrics = set_metrics(s, probs, n_boot, seed)
             metrics["model"] = m.name
             metrics["checkpoint"] = str(m.path)
-            metrics["preprocessing"] = {k: m.datamodule.hparams.get(k) for k in ("image_size", "normalization")}
+            metrics["input_spec"] = spec.as_dict()
+            fallbacks = decoded[spec].lung_fallbacks
+            metrics["lung_fallbacks"] = None if fallbacks is None else {"n": len(fallbacks), "files": fallbacks}
+            metrics["precision"] = getattr(m, "scoring", None) or {"precision": "32-true", "channels_last": False, "device": str(device), "from": {}}
             metrics["notes"] += getattr(m, "notes", [])
             for d in out_dirs[(m.name, s.name)]:
                 d.mkdir(parents=True, exist_ok=True)
@@ -324,7 +382,8 @@ def evaluate(cfg: DictConfig) -> dict:
         raise EvalError(str(err)) from err
     stated = {k: cfg.get("data", {}).get(k) for k in STATED_PREPROCESSING}
     for m in models:
-        m.notes = preprocessing_notes(m.name, dict(m.datamodule.hparams), stated)
+        m.notes = preprocessing_notes(m.name, m.datamodule.spec.as_dict(), stated)
+        set_scoring(m, scoring(m.path, cfg.get("precision", RUN), cfg.get("channels_last", RUN), device))
     sets = [load_set(name, sets_cfg[name]) for name in sets_cfg]
     out = Path(cfg.out_dir).expanduser()
     out_dirs = {(m.name, s.name): [out / m.name / s.name] for m in models for s in sets}
@@ -365,19 +424,20 @@ def load_sets_for_training(names, eval_data: str | None) -> list[EvalSet]:
 
 
 def evaluate_run(best_checkpoint: str | Path, sets: list[EvalSet], run_dir: Path, batch_size: int = 32,
-                 n_boot: int = stats.DEFAULT_BOOT, channels_last: bool = False) -> list[dict]:
+                 n_boot: int = stats.DEFAULT_BOOT, precision: str = "32-true", channels_last: bool = False, device: str = "cpu") -> list[dict]:
     """One run's best checkpoint on each set, into ``<run dir>/eval/<set>/`` (what training's ``eval_sets`` does).
-    Training calls it under the run's precision context with the run's ``channels_last``, so an eval set's
-    P(COVID) are computed as the run's own ``predictions_test.csv`` are."""
+    Training passes the run's precision, memory format and device, so an eval set's P(COVID) are computed as the
+    run's own ``predictions_test.csv`` are (and evaluate.py, reading them from the run's metrics.json, agrees)."""
     from covidnet.visualize import load_models
 
-    models = load_models([str(best_checkpoint)], "unused", "cpu")
+    models = load_models([str(best_checkpoint)], "unused", device)
     for m in models:
         m.notes = []
-        if channels_last and hasattr(m.model, "set_channels_last"):
-            m.model.set_channels_last(True)
+        how = scoring(m.path, precision, channels_last, device)
+        how["from"] = {"precision": "the training run", "channels_last": "the training run"}
+        set_scoring(m, how)
     out_dirs = {(m.name, s.name): [Path(run_dir) / EVAL_AREA / s.name] for m in models for s in sets}
-    return evaluate_models(models, sets, out_dirs, batch_size, "cpu", n_boot, stats.DEFAULT_SEED, progress=False)
+    return evaluate_models(models, sets, out_dirs, batch_size, device, n_boot, stats.DEFAULT_SEED, progress=False)
 
 
 def print_summary(rows: list[dict]) -> None:

@@ -47,6 +47,7 @@ from covidnet.config_check import VISUALIZE, check_config
 from covidnet.data import CovidCTDataModule
 from covidnet.dataset import CLASS_NAMES, DatasetError, Sample, load_grey, read_split
 from covidnet.errors import UserError
+from covidnet.preprocess import InputSpec
 from covidnet.run_dir import CHECKPOINT_DIR, INTERRUPTED, LAST_CHECKPOINT, NOT_TRAINED, TRAINED, RunDir, SweepDir
 
 OUTPUT_FILES = ("figure.png", "images.csv", "results.json")
@@ -187,6 +188,10 @@ def load_models(chosen, data_root: str, device: str) -> list[LoadedModel]:
             dm = CovidCTDataModule(**{**dm_hparams, "root": data_root})
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: its data-module hyperparameters do not rebuild the preprocessing ({err}).") from err
+        stored = model.hparams.get("input_spec")
+        if stored is not None and InputSpec.from_dict(stored) != dm.spec:
+            raise CheckpointError(f"{path}: the model's input_spec {dict(stored)} is not its data module's {dm.spec.as_dict()}; "
+                                  "the checkpoint does not say what its input was. Use a checkpoint written by train.py.")
         name = model_name(choice, dict(model.hparams))
         taken = {m.name for m in models}
         if name in taken:
