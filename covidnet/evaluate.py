@@ -20,7 +20,7 @@ import csv
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from covidnet.checkpoint import CheckpointError
 from covidnet.config_check import EVALUATE, check_config
 from covidnet.errors import UserError
 from covidnet.dataset import DatasetError
+from covidnet.multisource import MAIN_SOURCE, split_by_patient
 from covidnet.predict import predict_batch
 from covidnet.hardware import precision_plugin
 from covidnet.preprocess import InputSpec, prepare
@@ -63,6 +64,8 @@ class EvalSet:
     records: list[Record]
     notes: list[str]
     topk: int
+    # the resolved set definition (kind, root, read options, patient_topk): what was evaluated, in metrics.json
+    definition: dict = field(default_factory=dict)
 
 
 # --- sets ---------------------------------------------------------------------------------------------------
@@ -90,7 +93,42 @@ def load_set(name: str, cfg: DictConfig | dict) -> EvalSet:
     topk = int(cfg.get("patient_topk", 5))
     if topk < 1:
         raise EvalError(f"eval set {name}: patient_topk={topk} must be at least 1.")
-    return EvalSet(name, str(cfg.kind), root.resolve(), records, notes, topk)
+    definition = {"kind": str(cfg.kind), "root": str(root.resolve()), "read": options, "patient_topk": topk}
+    return EvalSet(name, str(cfg.kind), root.resolve(), records, notes, topk, definition)
+
+
+def source_root(name: str, dm_hparams: dict) -> Path | None:
+    """Where a training source of a checkpoint was read from (its inline definition or conf/eval/<name>.yaml under
+    the run's ``sets_root``), resolved here; None where that cannot be told."""
+    defs = (dm_hparams.get("source_defs") or {}).get(name)
+    try:
+        root = defs.get("root") if defs is not None else set_config(name, dm_hparams.get("sets_root")).root
+    except (EvalError, AttributeError, ValueError):
+        return None
+    return Path(str(root)).expanduser().resolve() if root else None
+
+
+def held_out(s: EvalSet, dm_hparams: dict) -> tuple[list[int], dict | None]:
+    """Indices of the records of ``s`` the checkpoint was not trained on, and what was left out (None: nothing).
+
+    A model trained with ``data.sources=[covid_ct, <set>]`` saw the patients of the other folds of that set
+    (covidnet.multisource.split_by_patient): counting them as external would score it on its own training data.
+    The set is recognised by its name or by the folder it is read from; its held-out fold is what is scored."""
+    everything = list(range(len(s.records)))
+    for name in dm_hparams.get("sources") or []:
+        if name == MAIN_SOURCE or not (name == s.name or source_root(name, dm_hparams) == s.root):
+            continue
+        fold, n_folds = int(dm_hparams.get("fold", 0)), int(dm_hparams.get("n_folds", 2))
+        try:
+            parts = split_by_patient(s.records, fold, n_folds, f"eval set {s.name}")
+        except SourceError as err:
+            raise EvalError(f"eval set {s.name} is the training source {name!r} of this checkpoint, and its training patients "
+                            f"cannot be told apart ({err}); evaluate on a set the model was not trained on.") from err
+        test = {id(r) for r in parts["test"]}
+        keep = [i for i, r in enumerate(s.records) if id(r) in test]
+        trained = sorted({r.patient for r in parts["train"]})
+        return keep, {"source": name, "fold": fold, "n_folds": n_folds, "patients": trained, "n_images": len(s.records) - len(keep)}
+    return everything, None
 
 
 @dataclass
@@ -339,19 +377,31 @@ def evaluate_models(models, sets: list[EvalSet], out_dirs: dict[tuple[str, str],
         decoded = decode(s, {m.datamodule.spec for m in models}, progress)
         for m in models:
             spec = m.datamodule.spec
-            probs = predict(m.model, m.datamodule.preprocess, decoded[spec].images, batch_size, device, f"{s.name}: {m.name}", progress,
+            keep, excluded = held_out(s, dict(m.datamodule.hparams))
+            scored = s
+            if excluded is not None:
+                note = (f"{m.name} was trained on {len(excluded['patients'])} patient(s) of {s.name} (data.sources, data.fold="
+                        f"{excluded['fold']} of {excluded['n_folds']}): their {excluded['n_images']} images are left out, "
+                        f"{len(keep)} images of its held-out patients are scored")
+                print(f"note: {note}")
+                scored = replace(s, records=[s.records[i] for i in keep], notes=[*s.notes, note])
+            probs = predict(m.model, m.datamodule.preprocess, decoded[spec].images[keep], batch_size, device, f"{s.name}: {m.name}", progress,
                             getattr(m, "precision", None))
-            metrics = set_metrics(s, probs, n_boot, seed)
+            metrics = set_metrics(scored, probs, n_boot, seed)
+            metrics["set_definition"] = s.definition
+            metrics["training_patients_excluded"] = excluded
             metrics["model"] = m.name
             metrics["checkpoint"] = str(m.path)
             metrics["input_spec"] = spec.as_dict()
             fallbacks = decoded[spec].lung_fallbacks
+            if fallbacks is not None and excluded is not None:
+                fallbacks = [k for k in fallbacks if k in {r.key for r in scored.records}]
             metrics["lung_fallbacks"] = None if fallbacks is None else {"n": len(fallbacks), "files": fallbacks}
             metrics["precision"] = getattr(m, "scoring", None) or {"precision": "32-true", "channels_last": False, "device": str(device), "from": {}}
             metrics["notes"] += getattr(m, "notes", [])
             for d in out_dirs[(m.name, s.name)]:
                 d.mkdir(parents=True, exist_ok=True)
-                write_predictions(d / "predictions.csv", s.records, probs)
+                write_predictions(d / "predictions.csv", scored.records, probs)
                 write_json(d / "metrics.json", metrics)
             rows += summary_rows(m.name, metrics)
     return rows

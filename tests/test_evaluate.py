@@ -27,11 +27,11 @@ MD_FOLDERS = {"COVID-19 subjects": ["p1", "p2"], "Cap subjects": ["c1"], "Normal
 pytest.importorskip("pydicom")
 
 
-def make_checkpoint(path: Path, image_size: int = 32, normalization: str = "imagenet", seed: int = 0) -> Path:
-    """A covidnet checkpoint (random weights) with the data-module hyperparameters train.py stores."""
+def make_checkpoint(path: Path, image_size: int = 32, normalization: str = "imagenet", seed: int = 0, **data) -> Path:
+    """A covidnet checkpoint (random weights) with the data-module hyperparameters train.py stores (``data``: more of them)."""
     torch.manual_seed(seed)
     model = CovidClassifier(arch="resnet18", init="scratch")
-    dm = CovidCTDataModule(root=str(path.parent), image_size=image_size, normalization=normalization)
+    dm = CovidCTDataModule(root=str(path.parent), image_size=image_size, normalization=normalization, **data)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "datamodule_hyper_parameters": dict(dm.hparams)}, path)
     return path

@@ -1,0 +1,69 @@
+"""Evaluation faults that used to end in a wrong or lost result with exit status 0 (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from synthetic_dicom import write_scans
+from test_evaluate import make_checkpoint
+
+from covidnet.evaluate import EvalError, evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("pydicom")
+# two patients per diagnosis: a two-fold patient split of it is possible (covidnet.multisource)
+TWO_EACH = {"COVID-19 subjects": ["p1", "p2"], "Cap subjects": ["c1", "c2"], "Normal subjects": ["n1", "n2"]}
+
+
+@pytest.fixture(scope="module")
+def md(tmp_path_factory) -> Path:
+    """A COVID-CT-MD look-alike (conf/eval/covid_ct_md.yaml's folder names) below an eval_data folder."""
+    return write_scans(tmp_path_factory.mktemp("sets") / "covid-ct-md-sample", TWO_EACH)
+
+
+def run_evaluate(out: Path, *overrides: str) -> dict:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["n_boot=100", "progress=false", f"out_dir={out}", *overrides])
+    return evaluate(cfg)
+
+
+def md_overrides(md: Path) -> list[str]:
+    return ["eval=[covid_ct_md]", f"eval.covid_ct_md.root={md}", "eval.covid_ct_md.read.slice_labels=null"]
+
+
+def rows_of(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_training_source_is_scored_on_its_held_out_patients_only(tmp_path, md):
+    """Trained with data.sources=[covid_ct,covid_ct_md] (fold 0 of 2): the fold-1 patients were training data and
+    are left out of covid_ct_md, and metrics.json says which; a model trained on COVID-CT alone is scored on all."""
+    both = make_checkpoint(tmp_path / "both.ckpt", sources=["covid_ct", "covid_ct_md"], fold=0, n_folds=2)
+    run_evaluate(tmp_path / "out", f"ckpt={both}", *md_overrides(md))
+    out = next((tmp_path / "out").glob("*/covid_ct_md"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    patients = {r["patient"] for r in rows_of(out / "predictions.csv")}
+    excluded = metrics["training_patients_excluded"]
+    assert excluded["source"] == "covid_ct_md" and (excluded["fold"], excluded["n_folds"]) == (0, 2)
+    assert len(patients) == 3 == metrics["n_patients"] and not patients & set(excluded["patients"])
+    assert {p.split("/")[1] for p in patients} == {"p1", "c1", "n1"}  # fold 0: the first patient of each diagnosis
+    assert any("left out" in n for n in metrics["notes"])
+    alone = make_checkpoint(tmp_path / "alone.ckpt")
+    run_evaluate(tmp_path / "out2", f"ckpt={alone}", *md_overrides(md))
+    metrics = json.loads(next((tmp_path / "out2").glob("*/covid_ct_md/metrics.json")).read_text())
+    assert metrics["n_patients"] == 6 and metrics["training_patients_excluded"] is None
+
+
+def test_metrics_json_records_the_resolved_set_definition(tmp_path, md):
+    ckpt = make_checkpoint(tmp_path / "m.ckpt")
+    run_evaluate(tmp_path / "out", f"ckpt={ckpt}", *md_overrides(md), "eval.covid_ct_md.read.window.level=-500")
+    metrics = json.loads(next((tmp_path / "out").glob("*/covid_ct_md/metrics.json")).read_text())
+    definition = metrics["set_definition"]
+    assert definition["kind"] == "dicom" and definition["root"] == str(md.resolve())
+    assert definition["read"]["window"] == {"width": 1500, "level": -500} and definition["read"]["slices"] == "all"
+    assert definition["patient_topk"] == 5
