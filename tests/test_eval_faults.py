@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from synthetic_dicom import write_scans
 from test_evaluate import make_checkpoint
 
-from covidnet.evaluate import EvalError, evaluate
+from covidnet.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("pydicom")
@@ -67,3 +67,25 @@ def test_metrics_json_records_the_resolved_set_definition(tmp_path, md):
     assert definition["kind"] == "dicom" and definition["root"] == str(md.resolve())
     assert definition["read"]["window"] == {"width": 1500, "level": -500} and definition["read"]["slices"] == "all"
     assert definition["patient_topk"] == 5
+
+
+def test_the_report_never_pools_different_copies_of_a_set(tmp_path, md):
+    """Two runs of one group evaluated on covid_ct_md from two copies (one lacks a slice): two tables, one run
+    each, each saying what it holds; never one mean over both."""
+    import shutil
+
+    from test_evaluate import make_run
+
+    from covidnet.external_summary import external_lines
+
+    small = tmp_path / "small"
+    shutil.copytree(md, small)
+    next(small.rglob("*.dcm")).unlink()
+    for seed, root in ((0, md), (1, small)):
+        run = make_run(tmp_path / "sweep" / f"seed={seed}", seed=seed)
+        run_evaluate(tmp_path / f"out{seed}", f"ckpt=['{run}']", "into_runs=true", *[o.replace(str(md), str(root)) for o in md_overrides(md)])
+    lines = external_lines({"init=scratch": [tmp_path / "sweep" / "seed=0", tmp_path / "sweep" / "seed=1"]}, None, n_boot=100)
+    headings = [line for line in lines if line.startswith("### covid_ct_md")]
+    assert len(headings) == 2, lines
+    assert "version 1 of 2" in headings[0] and "version 2 of 2" in headings[1]
+    assert [line.split("|")[2].strip() for line in lines if line.startswith("| init=scratch |")] == ["1", "1"]
