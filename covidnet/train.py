@@ -199,6 +199,7 @@ def train(cfg: DictConfig) -> dict:
                 for logger in trainer.loggers:
                     logger.log_metrics(source_scalars(metrics["test_by_source"]), step=trainer.global_step)
             items = datamodule.items["test"]
+            metrics["n_test_predictions"] = len(names)  # what predictions_test.csv holds: a reader refuses a file cut short
             run_dir.write_predictions(names, labels.tolist(), probs,
                                       extra={"source": [it.source for it in items], "patient": [it.patient or "" for it in items]})
             metrics["test_without_near_duplicates"] = without_near_duplicates(

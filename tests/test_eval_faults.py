@@ -89,3 +89,23 @@ def test_the_report_never_pools_different_copies_of_a_set(tmp_path, md):
     assert len(headings) == 2, lines
     assert "version 1 of 2" in headings[0] and "version 2 of 2" in headings[1]
     assert [line.split("|")[2].strip() for line in lines if line.startswith("| init=scratch |")] == ["1", "1"]
+
+
+@pytest.mark.parametrize("cut", ["mid_line", "whole_rows"])
+def test_the_report_refuses_a_truncated_predictions_file(tmp_path, cut):
+    """predictions_test.csv cut short (mid-line, or after whole rows where metrics.json counts the predictions):
+    the job is reported unreadable with the reason, never pooled as complete."""
+    from covidnet.report.sweep import read_job
+    from covidnet.run_dir import RunDir
+
+    job = tmp_path / "sweep" / "seed=0"
+    rd = RunDir(job)
+    rd.write_metrics({"best_checkpoint": "epoch=001.ckpt", "test": {"test/auroc": 0.5}, "n_test_predictions": 4})
+    rd.write_predictions(["a.png", "b.png", "c.png", "d.png"], [1, 1, 0, 0], [0.9, 0.8, 0.2, 0.1])
+    assert read_job(job, tmp_path / "sweep", {}).status == "complete"
+    text = rd.predictions_path.read_text()
+    rd.predictions_path.write_text(text[: text.index("c.png") + 8] if cut == "mid_line" else text[: text.index("c.png")])
+    run = read_job(job, tmp_path / "sweep", {})
+    assert run.status == "unreadable" and "truncated" in run.message
+    with pytest.raises(ValueError, match="truncated"):
+        rd.read_predictions()
