@@ -109,3 +109,39 @@ def test_the_report_refuses_a_truncated_predictions_file(tmp_path, cut):
     assert run.status == "unreadable" and "truncated" in run.message
     with pytest.raises(ValueError, match="truncated"):
         rd.read_predictions()
+
+
+def test_every_file_of_a_set_is_read_or_named(tmp_path):
+    """A dangling symlink, a DICOM copy of a slice under another name, a folder nested in a patient folder: each is
+    named with its fix, never silently dropped or counted twice; files that are not read are listed in a note."""
+    import shutil
+
+    from PIL import Image
+
+    from covidnet.sources import SourceError, read_source
+
+    folder = tmp_path / "folder"
+    for cls in ("COVID", "Normal"):
+        (folder / cls).mkdir(parents=True)
+        Image.new("L", (32, 32), 80).save(folder / cls / "a.png")
+    (folder / "COVID" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(SourceError, match=r"gone.png: a symbolic link to a missing file"):
+        read_source("image_folder", folder, classes={"COVID": 1, "Normal": 0})
+
+    classes = {"COVID-19 subjects": 1, "Cap subjects": 0, "Normal subjects": 0}
+    scans = write_scans(tmp_path / "scans", TWO_EACH)
+    records, _ = read_source("dicom", scans, classes=classes)
+    copy = scans / "COVID-19 subjects" / "p1"
+    shutil.copy(copy / "000.dcm", copy / "000_copy.dcm")
+    with pytest.raises(SourceError, match=r"000_copy.dcm: the same slice as .*000.dcm .*counted twice"):
+        read_source("dicom", scans, classes=classes)
+    (copy / "000_copy.dcm").unlink()
+    (copy / "series2").mkdir()
+    shutil.copy(copy / "001.dcm", copy / "series2" / "001.dcm")
+    with pytest.raises(SourceError, match=r"p1: folder\(s\) inside a patient folder \(series2\)"):
+        read_source("dicom", scans, classes=classes)
+    shutil.rmtree(copy / "series2")
+    shutil.copy(copy / "001.dcm", copy / "README")
+    again, notes = read_source("dicom", scans, classes=classes)
+    assert len(again) == len(records)
+    assert any("p1: 1 file(s) not read" in n and "read.extensions=['.dcm', '']" in n for n in notes)

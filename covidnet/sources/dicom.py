@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidnet.sources import Record, SourceError, class_folders, parse_class_map
+from covidnet.sources import Record, SourceError, class_folders, dangling_links, parse_class_map
 
 EXTRA = 'pip install -e ".[dicom]" (pydicom, pylibjpeg, pylibjpeg-libjpeg)'
 DEFAULT_WINDOW = {"width": 1500.0, "level": -600.0}
@@ -77,6 +77,7 @@ class _Header:
     slice_location: float | None
     normal_position: float | None
     instance: int | None
+    uid: str | None = None  # SOPInstanceUID: the same slice under two file names has the same one
 
 
 def window_to_unit(hu: np.ndarray, width: float, level: float) -> np.ndarray:
@@ -168,7 +169,8 @@ def _read_header(pydicom, path: Path, problems: list[str]) -> _Header | None:
             return None
     instance = ds.get("InstanceNumber")
     return _Header(path, str(ds.get("SeriesInstanceUID")) if ds.get("SeriesInstanceUID") else None,
-                   _float(ds.get("SliceLocation")), _normal_position(ds), int(instance) if instance not in (None, "") else None)
+                   _float(ds.get("SliceLocation")), _normal_position(ds), int(instance) if instance not in (None, "") else None,
+                   str(ds.get("SOPInstanceUID")) if ds.get("SOPInstanceUID") else None)
 
 
 def order_slices(headers: list[_Header], where: str, notes: list[str], problems: list[str]) -> list[_Header]:
@@ -242,6 +244,7 @@ def read(
     problems: list[str] = []
     notes: list[str] = []
     patients: list[tuple[str, int, str, list[_Header]]] = []
+    seen_uids: dict[str, Path] = {}
     for folder, (label, diagnosis) in class_map.items():
         loose = [p.name for p in (root / folder).iterdir() if p.is_file() and p.suffix.lower() in extensions]
         if loose:
@@ -251,12 +254,31 @@ def read(
         if not patient_dirs and not loose:
             problems.append(f"{root / folder}: no patient folders")
         for pdir in patient_dirs:
-            files = sorted(p for p in pdir.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+            entries = list(pdir.iterdir())
+            files = sorted(p for p in entries if p.is_file() and p.suffix.lower() in extensions)
             where = f"{folder}/{pdir.name}"
+            problems += dangling_links(entries)
+            nested = sorted(p.name for p in entries if p.is_dir())
+            if nested:
+                problems.append(f"{pdir}: folder(s) inside a patient folder ({', '.join(nested[:3])}), which this reader would not read; "
+                                "give each series its own patient folder <class folder>/<patient>/*.dcm")
+            others = sorted(p for p in entries if p.is_file() and p not in files and not p.name.startswith("."))
+            if others:
+                bare = [p for p in others if p.suffix == ""]
+                hint = (f"; DICOM files without an extension are read with read.extensions=[{', '.join(repr(e) for e in extensions)}, '']"
+                        if bare else "")
+                notes.append(f"{where}: {len(others)} file(s) not read, not {'/'.join(extensions)} (e.g. {others[0].name}){hint}")
             if not files:
-                problems.append(f"{pdir}: no {'/'.join(extensions)} files")
+                problems.append(f"{pdir}: no {'/'.join(extensions)} files" + (" (files without an extension: pass read.extensions=['.dcm', ''])"
+                                                                                 if any(p.suffix == "" for p in others) else ""))
                 continue
             headers = [h for h in (_header(p, problems) for p in files) if h is not None]
+            for h in headers:
+                if h.uid is not None and h.uid in seen_uids:
+                    problems.append(f"{h.path}: the same slice as {seen_uids[h.uid]} (SOPInstanceUID {h.uid}), a copy under another "
+                                    "name; it would be counted twice: remove one")
+                elif h.uid is not None:
+                    seen_uids[h.uid] = h.path
             series = sorted({h.series for h in headers if h.series})
             if len(series) > 1:
                 counts = ", ".join(f"{s} ({sum(h.series == s for h in headers)} files)" for s in series)
