@@ -19,7 +19,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,6 +35,8 @@ from covidnet.atomic import atomic_path, write_json
 from covidnet.checkpoint import CheckpointError
 from covidnet.config_check import EVALUATE, check_config
 from covidnet.errors import UserError
+from covidnet.processes import pid_alive
+from covidnet.run_record import check_writable
 from covidnet.dataset import DatasetError
 from covidnet.multisource import MAIN_SOURCE, split_by_patient
 from covidnet.predict import predict_batch
@@ -292,10 +296,64 @@ def read_predictions(path: Path) -> list[dict]:
 
 
 def check_fresh(dirs: list[Path]) -> None:
-    clash = [str(d / f) for d in dirs for f in OUTPUT_FILES if (d / f).exists()]
+    """Refuse result files that exist, except the leftovers of a killed evaluation (see :func:`leftover`)."""
+    clash = [str(d / f) for d in dirs if not leftover(d) for f in OUTPUT_FILES if (d / f).exists()]
     if clash:
         raise EvalError(f"{len(clash)} result file(s) already exist, e.g. {clash[:3]}; covidnet never overwrites results: "
                         "choose another out_dir (or leave it at its default), or pass into_runs=false.")
+
+
+INCOMPLETE = "INCOMPLETE"  # <result dir>/INCOMPLETE: a process is writing it, or one was killed doing so
+
+
+def _owner(mark: Path) -> int | None:
+    try:
+        return int(json.loads(mark.read_text()).get("pid"))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def leftover(d: Path) -> bool:
+    """A result directory an evaluation was killed writing: its INCOMPLETE mark's process is gone and it has no
+    metrics.json (written last), so what it holds is not a result and may be replaced."""
+    mark = d / INCOMPLETE
+    owner = _owner(mark) if mark.is_file() else None
+    return owner is not None and owner != os.getpid() and not pid_alive(owner) and not (d / "metrics.json").exists()
+
+
+def claim(dirs: list[Path], what: str) -> list[Path]:
+    """Create each result directory's ``INCOMPLETE`` mark exclusively (``O_EXCL``) before any prediction, so two
+    evaluations never write the same results: the second is refused, naming the first. A mark whose process has
+    died (a killed evaluation) is taken over, with a note. Each mark is removed once its directory's files are
+    written; one that stays says its directory is incomplete."""
+    claimed: list[Path] = []
+    try:
+        for d in dirs:
+            d.mkdir(parents=True, exist_ok=True)
+            mark = d / INCOMPLETE
+            try:
+                fd = os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                owner = _owner(mark)
+                if owner is None or owner == os.getpid() or pid_alive(owner):
+                    raise EvalError(f"{d} is being written by another evaluation (process {owner}; {mark}). Wait for it to finish or "
+                                    f"choose another out_dir; if no evaluation is running there, remove {mark}.") from None
+                print(f"note: {d}: taking over from evaluation process {owner}, which ended before finishing it")
+                mark.unlink(missing_ok=True)
+                fd = os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                taken = True
+            else:
+                taken = False
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "what": what}, f)
+            claimed.append(mark)
+            if not taken:
+                check_fresh([d])  # results that a finished evaluation wrote before this one claimed the directory
+    except BaseException:
+        for mark in claimed:
+            mark.unlink(missing_ok=True)
+        raise
+    return claimed
 
 
 def summary_rows(model: str, metrics: dict) -> list[dict]:
@@ -371,7 +429,19 @@ def evaluate_models(models, sets: list[EvalSet], out_dirs: dict[tuple[str, str],
     Each set is decoded once per distinct input spec among the models (covidnet.preprocess.InputSpec, from each
     checkpoint), and each metrics.json records that whole spec, the images used whole for want of a lung field,
     and the precision the probabilities were computed in."""
-    check_fresh([d for dirs in out_dirs.values() for d in dirs])
+    all_dirs = [d for dirs in out_dirs.values() for d in dirs]
+    check_fresh(all_dirs)
+    marks = claim(all_dirs, f"{len(models)} model(s) on {', '.join(s.name for s in sets)}")
+    try:
+        return _evaluate_models(models, sets, out_dirs, batch_size, device, n_boot, seed, progress)
+    except BaseException:  # an error, not a kill: directories left unwritten are not marked as being written
+        for mark in marks:
+            if not (mark.parent / "metrics.json").exists():
+                mark.unlink(missing_ok=True)
+        raise
+
+
+def _evaluate_models(models, sets, out_dirs, batch_size, device, n_boot, seed, progress) -> list[dict]:
     rows = []
     for s in sets:
         decoded = decode(s, {m.datamodule.spec for m in models}, progress)
@@ -402,7 +472,8 @@ def evaluate_models(models, sets: list[EvalSet], out_dirs: dict[tuple[str, str],
             for d in out_dirs[(m.name, s.name)]:
                 d.mkdir(parents=True, exist_ok=True)
                 write_predictions(d / "predictions.csv", scored.records, probs)
-                write_json(d / "metrics.json", metrics)
+                write_json(d / "metrics.json", metrics)  # last: a directory with metrics.json is complete
+                (d / INCOMPLETE).unlink(missing_ok=True)
             rows += summary_rows(m.name, metrics)
     return rows
 
@@ -424,6 +495,13 @@ def evaluate(cfg: DictConfig) -> dict:
     if not sets_cfg:
         raise EvalError("No set to evaluate on: pass eval=[covid_ct_md,semiseg] (names of conf/eval/*.yaml).")
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise EvalError(f"device={device}, but torch finds no CUDA GPU here (torch.cuda.is_available() is false); pass device=cpu or device=auto.")
+    out = Path(cfg.out_dir).expanduser()
+    try:
+        check_writable(out, "output directory", "Pass another out_dir=... or fix its permissions.")
+    except UserError as err:
+        raise EvalError(str(err)) from err
     try:
         models = load_models(cfg.ckpt, "unused", device)
     except CheckpointError:
@@ -435,7 +513,6 @@ def evaluate(cfg: DictConfig) -> dict:
         m.notes = preprocessing_notes(m.name, m.datamodule.spec.as_dict(), stated)
         set_scoring(m, scoring(m.path, cfg.get("precision", RUN), cfg.get("channels_last", RUN), device))
     sets = [load_set(name, sets_cfg[name]) for name in sets_cfg]
-    out = Path(cfg.out_dir).expanduser()
     out_dirs = {(m.name, s.name): [out / m.name / s.name] for m in models for s in sets}
     if cfg.get("into_runs"):
         for m in models:
@@ -454,15 +531,39 @@ def evaluate(cfg: DictConfig) -> dict:
     for m in models:
         for note in m.notes:
             print(f"note: {note}")
-    rows = evaluate_models(models, sets, out_dirs, int(cfg.batch_size), device, int(cfg.n_boot), int(cfg.seed), bool(cfg.get("progress", True)))
+    check_fresh([d for dirs in out_dirs.values() for d in dirs])  # before anything is created
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "summary.csv") as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    # this call's mark on the whole: it stays (with the pairs written so far) if the evaluation is killed or fails
+    mark = out / f"{INCOMPLETE}.{os.getpid()}.json"
+    planned = [f"{m}/{s}" for m, s in out_dirs]
+    write_json(mark, {"pid": os.getpid(), "pairs": planned, "note": "an evaluate.py call that has not finished (or was killed): "
+                      "its pairs without metrics.json are missing, and summary.csv lacks its rows"})
+    rows = evaluate_models(models, sets, out_dirs, int(cfg.batch_size), device, int(cfg.n_boot), int(cfg.seed), bool(cfg.get("progress", True)))
+    add_summary(out / "summary.csv", rows)
+    mark.unlink(missing_ok=True)
+    for stale in out.glob(f"{INCOMPLETE}.*.json"):  # a killed call's mark, once every pair it meant is written
+        owner = _owner(stale)
+        pairs = json.loads(stale.read_text()).get("pairs", []) if owner is not None and not pid_alive(owner) else None
+        if pairs is not None and all((out / p / "metrics.json").is_file() for p in pairs):
+            stale.unlink(missing_ok=True)
     print_summary(rows)
     print(f"results: {out}")
     return {"out_dir": str(out), "rows": rows}
+
+
+def add_summary(path: Path, rows: list[dict]) -> None:
+    """Append ``rows`` to summary.csv: the rows of earlier evaluations into the same out_dir are kept. Under an
+    exclusive lock, so evaluations finishing at the same time both land."""
+    import fcntl
+
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        before = read_predictions(path) if path.is_file() else []
+        fields = list(dict.fromkeys([*(before[0] if before else {}), *rows[0]]))
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows([*before, *rows])
 
 
 def load_sets_for_training(names, eval_data: str | None) -> list[EvalSet]:

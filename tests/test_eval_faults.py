@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from synthetic_dicom import write_scans
 from test_evaluate import make_checkpoint
 
-from covidnet.evaluate import evaluate
+from covidnet.evaluate import EvalError, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("pydicom")
@@ -145,3 +145,91 @@ def test_every_file_of_a_set_is_read_or_named(tmp_path):
     again, notes = read_source("dicom", scans, classes=classes)
     assert len(again) == len(records)
     assert any("p1: 1 file(s) not read" in n and "read.extensions=['.dcm', '']" in n for n in notes)
+
+
+# --- nothing lost ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def semiseg(tmp_path_factory) -> Path:
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("semiseg")
+    (root / "images").mkdir()
+    for n in range(4):
+        Image.new("L", (40, 40), 40 * n).save(root / "images" / f"{n}.png")
+    return root
+
+
+def test_a_second_evaluation_into_the_same_out_dir_keeps_the_first_summary_rows(tmp_path, md, semiseg):
+    ckpt = make_checkpoint(tmp_path / "m.ckpt")
+    out = tmp_path / "out"
+    first = run_evaluate(out, f"ckpt={ckpt}", *md_overrides(md))["rows"]
+    second = run_evaluate(out, f"ckpt={ckpt}", "eval=[semiseg]", f"eval.semiseg.root={semiseg}")["rows"]
+    summary = rows_of(out / "summary.csv")
+    assert [r["set"] for r in summary] == [r["set"] for r in first + second]
+    assert {r["set"] for r in summary} == {"covid_ct_md", "semiseg"}
+    assert not list(out.glob("INCOMPLETE*")) and not list(out.rglob("INCOMPLETE"))  # both finished: no mark left
+
+
+def test_a_result_directory_another_evaluation_is_writing_is_refused(tmp_path, md):
+    """Two evaluations into one out_dir: the one that finds the other's mark (its process alive) is refused before
+    any prediction; a mark whose process is gone (a killed evaluation) is taken over."""
+    import subprocess
+    import sys
+
+    ckpt = make_checkpoint(tmp_path / "m.ckpt")
+    target = tmp_path / "out" / "scratch-resnet18" / "covid_ct_md"
+    target.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (target / "INCOMPLETE").write_text(json.dumps({"pid": other.pid}))
+        with pytest.raises(EvalError, match=rf"being written by another evaluation \(process {other.pid}"):
+            run_evaluate(tmp_path / "out", f"ckpt={ckpt}", *md_overrides(md))
+        assert not (target / "metrics.json").exists()
+    finally:
+        other.kill()
+        other.wait()
+    run_evaluate(tmp_path / "out", f"ckpt={ckpt}", *md_overrides(md))  # its process is gone: taken over
+    assert (target / "metrics.json").is_file() and not (target / "INCOMPLETE").exists()
+
+
+KILL_AFTER_FIRST_PAIR = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import covidnet.evaluate as ev
+from hydra import compose, initialize_config_dir
+write, done = ev.write_json, []
+def die_at_second_metrics(path, data):
+    if str(path).endswith("metrics.json"):
+        done.append(path)
+    if len(done) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    write(path, data)
+ev.write_json = die_at_second_metrics
+with initialize_config_dir(config_dir={conf!r}, version_base="1.3"):
+    cfg = compose("evaluate", overrides={overrides!r})
+ev.evaluate(cfg)
+"""
+
+
+def test_an_evaluation_killed_midway_is_marked_incomplete(tmp_path, md, semiseg):
+    """SIGKILLed after its first (model, set) pair: that pair's files are whole, the other pair's directory and the
+    out_dir carry an INCOMPLETE mark naming what is missing; the next evaluation takes the dead one's marks over."""
+    import subprocess
+    import sys
+
+    ckpt = make_checkpoint(tmp_path / "m.ckpt")
+    out = tmp_path / "out"
+    overrides = ["n_boot=100", "progress=false", f"out_dir={out}", f"ckpt={ckpt}", "eval=[covid_ct_md,semiseg]",
+                 f"eval.covid_ct_md.root={md}", "eval.covid_ct_md.read.slice_labels=null", f"eval.semiseg.root={semiseg}"]
+    script = KILL_AFTER_FIRST_PAIR.format(root=str(ROOT), conf=str(ROOT / "conf"), overrides=overrides)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    done, missing = out / "scratch-resnet18" / "covid_ct_md", out / "scratch-resnet18" / "semiseg"
+    assert (done / "metrics.json").is_file() and not (done / "INCOMPLETE").exists()
+    assert (missing / "INCOMPLETE").is_file() and not (missing / "metrics.json").exists()
+    whole = list(out.glob("INCOMPLETE.*.json"))
+    assert len(whole) == 1 and "scratch-resnet18/semiseg" in json.loads(whole[0].read_text())["pairs"]
+    assert not (out / "summary.csv").exists()
+    run_evaluate(tmp_path / "out", f"ckpt={ckpt}", "eval=[semiseg]", f"eval.semiseg.root={semiseg}")  # completes what is missing
+    assert (missing / "metrics.json").is_file() and not (missing / "INCOMPLETE").exists()
+    assert not list(out.glob("INCOMPLETE.*.json"))  # the killed call's pairs are all written now
