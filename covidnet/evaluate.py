@@ -85,6 +85,10 @@ def set_config(name: str, eval_data: str | None = None, overrides: dict | None =
 
 def load_set(name: str, cfg: DictConfig | dict) -> EvalSet:
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+    unset = sorted(k.removeprefix(f"eval.{name}.") for k in OmegaConf.missing_keys(cfg))  # keys below the set
+    if unset:
+        raise EvalError(f"eval set {name}: not set: {', '.join(unset)}. Pass " + " ".join(f"eval.{name}.{k}=..." for k in unset)
+                        + f" (conf/eval/{name}.yaml says what each means).")
     for key in ("kind", "root"):
         if key not in cfg:
             raise EvalError(f"eval set {name}: no {key} in its config (conf/eval/{name}.yaml).")
@@ -502,8 +506,12 @@ def evaluate(cfg: DictConfig) -> dict:
         check_writable(out, "output directory", "Pass another out_dir=... or fix its permissions.")
     except UserError as err:
         raise EvalError(str(err)) from err
+    from covidnet.visualize import resolve_checkpoints
+
     try:
-        models = load_models(cfg.ckpt, "unused", device)
+        chosen, _ = resolve_checkpoints(cfg.ckpt, tool="evaluate", hint="evaluate.py scores trained runs' best checkpoints; to score "
+                                        "an unfinished run anyway, pass its checkpoint file: ckpt=['<run dir>/checkpoints/last.ckpt'].")
+        models = load_models(chosen, "unused", device)
     except CheckpointError:
         raise
     except ValueError as err:
@@ -571,7 +579,10 @@ def load_sets_for_training(names, eval_data: str | None) -> list[EvalSet]:
     names = set_names(names)
     if len(set(names)) != len(names):
         raise EvalError(f"eval_sets={names} names a set twice.")
-    return [load_set(n, set_config(n, eval_data)) for n in names]
+    sets = [load_set(n, set_config(n, eval_data)) for n in names]
+    for s in sets:
+        decode(s, set(), progress=False)  # every image decoded once now: an unreadable one fails before hours of training
+    return sets
 
 
 def evaluate_run(best_checkpoint: str | Path, sets: list[EvalSet], run_dir: Path, batch_size: int = 32,

@@ -121,9 +121,15 @@ def run_checkpoint(run: RunDir, include_unfinished: bool) -> tuple[Chosen | None
     return Chosen(ckpt, run, f"{'not trained' if state == NOT_TRAINED else 'unfinished'}: {ckpt.name}"), ""
 
 
-def resolve_checkpoints(ckpt, include_unfinished: bool = False) -> tuple[list[Chosen], list[tuple[Path, str]]]:
+UNFINISHED_HINT = "Pass include_unfinished=true to draw their last checkpoints, labelled as such."
+
+
+def resolve_checkpoints(ckpt, include_unfinished: bool = False, tool: str = "visualize",
+                        hint: str = UNFINISHED_HINT) -> tuple[list[Chosen], list[tuple[Path, str]]]:
     """``ckpt=`` entries -> (checkpoints to draw, skipped run directories with the reason). An entry may be
-    a .ckpt file, a run directory (its best checkpoint) or a sweep directory (each job's, in name order)."""
+    a .ckpt file, a run directory (its best checkpoint) or a sweep directory (each job's, in name order).
+    ``tool`` and ``hint`` word the note on skipped runs for the entry point that asked (evaluate.py has no
+    include_unfinished)."""
     entries = as_list(ckpt)
     if not entries:
         raise VisualizeError("No checkpoint given: pass ckpt=path/to/file.ckpt or ckpt=[a.ckpt,b.ckpt].")
@@ -150,8 +156,8 @@ def resolve_checkpoints(ckpt, include_unfinished: bool = False) -> tuple[list[Ch
                 chosen.append(pick)
     if skipped:
         lines = "\n".join(f"  {path}: {why}" for path, why in skipped)
-        hint = "" if include_unfinished else " Pass include_unfinished=true to draw their last checkpoints, labelled as such."
-        print(f"visualize: skipped {len(skipped)} run(s) without a best checkpoint:\n{lines}\n{hint.strip()}".rstrip())
+        hint = "" if include_unfinished else hint
+        print(f"{tool}: skipped {len(skipped)} run(s) without a best checkpoint:\n{lines}\n{hint.strip()}".rstrip())
     if not chosen:
         raise VisualizeError(f"No checkpoint to draw: every run given was skipped ({'; '.join(f'{p.name}: {w}' for p, w in skipped)}).")
     return chosen, skipped

@@ -233,3 +233,107 @@ def test_an_evaluation_killed_midway_is_marked_incomplete(tmp_path, md, semiseg)
     run_evaluate(tmp_path / "out", f"ckpt={ckpt}", "eval=[semiseg]", f"eval.semiseg.root={semiseg}")  # completes what is missing
     assert (missing / "metrics.json").is_file() and not (missing / "INCOMPLETE").exists()
     assert not list(out.glob("INCOMPLETE.*.json"))  # the killed call's pairs are all written now
+
+
+# --- checked before work, with the message that helps -------------------------------------------------------------
+def test_an_unreadable_eval_image_fails_training_before_it_starts(synthetic_root, tmp_path):
+    from test_train import tiny_cfg
+
+    from covidnet.train import train
+
+    data = tmp_path / "sets"
+    (data / "covid-semiseg" / "images").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("L", (40, 40), 90).save(data / "covid-semiseg" / "images" / "1.png")
+    (data / "covid-semiseg" / "images" / "2.png").write_bytes(b"not an image")
+    with pytest.raises(EvalError, match=r"(?s)semiseg: 1 image\(s\) cannot be read.*2.png"):
+        train(tiny_cfg(synthetic_root, tmp_path / "run", "eval_sets=[semiseg]", f"eval_data={data}"))
+    assert not list((tmp_path / "run").rglob("*.ckpt"))  # refused before any training
+
+
+@pytest.mark.parametrize("sources,fold,match", [
+    (["covid_ct", "covid_ct_md"], 2, r"data.fold=2 must be in 0..1"),
+    (["covid_ct", "semiseg"], 0, r"semiseg \(semiseg\) cannot be split by patient"),
+    (["covid_ct", "nope"], 0, r"Unknown eval set 'nope'"),
+])
+def test_bad_training_sources_are_refused_before_any_image_is_read(tmp_path, sources, fold, match):
+    """The data module refuses them when it is built: before COVID-CT is decoded (here it does not even exist)."""
+    from covidnet.data import CovidCTDataModule
+    from covidnet.sources import SourceError
+
+    with pytest.raises(SourceError, match=match):
+        CovidCTDataModule(root=str(tmp_path / "no-data"), sources=sources, fold=fold, sets_root=str(tmp_path))
+
+
+def test_device_and_out_dir_are_checked_before_any_prediction(tmp_path, md):
+    import torch
+
+    ckpt = make_checkpoint(tmp_path / "m.ckpt")
+    if not torch.cuda.is_available():
+        with pytest.raises(EvalError, match=r"device=cuda, but torch finds no CUDA GPU here.*device=cpu"):
+            run_evaluate(tmp_path / "out", f"ckpt={ckpt}", "device=cuda", *md_overrides(md))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(EvalError, match=r"output directory .* cannot be written: .* is a file, not a folder\. Pass another out_dir"):
+        run_evaluate(tmp_path / "file" / "out", f"ckpt={ckpt}", *md_overrides(md))
+
+
+def test_evaluate_names_its_own_way_to_score_an_unfinished_run(tmp_path, md, capsys):
+    from test_evaluate import make_run
+
+    make_run(tmp_path / "sweep" / "a")
+    (tmp_path / "sweep" / "b" / "checkpoints").mkdir(parents=True)  # started, never finished
+    run_evaluate(tmp_path / "out", f"ckpt={tmp_path / 'sweep'}", *md_overrides(md))
+    said = capsys.readouterr().out
+    assert "evaluate: skipped 1 run(s)" in said and "include_unfinished" not in said
+    assert "ckpt=['<run dir>/checkpoints/last.ckpt']" in said
+
+
+def test_dicom_faults_get_their_own_message(tmp_path):
+    """A truncated file, a colour DICOM, an absurd stored size, a slice-label CSV with a non-integer: each named
+    for what it is, before any image is decoded, never a traceback or another fault's message."""
+    import pydicom
+
+    from covidnet.sources import SourceError, read_source
+
+    classes = {"COVID": 1, "Normal": 0}
+    root = write_scans(tmp_path / "scans", {"COVID": ["p1"], "Normal": ["n1"]})
+    first = sorted((root / "COVID" / "p1").glob("*.dcm"))[0]
+    data = first.read_bytes()
+
+    def fails(match, **read):
+        with pytest.raises(SourceError, match=match):
+            read_source("dicom", root, classes=classes, **read)
+
+    first.write_bytes(data[:600])
+    fails(r"a DICOM image \(CT Image Storage\) without its pixel data: the file is truncated")
+    first.write_bytes(data[:-100])
+    fails(r"its pixel data holds \d+ of the 4608 bytes .* truncated")
+    first.write_bytes(data)
+    ds = pydicom.dcmread(first)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "RGB"
+    ds.save_as(first)
+    fails(r"a colour image \(RGB, 3 samples per pixel\), not a CT slice")
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.Rows, ds.Columns = 1, "MONOCHROME2", 60000, 60000
+    ds.save_as(first)
+    fails(r"a stored image of 60000x60000 pixels is not a CT slice")
+    first.write_bytes(data)
+    (root / "labels.csv").write_text(f"file,slice_label\n{first.relative_to(root).as_posix()},yes\n")
+    fails(r"labels.csv, line 2: slice_label='yes' .* is not 0 or 1", slice_labels="labels.csv")
+
+
+def test_an_image_folder_is_evaluated_from_the_command_line(tmp_path):
+    """eval=folder with root= and classes= filled in; without them, the message names what to pass."""
+    from PIL import Image
+
+    folder = tmp_path / "mine"
+    for cls, grey in (("COVID", 200), ("Normal", 60)):
+        (folder / cls).mkdir(parents=True)
+        for k in range(2):
+            Image.new("L", (40, 40), grey + k).save(folder / cls / f"{k}.png")
+    ckpt = make_checkpoint(tmp_path / "m.ckpt")
+    with pytest.raises(EvalError, match=r"eval set folder: not set: read.classes, root\. Pass eval.folder.read.classes=\.\.\. eval.folder.root="):
+        run_evaluate(tmp_path / "out", f"ckpt={ckpt}", "eval=folder")
+    run_evaluate(tmp_path / "out", f"ckpt={ckpt}", "eval=folder", f"eval.folder.root={folder}", "eval.folder.read.classes={COVID: 1, Normal: 0}")
+    metrics = json.loads(next((tmp_path / "out").glob("*/folder/metrics.json")).read_text())
+    assert metrics["n_images"] == 4 and metrics["n_covid"] == 2

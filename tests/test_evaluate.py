@@ -204,7 +204,7 @@ def test_set_configs_resolve_their_root_below_eval_data(monkeypatch):
     assert set_config("covid_ct_md").root == "/data/sets/covid-ct-md-sample"
     assert set_config("semiseg", eval_data="../shared/data").root == "../shared/data/covid-semiseg"
     assert set_config("covid_ct_md").read.window == {"width": 1500, "level": -600}
-    with pytest.raises(EvalError, match="Known sets: covid_ct_md, covid_ct_test, semiseg"):
+    with pytest.raises(EvalError, match="Known sets: covid_ct_md, covid_ct_test, folder, semiseg"):
         set_config("nope")
 
 

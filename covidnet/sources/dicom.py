@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from covidnet.dataset import MAX_PIXELS, MIN_SIDE
 from covidnet.sources import Record, SourceError, class_folders, dangling_links, parse_class_map
 
 EXTRA = 'pip install -e ".[dicom]" (pydicom, pylibjpeg, pylibjpeg-libjpeg)'
@@ -147,9 +148,38 @@ def _read_header(pydicom, path: Path, problems: list[str]) -> _Header | None:
     except (InvalidDicomError, OSError, ValueError, EOFError) as err:
         problems.append(f"{path}: not a readable DICOM file ({type(err).__name__}: {str(err)[:120]})")
         return None
-    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        problems.append(f"{path}: no pixel data (a DICOM without an image, e.g. a report or structured document); remove it from the folder")
+    sop = ds.get("SOPClassUID") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    kind = getattr(sop, "name", "") or ""
+    pixel_tag = next((tag for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if tag in ds), None)
+    if pixel_tag is None:
+        if "Image Storage" in kind or ("Rows" in ds and "Columns" in ds):  # an image without its pixels: cut short
+            problems.append(f"{path}: a DICOM image ({kind or 'Rows/Columns given'}) without its pixel data: the file is truncated "
+                            f"({path.stat().st_size} bytes); copy it again from the source")
+        else:
+            problems.append(f"{path}: no pixel data (a DICOM without an image, e.g. a report or structured document); remove it from the folder")
         return None
+    samples, photometric = int(ds.get("SamplesPerPixel", 1) or 1), str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if samples != 1 or not photometric.startswith("MONOCHROME"):
+        problems.append(f"{path}: a colour image ({photometric}, {samples} samples per pixel), not a CT slice in Hounsfield units; "
+                        "remove it (e.g. a secondary capture or screenshot)")
+        return None
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows * cols > MAX_PIXELS or min(rows, cols) < MIN_SIDE:
+        problems.append(f"{path}: a stored image of {rows}x{cols} pixels is not a CT slice (at least {MIN_SIDE} px a side, at most "
+                        f"{MAX_PIXELS // 1_000_000} M pixels); remove it or fix its header")
+        return None
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not syntax.is_compressed:  # the pixels' size is known: a file cut short holds fewer
+        needed = rows * cols * samples * (int(ds.get("BitsAllocated", 16) or 16) // 8)
+        item = ds.get_item(pixel_tag)
+        if getattr(item, "value_tell", None) is not None and item.length is not None:  # deferred: where it would end
+            held = min(item.length, path.stat().st_size - item.value_tell)
+        else:
+            held = len(item.value or b"") if isinstance(item.value, (bytes, bytearray)) else needed
+        if held < needed:
+            problems.append(f"{path}: its pixel data holds {held} of the {needed} bytes of a {rows}x{cols} image: the file is "
+                            "truncated; copy it again from the source")
+            return None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         problems.append(f"{path}: {frames} frames in one file; this reader takes one slice per file")
@@ -217,7 +247,16 @@ def _slice_labels(root: Path, option) -> dict[str, int]:
         reader = csv.DictReader(f)
         if not {"file", "slice_label"} <= set(reader.fieldnames or []):
             raise SourceError(f"{path}: needs columns file, slice_label; has {reader.fieldnames}.")
-        return {r["file"]: int(r["slice_label"]) for r in reader}
+        out = {}
+        for r in reader:
+            try:
+                out[r["file"]] = int(r["slice_label"])
+            except (TypeError, ValueError):
+                raise SourceError(f"{path}, line {reader.line_num}: slice_label={r['slice_label']!r} for {r['file']!r} is not 0 or 1; "
+                                  "each row gives 1 (infection visible on the slice) or 0.") from None
+            if out[r["file"]] not in (0, 1):
+                raise SourceError(f"{path}, line {reader.line_num}: slice_label={out[r['file']]} for {r['file']!r} is not 0 or 1.")
+        return out
 
 
 def read(
