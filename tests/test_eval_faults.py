@@ -306,7 +306,7 @@ def test_dicom_faults_get_their_own_message(tmp_path):
             read_source("dicom", root, classes=classes, **read)
 
     first.write_bytes(data[:600])
-    fails(r"a DICOM image \(CT Image Storage\) without its pixel data: the file is truncated")
+    fails(r"no pixel data \(CT Image Storage without its pixels\): the file is truncated \(600 bytes\)")
     first.write_bytes(data[:-100])
     fails(r"its pixel data holds \d+ of the 4608 bytes .* truncated")
     first.write_bytes(data)
@@ -337,3 +337,29 @@ def test_an_image_folder_is_evaluated_from_the_command_line(tmp_path):
     run_evaluate(tmp_path / "out", f"ckpt={ckpt}", "eval=folder", f"eval.folder.root={folder}", "eval.folder.read.classes={COVID: 1, Normal: 0}")
     metrics = json.loads(next((tmp_path / "out").glob("*/folder/metrics.json")).read_text())
     assert metrics["n_images"] == 4 and metrics["n_covid"] == 2
+
+
+def test_an_expected_error_in_a_multirun_job_is_raised_alone(monkeypatch):
+    """In a multirun the job must still fail (Hydra records it), but with the expected error alone: no wrapper
+    chain and no library frames for Hydra to print at the end of the sweep."""
+    import traceback
+
+    from covidnet import cli
+    from covidnet.sources import SourceError
+
+    monkeypatch.setattr(cli, "_in_multirun", lambda: True)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.delenv("COVIDNET_DEBUG", raising=False)
+
+    def deep():
+        try:
+            raise SourceError("data.fold=2 must be in 0..1 (data.n_folds=2).")
+        except SourceError as err:
+            raise RuntimeError("Error in call to target 'covidnet.data.CovidCTDataModule'") from err
+
+    with pytest.raises(SourceError) as caught:
+        with cli.user_errors():
+            deep()
+    printed = "".join(traceback.format_exception(caught.value))
+    assert "RuntimeError" not in printed and "direct cause" not in printed
+    assert len(traceback.extract_tb(caught.value.__traceback__)) <= 3, printed  # this test, contextlib, cli.user_errors

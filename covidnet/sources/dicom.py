@@ -152,9 +152,9 @@ def _read_header(pydicom, path: Path, problems: list[str]) -> _Header | None:
     kind = getattr(sop, "name", "") or ""
     pixel_tag = next((tag for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if tag in ds), None)
     if pixel_tag is None:
-        if "Image Storage" in kind or ("Rows" in ds and "Columns" in ds):  # an image without its pixels: cut short
-            problems.append(f"{path}: a DICOM image ({kind or 'Rows/Columns given'}) without its pixel data: the file is truncated "
-                            f"({path.stat().st_size} bytes); copy it again from the source")
+        if "Image Storage" in kind or ("Rows" in ds and "Columns" in ds):  # an image without its pixels: most often cut short
+            problems.append(f"{path}: no pixel data ({kind or 'an image header'} without its pixels): the file is truncated "
+                            f"({path.stat().st_size} bytes), or it holds no image; copy it again from the source, or remove it")
         else:
             problems.append(f"{path}: no pixel data (a DICOM without an image, e.g. a report or structured document); remove it from the folder")
         return None
