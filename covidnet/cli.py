@@ -12,6 +12,7 @@ its traceback.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import sys
@@ -56,7 +57,12 @@ def user_errors():
         if _in_multirun():
             # Hydra records the job as failed and, at the end, prints the first failure's traceback: the expected
             # error alone (no Lightning/Hydra frames, no chain of wrappers) keeps that to its message
-            raise user.with_traceback(None) from None
+            # (a copy: re-raising the object in flight would keep its traceback)
+            try:
+                alone = copy.copy(user)
+            except Exception:  # noqa: BLE001 - an error class that cannot be copied keeps its traceback
+                raise user from None
+            raise alone.with_traceback(None) from None
         message = f"Error: {user}"
         # into the run's log file too (Hydra's file handler), so the run directory says why it stopped
         record = logging.LogRecord("covidnet", logging.ERROR, __file__, 0, message, None, None)

@@ -339,7 +339,8 @@ def test_an_image_folder_is_evaluated_from_the_command_line(tmp_path):
     assert metrics["n_images"] == 4 and metrics["n_covid"] == 2
 
 
-def test_an_expected_error_in_a_multirun_job_is_raised_alone(monkeypatch):
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_an_expected_error_in_a_multirun_job_is_raised_alone(monkeypatch, wrapped):
     """In a multirun the job must still fail (Hydra records it), but with the expected error alone: no wrapper
     chain and no library frames for Hydra to print at the end of the sweep."""
     import traceback
@@ -355,11 +356,14 @@ def test_an_expected_error_in_a_multirun_job_is_raised_alone(monkeypatch):
         try:
             raise SourceError("data.fold=2 must be in 0..1 (data.n_folds=2).")
         except SourceError as err:
-            raise RuntimeError("Error in call to target 'covidnet.data.CovidCTDataModule'") from err
+            if wrapped:  # as Hydra's instantiate wraps what a constructor raised
+                raise RuntimeError("Error in call to target 'covidnet.data.CovidCTDataModule'") from err
+            raise
 
     with pytest.raises(SourceError) as caught:
         with cli.user_errors():
             deep()
     printed = "".join(traceback.format_exception(caught.value))
-    assert "RuntimeError" not in printed and "direct cause" not in printed
+    assert str(caught.value) == "data.fold=2 must be in 0..1 (data.n_folds=2)."
+    assert "RuntimeError" not in printed and "in deep" not in printed and "direct cause" not in printed
     assert len(traceback.extract_tb(caught.value.__traceback__)) <= 3, printed  # this test, contextlib, cli.user_errors
