@@ -3,14 +3,16 @@
 A ``UserError`` (a bad option, bad data, a bad checkpoint or weights file, a used run directory) is the
 user's to fix and its message says how, so it is printed alone on stderr and the process exits with status
 2, without Lightning's or Hydra's traceback. ``HYDRA_FULL_ERROR=1`` (or ``COVIDNET_DEBUG=1``) re-raises it
-with the whole traceback. In a multirun the error is re-raised as it is: Hydra records the job as failed,
-the other jobs still run, and ``covidnet.hydra_callbacks.SweepReport`` names it. Any other exception is a bug and keeps
+with the whole traceback. In a multirun the expected error is re-raised alone (without the traceback and the chain
+of wrappers that led to it): Hydra records the job as failed, the other jobs still run,
+``covidnet.hydra_callbacks.SweepReport`` names it, and what Hydra prints at the end stays short. Any other exception is a bug and keeps
 its traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import sys
@@ -50,8 +52,17 @@ def user_errors():
         yield
     except Exception as err:
         user = find_user_error(err)
-        if user is None or debugging() or _in_multirun():
+        if user is None or debugging():
             raise
+        if _in_multirun():
+            # Hydra records the job as failed and, at the end, prints the first failure's traceback: the expected
+            # error alone (no Lightning/Hydra frames, no chain of wrappers) keeps that to its message
+            # (a copy: re-raising the object in flight would keep its traceback)
+            try:
+                alone = copy.copy(user)
+            except Exception:  # noqa: BLE001 - an error class that cannot be copied keeps its traceback
+                raise user from None
+            raise alone.with_traceback(None) from None
         message = f"Error: {user}"
         # into the run's log file too (Hydra's file handler), so the run directory says why it stopped
         record = logging.LogRecord("covidnet", logging.ERROR, __file__, 0, message, None, None)

@@ -79,6 +79,36 @@ def one_thread():
         torch.set_num_threads(n)
 
 
+def check_sources(sources: list[str], test_sources: list[str] | None, fold: int, n_folds: int, source_defs: dict | None,
+                  sets_root: str | None) -> None:
+    """Refuse, before COVID-CT is decoded, a fold out of range and a source that cannot be split by patient (a set
+    without patients, or of one class): otherwise the error came only after the whole dataset was read."""
+    from covidnet.evaluate import EvalError, set_config  # lazy: evaluate imports this module
+    from covidnet.sources import SourceError
+
+    others = [n for n in dict.fromkeys([*sources, *(test_sources or [])]) if n != MAIN_SOURCE]
+    if not others:
+        return
+    if n_folds < 2:
+        raise SourceError(f"data.n_folds={n_folds} must be at least 2 (one fold of each source's patients tested, the rest trained on).")
+    if not 0 <= fold < n_folds:
+        raise SourceError(f"data.fold={fold} must be in 0..{n_folds - 1} (data.n_folds={n_folds}).")
+    for name in others:
+        defs = (source_defs or {}).get(name)
+        try:
+            cfg = defs if defs is not None else set_config(name, sets_root)
+        except EvalError as err:
+            raise SourceError(f"data.sources: {err}") from err
+        kind, read = cfg.get("kind"), cfg.get("read") or {}
+        why = {"semiseg": "its slices have no patients and are all COVID",
+               "covid_ct": "it is COVID-CT itself (covid_ct, always trained on)"}.get(kind)
+        if kind == "image_folder" and read.get("patient_level") is None:
+            why = "its images have no patients (set read.patient_level to the folder level that names them)"
+        if why:
+            raise SourceError(f"data.sources / data.test_sources: {name} ({kind}) cannot be split by patient for training: {why}. "
+                              "Evaluate on it instead (eval_sets=[...] or evaluate.py).")
+
+
 def check_fraction(fraction: float) -> float:
     if not 0 < fraction <= 1:
         raise ValueError(f"data.fraction={fraction} must be in (0, 1].")
@@ -151,6 +181,7 @@ class CovidCTDataModule(L.LightningDataModule):
         if slice_labels not in SLICE_POLICIES:
             raise ValueError(f"data.slice_labels={slice_labels!r}; choose one of {', '.join(SLICE_POLICIES)}.")
         sampling_weights([], balance)  # fails early on an unknown balance mode
+        check_sources(sources, test_sources, fold, n_folds, source_defs, sets_root)  # before any image is decoded
         self.spec = InputSpec(image_size, normalization, field, intensity, crop_margin)  # fails early on a bad name
         self.source_augment = SourceAugment.from_config(source_aug)  # and on a bad strength
         # files whose lung field was not found (they fall back to the full image): name -> split

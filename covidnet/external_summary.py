@@ -58,19 +58,48 @@ def evals_and_seed(run) -> tuple[dict[str, tuple[dict, list[dict]]], object]:
     return run.eval_results(), run.seed
 
 
+def identity(metrics: dict) -> str:
+    """What an evaluation scored: the set's kind, root, read options and image count (and the training patients
+    left out), from its metrics.json. Evaluations that differ in any of these are different sets, never pooled."""
+    definition = metrics.get("set_definition") or {}
+    excluded = metrics.get("training_patients_excluded") or {}
+    return json.dumps({"kind": metrics.get("kind"), "root": definition.get("root", metrics.get("root")), "read": definition.get("read"),
+                       "n_images": metrics.get("n_images"), "excluded": excluded.get("patients")}, sort_keys=True)
+
+
+def describe(metrics: dict) -> str:
+    definition = metrics.get("set_definition") or {}
+    read = definition.get("read")
+    excluded = metrics.get("training_patients_excluded")
+    return (f"{metrics.get('n_images')} images at {definition.get('root', metrics.get('root'))}"
+            + (f", read {json.dumps(read, sort_keys=True)}" if read else "")
+            + (f", without the {len(excluded['patients'])} training patients of fold {excluded['fold']}" if excluded else ""))
+
+
 def collect(groups: dict[str, list]) -> dict[str, dict[str, SetRuns]]:
-    """``{set: {group: SetRuns}}`` for every set any run of ``groups`` was evaluated on."""
-    out: dict[str, dict[str, SetRuns]] = {}
+    """``{set: {group: SetRuns}}`` for every set any run of ``groups`` was evaluated on. A set name evaluated in
+    different versions (another copy or root, other read options, another image count) becomes one entry per
+    version, labelled with what it holds: their results are never averaged or paired together."""
+    found: list[tuple[str, str, str, dict, list[dict], object]] = []
     for group, runs in groups.items():
         for run in runs:
             evals, seed = evals_and_seed(run)
             for name, (metrics, rows) in evals.items():
-                s = out.setdefault(name, {}).setdefault(group, SetRuns())
-                s.metrics.append(metrics)
-                s.seeds.append(seed)
-                s.predictions.append({r["path"]: float(r["prob_covid"]) for r in rows})
-                s.labels.update({r["path"]: int(r["label"]) for r in rows})
-                s.patients.update({r["path"]: r["patient"] for r in rows if r.get("patient")})
+                found.append((name, identity(metrics), group, metrics, rows, seed))
+    versions: dict[str, list[str]] = {}
+    for name, ident, *_ in found:
+        if ident not in versions.setdefault(name, []):
+            versions[name].append(ident)
+    out: dict[str, dict[str, SetRuns]] = {}
+    for name, ident, group, metrics, rows, seed in found:
+        k = versions[name].index(ident)
+        label = name if len(versions[name]) == 1 else f"{name}, version {k + 1} of {len(versions[name])}: {describe(metrics)}"
+        s = out.setdefault(label, {}).setdefault(group, SetRuns())
+        s.metrics.append(metrics)
+        s.seeds.append(seed)
+        s.predictions.append({r["path"]: float(r["prob_covid"]) for r in rows})
+        s.labels.update({r["path"]: int(r["label"]) for r in rows})
+        s.patients.update({r["path"]: r["patient"] for r in rows if r.get("patient")})
     return out
 
 

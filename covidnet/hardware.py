@@ -126,3 +126,28 @@ def apply_threads(threads: int | None) -> None:
         return
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+# the short names Lightning also accepts, as the unified ones
+_UNIFIED = {"64": "64-true", "32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+
+
+def precision_plugin(precision: str, device: str = "cpu"):
+    """Lightning's precision plugin for ``precision`` on ``device``, for predicting outside a Trainer: the same
+    autocast or dtype a Trainer with that precision uses (on the CPU ``16-mixed`` becomes ``bf16-mixed``, as
+    Lightning's Trainer does), so evaluation computes P(COVID) as training computed its own test predictions."""
+    from lightning.pytorch.plugins.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
+
+    name = _UNIFIED.get(str(precision), str(precision))
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    if name == "16-mixed" and kind == "cpu":
+        name = "bf16-mixed"
+    if name == "32-true":
+        return Precision()
+    if name in ("16-mixed", "bf16-mixed"):
+        return MixedPrecision(name, kind)
+    if name in ("16-true", "bf16-true"):
+        return HalfPrecision(name)
+    if name == "64-true":
+        return DoublePrecision()
+    raise HardwareConfigError(f"precision={precision!r} cannot be used for evaluation; choose 32-true, bf16-mixed, 16-mixed, 16-true, bf16-true or 64-true.")

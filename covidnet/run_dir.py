@@ -79,20 +79,35 @@ def job_name_of(overrides: Iterable[str], exclude: Iterable[str]) -> str:
     return ",".join(sorted(str(o) for o in overrides if override_key(o) not in skip))
 
 
-def read_predictions_csv(path: str | Path) -> dict[tuple[str, int], float]:
-    """A predictions file -> ``{(file, label): P(COVID)}``; extra columns are allowed, a repeated image is an error."""
+def read_predictions_csv(path: str | Path, expected: int | None = None) -> dict[tuple[str, int], float]:
+    """A predictions file -> ``{(file, label): P(COVID)}``; extra columns are allowed, a repeated image is an error.
+
+    A file cut short is refused, never read as a smaller result: it must end with a complete line, every row must
+    have every column, and where the run recorded how many it predicted (``expected``) the count must match."""
     path = Path(path)
     out: dict[tuple[str, int], float] = {}
+    truncated = (f"{path} is truncated (a copy or a write that did not finish); its rows cannot be trusted. "
+                 "Copy the file again from the run, or retrain the run.")
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        raise ValueError(f"{truncated[:-1]} It ends in the middle of a line.")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         missing = set(PREDICTION_COLUMNS) - set(reader.fieldnames or [])
         if missing:
             raise ValueError(f"{path} lacks the column(s) {sorted(missing)}; expected {','.join(PREDICTION_COLUMNS)} as covidnet writes.")
         for row in reader:
-            key = (row["file"], int(float(row["label"])))
+            if None in row or any(row.get(c) in (None, "") for c in PREDICTION_COLUMNS):
+                raise ValueError(f"{truncated} Line {reader.line_num} is incomplete: {row}.")
+            try:
+                key, prob = (row["file"], int(float(row["label"]))), float(row["prob_covid"])
+            except ValueError as err:
+                raise ValueError(f"{path}: line {reader.line_num} does not hold a label and a probability ({err}).") from err
             if key in out:
                 raise ValueError(f"{path}: {key[0]} (label {key[1]}) appears twice; predictions must name each image once.")
-            out[key] = float(row["prob_covid"])
+            out[key] = prob
+    if expected is not None and len(out) != expected:
+        raise ValueError(f"{truncated[:-1]} It holds {len(out)} predictions; the run's metrics.json says it predicted {expected}.")
     return out
 
 
@@ -164,8 +179,11 @@ class RunDir:
         write_json(self.metrics_path, metrics)
 
     def read_predictions(self) -> dict[tuple[str, int], float]:
-        """predictions_test.csv -> ``{(file, label): P(COVID)}``; empty when the run wrote none."""
-        return read_predictions_csv(self.predictions_path) if self.predictions_path.is_file() else {}
+        """predictions_test.csv -> ``{(file, label): P(COVID)}``; empty when the run wrote none. Checked against the
+        count metrics.json records (``n_test_predictions``): a file cut short raises ValueError."""
+        if not self.predictions_path.is_file():
+            return {}
+        return read_predictions_csv(self.predictions_path, (self.read_metrics() or {}).get("n_test_predictions"))
 
     def write_predictions(self, files: Iterable[str], labels: Iterable[int], probs: Iterable[float],
                           extra: dict[str, Iterable] | None = None) -> None:

@@ -74,8 +74,10 @@ register_init_resolver()  # saved configs hold ${covidnet.init:...}
 
 
 # --- output folders -------------------------------------------------------------------------------------
-def check_writable(path: str | Path, what: str) -> None:
-    """Refuse, before any work, a folder that cannot be created or written (tried with a probe file)."""
+def check_writable(path: str | Path, what: str,
+                   fix: str = "Choose another location (hydra.run.dir=..., hydra.sweep.dir=..., or paths.log_dir=...) or fix its permissions.") -> None:
+    """Refuse, before any work, a folder that cannot be created or written (tried with a probe file); ``fix`` says
+    what to pass instead."""
     target = Path(path).expanduser().absolute()
     existing = target
     while not existing.exists() and existing != existing.parent:
@@ -91,8 +93,7 @@ def check_writable(path: str | Path, what: str) -> None:
         except OSError as err:
             problem = f"{existing} is not writable ({err.strerror or err})"
     if problem:
-        raise UserError(f"The {what} {target} cannot be written: {problem}. Choose another location (hydra.run.dir=..., "
-                        "hydra.sweep.dir=..., or paths.log_dir=...) or fix its permissions.")
+        raise UserError(f"The {what} {target} cannot be written: {problem}. {fix}")
 
 
 class RunRecord(Callback):

@@ -199,14 +199,15 @@ def train(cfg: DictConfig) -> dict:
                 for logger in trainer.loggers:
                     logger.log_metrics(source_scalars(metrics["test_by_source"]), step=trainer.global_step)
             items = datamodule.items["test"]
+            metrics["n_test_predictions"] = len(names)  # what predictions_test.csv holds: a reader refuses a file cut short
             run_dir.write_predictions(names, labels.tolist(), probs,
                                       extra={"source": [it.source for it in items], "patient": [it.patient or "" for it in items]})
             metrics["test_without_near_duplicates"] = without_near_duplicates(
                 names, labels, probs, getattr(datamodule, "test_near_duplicates", set()))
     if eval_sets and best_path and trainer.is_global_zero:
-        # under the run's precision and memory format, as its predictions_test.csv (same images, same numbers)
-        with trainer.precision_plugin.forward_context():
-            rows = evaluate_run(best_path, eval_sets, out, batch_size=int(cfg.data.batch_size), channels_last=hardware.channels_last)
+        # in the run's precision, memory format and device, as its predictions_test.csv (same images, same numbers)
+        rows = evaluate_run(best_path, eval_sets, out, batch_size=int(cfg.data.batch_size), precision=hardware.precision,
+                            channels_last=hardware.channels_last, device=str(trainer.strategy.root_device))
         metrics["eval_sets"] = {s.name: str(out / EVAL_AREA / s.name) for s in eval_sets}
         for row in rows:
             if row["level"] == "slices" and row["subset"] == "all":

@@ -47,6 +47,7 @@ from covidnet.config_check import VISUALIZE, check_config
 from covidnet.data import CovidCTDataModule
 from covidnet.dataset import CLASS_NAMES, DatasetError, Sample, load_grey, read_split
 from covidnet.errors import UserError
+from covidnet.preprocess import InputSpec
 from covidnet.run_dir import CHECKPOINT_DIR, INTERRUPTED, LAST_CHECKPOINT, NOT_TRAINED, TRAINED, RunDir, SweepDir
 
 OUTPUT_FILES = ("figure.png", "images.csv", "results.json")
@@ -120,9 +121,15 @@ def run_checkpoint(run: RunDir, include_unfinished: bool) -> tuple[Chosen | None
     return Chosen(ckpt, run, f"{'not trained' if state == NOT_TRAINED else 'unfinished'}: {ckpt.name}"), ""
 
 
-def resolve_checkpoints(ckpt, include_unfinished: bool = False) -> tuple[list[Chosen], list[tuple[Path, str]]]:
+UNFINISHED_HINT = "Pass include_unfinished=true to draw their last checkpoints, labelled as such."
+
+
+def resolve_checkpoints(ckpt, include_unfinished: bool = False, tool: str = "visualize",
+                        hint: str = UNFINISHED_HINT) -> tuple[list[Chosen], list[tuple[Path, str]]]:
     """``ckpt=`` entries -> (checkpoints to draw, skipped run directories with the reason). An entry may be
-    a .ckpt file, a run directory (its best checkpoint) or a sweep directory (each job's, in name order)."""
+    a .ckpt file, a run directory (its best checkpoint) or a sweep directory (each job's, in name order).
+    ``tool`` and ``hint`` word the note on skipped runs for the entry point that asked (evaluate.py has no
+    include_unfinished)."""
     entries = as_list(ckpt)
     if not entries:
         raise VisualizeError("No checkpoint given: pass ckpt=path/to/file.ckpt or ckpt=[a.ckpt,b.ckpt].")
@@ -149,8 +156,8 @@ def resolve_checkpoints(ckpt, include_unfinished: bool = False) -> tuple[list[Ch
                 chosen.append(pick)
     if skipped:
         lines = "\n".join(f"  {path}: {why}" for path, why in skipped)
-        hint = "" if include_unfinished else " Pass include_unfinished=true to draw their last checkpoints, labelled as such."
-        print(f"visualize: skipped {len(skipped)} run(s) without a best checkpoint:\n{lines}\n{hint.strip()}".rstrip())
+        hint = "" if include_unfinished else hint
+        print(f"{tool}: skipped {len(skipped)} run(s) without a best checkpoint:\n{lines}\n{hint.strip()}".rstrip())
     if not chosen:
         raise VisualizeError(f"No checkpoint to draw: every run given was skipped ({'; '.join(f'{p.name}: {w}' for p, w in skipped)}).")
     return chosen, skipped
@@ -187,6 +194,10 @@ def load_models(chosen, data_root: str, device: str) -> list[LoadedModel]:
             dm = CovidCTDataModule(**{**dm_hparams, "root": data_root})
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: its data-module hyperparameters do not rebuild the preprocessing ({err}).") from err
+        stored = model.hparams.get("input_spec")
+        if stored is not None and InputSpec.from_dict(stored) != dm.spec:
+            raise CheckpointError(f"{path}: the model's input_spec {dict(stored)} is not its data module's {dm.spec.as_dict()}; "
+                                  "the checkpoint does not say what its input was. Use a checkpoint written by train.py.")
         name = model_name(choice, dict(model.hparams))
         taken = {m.name for m in models}
         if name in taken:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from synthetic import make_dataset
 from synthetic_dicom import write_scans
 
 from covidnet import stats
@@ -26,11 +27,11 @@ MD_FOLDERS = {"COVID-19 subjects": ["p1", "p2"], "Cap subjects": ["c1"], "Normal
 pytest.importorskip("pydicom")
 
 
-def make_checkpoint(path: Path, image_size: int = 32, normalization: str = "imagenet", seed: int = 0) -> Path:
-    """A covidnet checkpoint (random weights) with the data-module hyperparameters train.py stores."""
+def make_checkpoint(path: Path, image_size: int = 32, normalization: str = "imagenet", seed: int = 0, **data) -> Path:
+    """A covidnet checkpoint (random weights) with the data-module hyperparameters train.py stores (``data``: more of them)."""
     torch.manual_seed(seed)
     model = CovidClassifier(arch="resnet18", init="scratch")
-    dm = CovidCTDataModule(root=str(path.parent), image_size=image_size, normalization=normalization)
+    dm = CovidCTDataModule(root=str(path.parent), image_size=image_size, normalization=normalization, **data)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "datamodule_hyper_parameters": dict(dm.hparams)}, path)
     return path
@@ -146,7 +147,10 @@ def test_the_checkpoints_preprocessing_wins_and_evaluate_says_so(tmp_path, scans
     assert "trained with data.image_size=32; data.image_size=224 is ignored (the checkpoint's preprocessing wins)" in said
     assert "normalization" not in said.split("ignored")[0].split("note:")[-1]
     metrics = json.loads((tmp_path / "out" / "scratch-resnet18" / "semiseg" / "metrics.json").read_text())
-    assert metrics["preprocessing"] == {"image_size": 32, "normalization": "unit"}
+    assert metrics["input_spec"] == {"image_size": 32, "normalization": "unit", "field": "full", "intensity": "none", "crop_margin": 0.05}
+    assert metrics["lung_fallbacks"] is None  # field=full, intensity=none: no segmentation
+    assert metrics["precision"] == {"precision": "32-true", "channels_last": False, "device": "cpu",
+                                    "from": {"precision": "default (no run record)", "channels_last": "default (no run record)"}}
     assert any("image_size=224 is ignored" in n for n in metrics["notes"])
 
 
@@ -204,7 +208,7 @@ def test_set_configs_resolve_their_root_below_eval_data(monkeypatch):
     assert set_config("covid_ct_md").root == "/data/sets/covid-ct-md-sample"
     assert set_config("semiseg", eval_data="../shared/data").root == "../shared/data/covid-semiseg"
     assert set_config("covid_ct_md").read.window == {"width": 1500, "level": -600}
-    with pytest.raises(EvalError, match="Known sets: covid_ct_md, covid_ct_test, semiseg"):
+    with pytest.raises(EvalError, match="Known sets: covid_ct_md, covid_ct_test, folder, semiseg"):
         set_config("nope")
 
 
@@ -262,3 +266,49 @@ def test_old_sweeps_group_jobs_by_name_without_seed_and_pair_inits_with_scratch(
     assert {k: len(v) for k, v in groups.items()} == {"init=scratch,model.arch=resnet18": 2, "init=ct,model.arch=resnet18": 1}
     assert pairs == [("init=ct,model.arch=resnet18", "init=scratch,model.arch=resnet18")]
     assert main([str(tmp_path)]) == 1  # no eval/<set>/ anywhere: says how to make them
+
+
+# --- evaluation sees what training saw ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def chest_root(tmp_path_factory) -> Path:
+    """Axial slices with lungs, a frame and a caption (tests/synthetic.py): lung fields change the input."""
+    root = tmp_path_factory.mktemp("chest") / "covid-ct"
+    make_dataset(root, {"train": 8, "val": 4, "test": 4}, kind="chest")
+    return root
+
+
+def read_probs(path: Path, key: str) -> dict[str, str]:
+    with open(path, newline="") as f:
+        return {Path(r[key]).name: r["prob_covid"] for r in csv.DictReader(f)}
+
+
+@pytest.mark.parametrize("field", ["full", "lung_crop", "lung_only"])
+@pytest.mark.parametrize("intensity", ["none", "lung_percentile"])
+def test_evaluate_py_gives_the_runs_own_test_probabilities(chest_root, tmp_path, field, intensity):
+    """A model trained with a lung field and intensity is scored by evaluate.py (and by training's eval_sets)
+    on the images it saw, as it saw them: the official test split gives the run's predictions_test.csv, digit
+    for digit, under the run's precision (bf16 where the CPU has it), and metrics.json says so."""
+    from test_train import compose_cfg
+
+    from covidnet.train import train
+
+    run = tmp_path / "run"
+    metrics = train(compose_cfg([
+        f"data.root={chest_root}", f"paths.output_dir={run}", "experiment=smoke", f"data.field={field}",
+        f"data.intensity={intensity}", "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
+        "++callbacks.cam=null", "eval_sets=[covid_ct_test]", f"eval_data={chest_root.parent}"]))
+    if field != "full":
+        assert metrics["lung_fallbacks"]["n"] == 0  # every slice cropped: the test is about cropped inputs
+    own = read_probs(run / "predictions_test.csv", "file")
+    assert read_probs(run / "eval" / "covid_ct_test" / "predictions.csv", "path") == own
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"ckpt={run}", "eval=[covid_ct_test]", f"eval.covid_ct_test.root={chest_root}",
+                                             f"out_dir={tmp_path / 'out'}", "n_boot=200", "progress=false"])
+    evaluate(cfg)
+    out = next((tmp_path / "out").glob("*/covid_ct_test"))
+    assert read_probs(out / "predictions.csv", "path") == own
+    recorded = json.loads((out / "metrics.json").read_text())
+    assert recorded["input_spec"] == metrics["input_spec"] == {
+        "image_size": 64, "normalization": "imagenet", "field": field, "intensity": intensity, "crop_margin": 0.05}
+    assert recorded["precision"]["precision"] == metrics["hardware"]["precision"]
+    assert recorded["precision"]["channels_last"] == metrics["hardware"]["channels_last"]

@@ -109,9 +109,9 @@ def parse_overrides(lines: list[str]) -> dict[str, str]:
     return {o.get_key_element().lstrip("+~"): o.get_value_element_as_str() for o in parsed}
 
 
-def read_predictions(path: Path) -> dict[tuple[str, int], float]:
+def read_predictions(path: Path, expected: int | None = None) -> dict[tuple[str, int], float]:
     try:
-        return read_predictions_csv(path)
+        return read_predictions_csv(path, expected)
     except ValueError as err:
         raise ReportError(str(err)) from err
 
@@ -138,7 +138,7 @@ def read_job(job_dir: Path, sweep_dir: Path, failures: dict[str, str]) -> Run:
             run.message = "metrics.json records no best checkpoint (nothing trained or validated, e.g. trainer.max_epochs=0): no test result"
             return run
         try:
-            run.predictions = read_predictions(rd.predictions_path) if rd.predictions_path.is_file() else {}
+            run.predictions = read_predictions(rd.predictions_path, metrics.get("n_test_predictions")) if rd.predictions_path.is_file() else {}
         except (OSError, ValueError, KeyError) as err:  # ReportError is a ValueError
             run.status, run.message = "unreadable", f"{type(err).__name__}: {err}"
             return run

@@ -20,6 +20,7 @@ class (e.g. ``COVID-19``, ``CAP``, ``normal``) so that COVID can be compared wit
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,3 +120,10 @@ def parse_class_map(classes: dict, root: Path, found: list[str], what: str) -> d
 
 def class_folders(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def dangling_links(paths) -> list[str]:
+    """One problem per symbolic link whose target is missing: a file that looks present but cannot be read
+    (``Path.is_file`` is False for it, so a plain listing would drop it without a word)."""
+    return [f"{p}: a symbolic link to a missing file ({os.readlink(p)}); restore its target or remove the link"
+            for p in paths if p.is_symlink() and not p.exists()]

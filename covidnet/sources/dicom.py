@@ -42,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from covidnet.sources import Record, SourceError, class_folders, parse_class_map
+from covidnet.dataset import MAX_PIXELS, MIN_SIDE
+from covidnet.sources import Record, SourceError, class_folders, dangling_links, parse_class_map
 
 EXTRA = 'pip install -e ".[dicom]" (pydicom, pylibjpeg, pylibjpeg-libjpeg)'
 DEFAULT_WINDOW = {"width": 1500.0, "level": -600.0}
@@ -77,6 +78,7 @@ class _Header:
     slice_location: float | None
     normal_position: float | None
     instance: int | None
+    uid: str | None = None  # SOPInstanceUID: the same slice under two file names has the same one
 
 
 def window_to_unit(hu: np.ndarray, width: float, level: float) -> np.ndarray:
@@ -146,9 +148,38 @@ def _read_header(pydicom, path: Path, problems: list[str]) -> _Header | None:
     except (InvalidDicomError, OSError, ValueError, EOFError) as err:
         problems.append(f"{path}: not a readable DICOM file ({type(err).__name__}: {str(err)[:120]})")
         return None
-    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        problems.append(f"{path}: no pixel data (a DICOM without an image, e.g. a report or structured document); remove it from the folder")
+    sop = ds.get("SOPClassUID") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    kind = getattr(sop, "name", "") or ""
+    pixel_tag = next((tag for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if tag in ds), None)
+    if pixel_tag is None:
+        if "Image Storage" in kind or ("Rows" in ds and "Columns" in ds):  # an image without its pixels: most often cut short
+            problems.append(f"{path}: no pixel data ({kind or 'an image header'} without its pixels): the file is truncated "
+                            f"({path.stat().st_size} bytes), or it holds no image; copy it again from the source, or remove it")
+        else:
+            problems.append(f"{path}: no pixel data (a DICOM without an image, e.g. a report or structured document); remove it from the folder")
         return None
+    samples, photometric = int(ds.get("SamplesPerPixel", 1) or 1), str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if samples != 1 or not photometric.startswith("MONOCHROME"):
+        problems.append(f"{path}: a colour image ({photometric}, {samples} samples per pixel), not a CT slice in Hounsfield units; "
+                        "remove it (e.g. a secondary capture or screenshot)")
+        return None
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows * cols > MAX_PIXELS or min(rows, cols) < MIN_SIDE:
+        problems.append(f"{path}: a stored image of {rows}x{cols} pixels is not a CT slice (at least {MIN_SIDE} px a side, at most "
+                        f"{MAX_PIXELS // 1_000_000} M pixels); remove it or fix its header")
+        return None
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not syntax.is_compressed:  # the pixels' size is known: a file cut short holds fewer
+        needed = rows * cols * samples * (int(ds.get("BitsAllocated", 16) or 16) // 8)
+        item = ds.get_item(pixel_tag)
+        if getattr(item, "value_tell", None) is not None and item.length is not None:  # deferred: where it would end
+            held = min(item.length, path.stat().st_size - item.value_tell)
+        else:
+            held = len(item.value or b"") if isinstance(item.value, (bytes, bytearray)) else needed
+        if held < needed:
+            problems.append(f"{path}: its pixel data holds {held} of the {needed} bytes of a {rows}x{cols} image: the file is "
+                            "truncated; copy it again from the source")
+            return None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         problems.append(f"{path}: {frames} frames in one file; this reader takes one slice per file")
@@ -168,7 +199,8 @@ def _read_header(pydicom, path: Path, problems: list[str]) -> _Header | None:
             return None
     instance = ds.get("InstanceNumber")
     return _Header(path, str(ds.get("SeriesInstanceUID")) if ds.get("SeriesInstanceUID") else None,
-                   _float(ds.get("SliceLocation")), _normal_position(ds), int(instance) if instance not in (None, "") else None)
+                   _float(ds.get("SliceLocation")), _normal_position(ds), int(instance) if instance not in (None, "") else None,
+                   str(ds.get("SOPInstanceUID")) if ds.get("SOPInstanceUID") else None)
 
 
 def order_slices(headers: list[_Header], where: str, notes: list[str], problems: list[str]) -> list[_Header]:
@@ -215,7 +247,16 @@ def _slice_labels(root: Path, option) -> dict[str, int]:
         reader = csv.DictReader(f)
         if not {"file", "slice_label"} <= set(reader.fieldnames or []):
             raise SourceError(f"{path}: needs columns file, slice_label; has {reader.fieldnames}.")
-        return {r["file"]: int(r["slice_label"]) for r in reader}
+        out = {}
+        for r in reader:
+            try:
+                out[r["file"]] = int(r["slice_label"])
+            except (TypeError, ValueError):
+                raise SourceError(f"{path}, line {reader.line_num}: slice_label={r['slice_label']!r} for {r['file']!r} is not 0 or 1; "
+                                  "each row gives 1 (infection visible on the slice) or 0.") from None
+            if out[r["file"]] not in (0, 1):
+                raise SourceError(f"{path}, line {reader.line_num}: slice_label={out[r['file']]} for {r['file']!r} is not 0 or 1.")
+        return out
 
 
 def read(
@@ -242,6 +283,7 @@ def read(
     problems: list[str] = []
     notes: list[str] = []
     patients: list[tuple[str, int, str, list[_Header]]] = []
+    seen_uids: dict[str, Path] = {}
     for folder, (label, diagnosis) in class_map.items():
         loose = [p.name for p in (root / folder).iterdir() if p.is_file() and p.suffix.lower() in extensions]
         if loose:
@@ -251,12 +293,31 @@ def read(
         if not patient_dirs and not loose:
             problems.append(f"{root / folder}: no patient folders")
         for pdir in patient_dirs:
-            files = sorted(p for p in pdir.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+            entries = list(pdir.iterdir())
+            files = sorted(p for p in entries if p.is_file() and p.suffix.lower() in extensions)
             where = f"{folder}/{pdir.name}"
+            problems += dangling_links(entries)
+            nested = sorted(p.name for p in entries if p.is_dir())
+            if nested:
+                problems.append(f"{pdir}: folder(s) inside a patient folder ({', '.join(nested[:3])}), which this reader would not read; "
+                                "give each series its own patient folder <class folder>/<patient>/*.dcm")
+            others = sorted(p for p in entries if p.is_file() and p not in files and not p.name.startswith("."))
+            if others:
+                bare = [p for p in others if p.suffix == ""]
+                hint = (f"; DICOM files without an extension are read with read.extensions=[{', '.join(repr(e) for e in extensions)}, '']"
+                        if bare else "")
+                notes.append(f"{where}: {len(others)} file(s) not read, not {'/'.join(extensions)} (e.g. {others[0].name}){hint}")
             if not files:
-                problems.append(f"{pdir}: no {'/'.join(extensions)} files")
+                problems.append(f"{pdir}: no {'/'.join(extensions)} files" + (" (files without an extension: pass read.extensions=['.dcm', ''])"
+                                                                                 if any(p.suffix == "" for p in others) else ""))
                 continue
             headers = [h for h in (_header(p, problems) for p in files) if h is not None]
+            for h in headers:
+                if h.uid is not None and h.uid in seen_uids:
+                    problems.append(f"{h.path}: the same slice as {seen_uids[h.uid]} (SOPInstanceUID {h.uid}), a copy under another "
+                                    "name; it would be counted twice: remove one")
+                elif h.uid is not None:
+                    seen_uids[h.uid] = h.path
             series = sorted({h.series for h in headers if h.series})
             if len(series) > 1:
                 counts = ", ".join(f"{s} ({sum(h.series == s for h in headers)} files)" for s in series)

@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from covidnet.dataset import load_grey
-from covidnet.sources import Record, SourceError, class_folders, parse_class_map
+from covidnet.sources import Record, SourceError, class_folders, dangling_links, parse_class_map
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -33,7 +33,9 @@ def read(root: Path, classes: dict | None = None, patient_level: int | None = No
     problems: list[str] = []
     ignored: dict[str, int] = {}
     for folder, (label, diagnosis) in class_map.items():
-        files = sorted((p for p in (root / folder).rglob("*") if p.is_file() and not p.name.startswith(".")), key=natural_key)
+        found_here = list((root / folder).rglob("*"))
+        problems += dangling_links(found_here)
+        files = sorted((p for p in found_here if p.is_file() and not p.name.startswith(".")), key=natural_key)
         images = [p for p in files if p.suffix.lower() in EXTENSIONS]
         for p in files:
             if p.suffix.lower() not in EXTENSIONS:

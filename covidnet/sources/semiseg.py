@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 
 from covidnet.dataset import load_grey
-from covidnet.sources import Record, SourceError
+from covidnet.sources import Record, SourceError, dangling_links
 from covidnet.sources.image_folder import EXTENSIONS, natural_key
 
 
@@ -19,7 +19,13 @@ def read(root: Path, images: str = "images") -> tuple[list[Record], list[str]]:
     folder = root / images
     if not folder.is_dir():
         raise SourceError(f"semiseg set at {root}: no {images}/ folder (expected {folder}/<N>.jpg).")
-    paths = sorted((p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS and p.is_file()), key=natural_key)
+    entries = list(folder.iterdir())
+    problems = dangling_links(entries)
+    if problems:
+        raise SourceError(f"semiseg set at {root}:\n  " + "\n  ".join(problems[:10]))
+    paths = sorted((p for p in entries if p.suffix.lower() in EXTENSIONS and p.is_file()), key=natural_key)
     records = [Record(key=p.relative_to(root).as_posix(), path=p, label=1, diagnosis="COVID", loader=partial(load_grey, p))
                for p in paths]
-    return records, []
+    others = sorted(p.name for p in entries if p not in paths and not p.name.startswith("."))
+    notes = [f"semiseg set at {root}: {len(others)} entries of {images}/ are not images and not read: {', '.join(others[:5])}"] if others else []
+    return records, notes
