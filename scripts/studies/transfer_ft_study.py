@@ -87,6 +87,24 @@ def job(sweep: Path, init: str, setting: dict, seed: int) -> Path | None:
     return None
 
 
+def select_on_validation(out: Path, grid: dict[str, list[dict]], train_job) -> dict:
+    """Per init, the grid setting with the best seed-0 ``best_val_score`` (val/auroc; a tie goes to the first
+    listed; no test number is read). Missing grid jobs are trained first with ``train_job(sweep dir, overrides)``
+    into ``<out>/grid_<init>``; the choice is written to <out>/selection.json."""
+    selection = {}
+    for init, settings in grid.items():
+        sweep = out / f"grid_{init}"
+        for setting in settings:
+            if job(sweep, init, setting, 0) is None:
+                train_job(sweep, [f"init={init}", "seed=0", *(f"{k}={v}" for k, v in setting.items())])
+        scores = [json.loads((job(sweep, init, s, 0) / "metrics.json").read_text())["best_val_score"] for s in settings]
+        best = max(range(len(settings)), key=lambda i: (scores[i], -i))
+        selection[init] = {"grid": [{**s, "best_val_auroc": v} for s, v in zip(settings, scores)], "chosen": settings[best]}
+    (out / "selection.json").write_text(json.dumps(selection, indent=2))
+    print(f"selection: {json.dumps(selection)}", flush=True)
+    return selection
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
@@ -105,17 +123,7 @@ def main(argv=None) -> None:
     print(f"plan: {plan}", flush=True)
     common = [f"trainer.max_epochs={plan['epochs']}"]
 
-    selection = {}
-    for init, settings in GRID.items():
-        grid = out / f"grid_{init}"
-        for setting in settings:
-            if job(grid, init, setting, 0) is None:
-                train(args, grid, [*common, f"init={init}", "seed=0", *(f"{k}={v}" for k, v in setting.items())])
-        scores = [json.loads((job(grid, init, s, 0) / "metrics.json").read_text())["best_val_score"] for s in settings]
-        best = max(range(len(settings)), key=lambda i: (scores[i], -i))  # a tie goes to the first listed
-        selection[init] = {"grid": [{**s, "best_val_auroc": v} for s, v in zip(settings, scores)], "chosen": settings[best]}
-    (out / "selection.json").write_text(json.dumps(selection, indent=2))
-    print(f"selection: {json.dumps(selection)}", flush=True)
+    selection = select_on_validation(out, GRID, lambda grid, overrides: train(args, grid, [*common, *overrides]))
 
     final = out / "final"
     exclude = "hydra.job.config.override_dirname.exclude_keys=[data.root,callbacks.cam,ckpt_path,paths.log_dir,hydra.sweep.dir," + ",".join(CHOSEN_KEYS) + "]"
