@@ -161,3 +161,13 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     assert slug("ImageNet transfer vs training from scratch (EfficientNet-Lite0)") == (
         "imagenet-transfer-vs-training-from-scratch-efficientnet-lite0"
     )
+
+
+DATA_FILES = sorted(p for p in (ROOT / "docs").rglob("*") if p.suffix in (".json", ".csv", ".txt"))
+
+
+def test_no_machine_path_in_committed_results():
+    """Committed reports, predictions and benchmark outputs name paths relative to the checkout, never the
+    machine that produced them."""
+    found = [f"{p.relative_to(ROOT)}: {m.group(0)!r}" for p in DATA_FILES for m in MACHINE_PATH.finditer(p.read_text(encoding="utf-8"))]
+    assert DATA_FILES and found == []
