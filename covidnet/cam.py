@@ -91,18 +91,14 @@ def target_layer(model: nn.Module, name: str = "layer4") -> nn.Module:
     arch = getattr(model, "arch", None)
     net = getattr(model, "net", model)
     path = arch.cam_layers.get(name) if arch is not None else (name if name.startswith("layer") else None)
-    module = net.get_submodule(path) if path is not None and _has_submodule(net, path) else None
+    try:
+        module = net.get_submodule(path) if path is not None else None
+    except AttributeError:  # a ResNet stage name on a network without it
+        module = None
     if module is None:
         raise ValueError(f"CAM layer={name!r}: {type(net).__name__} has no such map; choose layer1, layer2, layer3 or layer4.")
     return module[-1] if isinstance(module, nn.Sequential) else module
 
-
-def _has_submodule(net: nn.Module, path: str) -> bool:
-    try:
-        net.get_submodule(path)
-    except AttributeError:
-        return False
-    return True
 
 
 def categories_for(target: str, labels: Sequence[int], probs: Sequence[float]) -> list[int]:

@@ -22,6 +22,7 @@ from synthetic import make_dataset
 from torchvision.models import resnet18
 
 from covidnet import stats
+from reference_metrics import auroc_by_pairs
 from covidnet.hydra_callbacks import SweepReport
 from covidnet.report import load_sweep, main, read_curves, write_report
 
@@ -30,14 +31,6 @@ N_BOOT = 400
 
 
 # --- an independent implementation of the bootstrap, for comparison -------------------------------------
-def auroc_by_pairs(labels, probs) -> float:
-    """P(score of a COVID image > score of a non-COVID image), ties counting half: the definition, by loops."""
-    pos = [p for y, p in zip(labels, probs) if y == 1]
-    neg = [p for y, p in zip(labels, probs) if y == 0]
-    if not pos or not neg:
-        return math.nan
-    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg)
-    return wins / (len(pos) * len(neg))
 
 
 def percentile_by_hand(values, q: float) -> float:

@@ -11,17 +11,11 @@ import numpy as np
 import pytest
 
 from covidnet import stats
+from reference_metrics import auroc_by_pairs
 
 N_BOOT = 400
 
 
-def auroc_by_pairs(labels, probs) -> float:
-    """P(score of a COVID image > score of a non-COVID image), ties half: the definition, by loops."""
-    pos = [p for y, p in zip(labels, probs) if y == 1]
-    neg = [p for y, p in zip(labels, probs) if y == 0]
-    if not pos or not neg:
-        return math.nan
-    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg) / (len(pos) * len(neg))
 
 
 def runs_of_quality(labels, strengths, rng) -> np.ndarray:
