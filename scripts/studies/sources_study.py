@@ -33,7 +33,7 @@ import numpy as np
 
 from covidnet import stats
 from covidnet.external_summary import margin_arg
-from covidnet.run_dir import RunDir
+from covidnet.runs import RunDir
 
 MD = "covid_ct_md"
 CT_SET = "covid_ct_test"

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from covidnet.run_dir import SweepDir
+from covidnet.runs import SweepDir
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = {

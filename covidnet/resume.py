@@ -9,7 +9,7 @@ registered when Hydra instantiates the ``RunRecord`` callback listed in the same
 
 **A job's folder** in a sweep is its ``override_dirname`` with ``/`` written as ``.``
 (``hydra.sweep.subdir: ${covidnet_job_dir:${hydra.job.override_dirname}}``): a config-group override such as
-``data/source_aug=default`` would otherwise nest the job one folder deeper (covidnet.run_dir.SweepDir walks
+``data/source_aug=default`` would otherwise nest the job one folder deeper (covidnet.runs.SweepDir walks
 down to it, but globs like ``<sweep>/*/metrics.json`` and a reader's eye look one level deep).
 
 **A resume** (``ckpt_path=last`` or a file) must continue the run it resumes, not silently mix two: the
