@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from covidnet.set_metrics import block, set_metrics
+from covidnet import set_metrics as set_stats
 from covidnet.sources import Record, SourceError
 
 MAIN_SOURCE = "covid_ct"
@@ -136,10 +136,10 @@ def source_metrics(items: list[SourceItem], records: list, probs: np.ndarray, n_
         idx = np.flatnonzero([it.source == name for it in items])
         labels = np.asarray([items[i].label for i in idx])
         if name == MAIN_SOURCE:
-            out[name] = {"images": {"all": block(labels, probs[idx], None, n_boot, seed)}}
+            out[name] = {"images": {"all": set_stats.block(labels, probs[idx], None, n_boot, seed)}}
             continue
-        out[name] = set_metrics([records[i] for i in idx], probs[idx], n_boot, seed, name=name, kind="training source",
-                                root=stats_root(records, idx))
+        out[name] = set_stats.set_metrics([records[i] for i in idx], probs[idx], n_boot, seed, name=name, kind="training source",
+                                          root=stats_root(records, idx))
     return out
 
 

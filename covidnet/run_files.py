@@ -7,7 +7,7 @@ A run directory (covidnet.runs.RunDir finds its way around it)::
     checkpoints/<best>.ckpt       the best-on-validation checkpoint; its name is recorded in metrics.json
     checkpoints/last.ckpt         the latest state, for resuming
     .hydra/                       the job's config, overrides and Hydra settings
-    eval/<set>/predictions.csv    path,patient,label,diagnosis,position,slice_label,prob_covid (write_eval, read_eval)
+    eval/<set>/predictions.csv    path,patient,label,diagnosis,position,slice_label,prob_covid (write_eval, read_eval[_rows])
     eval/<set>/metrics.json       external evaluations of the best checkpoint, written last: it marks the result complete
 
 ``evaluate.py`` writes its ``<out_dir>/<model>/<set>/`` with the same :func:`write_eval`, so an evaluation result
@@ -126,6 +126,12 @@ def write_eval(out: str | Path, records: list[Record], probs: Iterable[float], m
     return out
 
 
+def read_eval_rows(path: str | Path) -> list[dict[str, str]]:
+    """The rows of one evaluation's predictions.csv as written (strings): ``path``, ``patient``, ``label``, ...
+    ``prob_covid``; refused when cut short."""
+    return _read_rows(Path(path), ("path", "prob_covid"))
+
+
 def read_eval(out: str | Path) -> tuple[dict, list[dict[str, str]]]:
     """(metrics.json, prediction rows as written: ``path``, ``patient``, ``label``, ... ``prob_covid``) of one
     evaluation result written by :func:`write_eval`; rows as strings, as a rebuilt report's are
@@ -134,7 +140,7 @@ def read_eval(out: str | Path) -> tuple[dict, list[dict[str, str]]]:
     metrics = read_metrics(out / METRICS_FILE)
     if metrics is None:
         raise ValueError(f"{out} holds no {METRICS_FILE}: not a complete evaluation result.")
-    return metrics, _read_rows(out / EVAL_PREDICTIONS_FILE, ("path", "label", "prob_covid"))
+    return metrics, read_eval_rows(out / EVAL_PREDICTIONS_FILE)
 
 
 def eval_results(root: str | Path) -> list[str]:
