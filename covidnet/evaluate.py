@@ -6,12 +6,14 @@ visualize.py. Sets are read by :mod:`covidnet.sources` and everything is checked
 directories) before the first prediction; outputs go to a fresh directory and are never overwritten:
 
     <out_dir>/<model>/<set>/metrics.json     intervals per slice (patients resampled) and per patient
-    <out_dir>/<model>/<set>/predictions.csv  key, patient, label, diagnosis, position, slice_label, prob_covid
+    <out_dir>/<model>/<set>/predictions.csv  path (the record's key), patient, label, diagnosis, position, slice_label, prob_covid
     <out_dir>/summary.csv                    one row per model, set, level and comparison
 
 With ``into_runs=true`` (checkpoints given as run or sweep directories) each run's results also go to
 ``<run dir>/eval/<set>/``, where ``python -m covidnet.report`` picks them up (training with ``eval_sets``
-writes there directly).
+writes there directly). Both are written by covidnet.run_files.write_eval and read back by its read_eval; which
+checkpoint stands for a run is covidnet.run_checkpoints' decision, the sets are covidnet.sets', their statistics
+covidnet.set_metrics'.
 """
 
 from __future__ import annotations
