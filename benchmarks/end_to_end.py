@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from covidnet.runs import RunDir
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,7 +46,7 @@ def covidnet(args, work: Path, i: int) -> dict:
     cmd = [sys.executable, "train.py", "init=scratch", f"trainer.max_epochs={args.epochs}", f"data.root={args.data_root}",
            f"hydra.run.dir={out}", *args.covidnet_args]
     wall, rss, _ = run(cmd, ROOT)
-    m = json.loads((out / "metrics.json").read_text())
+    m = RunDir(out).read_metrics()
     return {"epoch_s": statistics.median(m["epoch_seconds"]), "epochs": m["epoch_seconds"], "wall_s": wall, "rss_mib": rss,
             "test_auroc": m["test"]["test/auroc"], "hardware": m["hardware"]}
 

@@ -9,7 +9,6 @@ by seed are paired; each arm's run list is printed.
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import json
 import re
@@ -17,11 +16,11 @@ import re
 import numpy as np
 
 from covidnet import stats
+from covidnet.run_files import read_prediction_rows
 
 
 def read(path: str) -> dict[str, tuple[int, float]]:
-    with open(path) as f:
-        return {r["file"]: (int(r["label"]), float(r["prob_covid"])) for r in csv.DictReader(f)}
+    return {r["file"]: (r["label"], r["prob_covid"]) for r in read_prediction_rows(path)}
 
 
 def seed_of(path: str) -> int:

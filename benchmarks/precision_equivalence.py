@@ -14,12 +14,12 @@ same images with the same labels, and prints the paired percentile-bootstrap int
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 from pathlib import Path
 
 import numpy as np
 
+from covidnet.runs import RunDir
 from covidnet.stats import paired_difference
 
 MARGINS = {"auroc": 0.05, "acc": 0.06}
@@ -28,13 +28,11 @@ MARGINS = {"auroc": 0.05, "acc": 0.06}
 def read_runs(sweep: Path, must_contain: str) -> dict[int, tuple[list[str], np.ndarray, np.ndarray]]:
     runs = {}
     for d in sorted(p for p in sweep.iterdir() if p.is_dir() and must_contain in p.name):
-        csv_path = d / "predictions_test.csv"
-        if not csv_path.is_file():
+        rows = RunDir(d).read_prediction_rows()
+        if not rows:
             continue
         seed = int(re.search(r"seed=(\d+)", d.name).group(1))
-        with open(csv_path) as f:
-            rows = list(csv.DictReader(f))
-        runs[seed] = ([r["file"] for r in rows], np.array([int(r["label"]) for r in rows]), np.array([float(r["prob_covid"]) for r in rows]))
+        runs[seed] = ([r["file"] for r in rows], np.array([r["label"] for r in rows]), np.array([r["prob_covid"] for r in rows]))
     return runs
 
 

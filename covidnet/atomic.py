@@ -1,7 +1,7 @@
 """Write files so that readers (and interrupted runs) never see half a file; clean up what killed writers left.
 
 Every file covidnet writes goes through :func:`atomic_path`: results (metrics, predictions, reports, CAM
-tables), checkpoints (``durable=True``, via covidnet/checkpoint_io.py), exported weights, cached frozen
+tables), checkpoints (``durable=True``, via covidnet/checkpoint_saving.py), exported weights, cached frozen
 features and downloads. The temporary file sits beside the target, is named after the writing process
 (``.<name>.<pid>.partial``, never the target's suffix, so nothing mistakes it for a result) and is renamed
 onto the target only when the block finishes; a later writer of the same target removes temporaries whose

@@ -1,19 +1,25 @@
 """The one checkpoint check, and rebuilding a trained classifier (and its preprocessing) from a checkpoint alone.
 
 Every entry point that takes a checkpoint goes through ``read_checkpoint``: ``train.py ckpt_path=`` (resume),
-``visualize.py ckpt=``, evaluation and the sweep report's CAM step (both through ``load_checkpoint``). So a
+``visualize.py ckpt=``, evaluation and the sweep report's CAM step (all three through ``load_models``). So a
 missing, truncated, foreign or code-carrying file gets the same message everywhere, and no message passes on
 PyTorch's advice to load with ``weights_only=False``.
+
+Which checkpoint of a run is loaded is decided in covidnet.run_checkpoints; this module only loads it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from covidnet.data import CovidCTDataModule
 from covidnet.errors import UserError
 from covidnet.model import CovidClassifier
+from covidnet.preprocess import InputSpec
+from covidnet.run_checkpoints import Chosen, resolve_checkpoints
 from covidnet.weights_io import load_error_reason, mismatch_summary
 
 
@@ -64,3 +70,72 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     model.load_state_dict(ckpt["state_dict"], strict=True)
     model.eval()
     return model, dict(ckpt.get("datamodule_hyper_parameters") or {})
+
+
+def _no_preprocessing(path: str | Path, dm_hparams: dict) -> None:
+    if not dm_hparams:
+        raise CheckpointError(f"{path} holds no data-module hyperparameters, so the preprocessing it was trained with is unknown; use a checkpoint written by train.py.")
+
+
+def _check_input_spec(path: str | Path, model: CovidClassifier, spec: InputSpec) -> InputSpec:
+    """``spec`` (the data module's preprocessing), once it agrees with the ``input_spec`` the model stores: a
+    checkpoint that does not say what its input was is refused."""
+    stored = model.hparams.get("input_spec")
+    if stored is not None and InputSpec.from_dict(stored) != spec:
+        raise CheckpointError(f"{path}: the model's input_spec {dict(stored)} is not its data module's {spec.as_dict()}; "
+                              "the checkpoint does not say what its input was. Use a checkpoint written by train.py.")
+    return spec
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu", option: str = "ckpt") -> tuple[CovidClassifier, InputSpec]:
+    """``(model in eval mode, the input it was trained on)``: a checkpoint ready to predict on prepared images
+    (covidnet.preprocess.prepare with that spec)."""
+    model, dm_hparams = load_checkpoint(path, map_location, option)
+    _no_preprocessing(path, dm_hparams)
+    try:
+        spec = InputSpec.from_dict(dm_hparams)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its data-module hyperparameters do not rebuild the preprocessing ({err}).") from err
+    return model, _check_input_spec(path, model, spec)
+
+
+# --- models of entry points (visualize.py, evaluate.py, training's eval_sets) ------------------------------------
+@dataclass
+class LoadedModel:
+    name: str
+    path: Path
+    model: torch.nn.Module
+    datamodule: CovidCTDataModule  # not set up: used for its preprocessing (and training sources) only
+    chosen: Chosen
+
+
+def model_name(choice: Chosen, hparams: dict) -> str:
+    """The job's name from its Hydra record (e.g. ``init=scratch``), else ``<init>-<arch>``; an unfinished
+    run's label is appended in brackets."""
+    job = choice.run.job_name() if choice.run is not None else ""
+    name = job or f"{hparams.get('init')}-{hparams.get('arch')}"
+    return f"{name} [{choice.label}]" if choice.label else name
+
+
+def load_models(chosen, data_root: str, device: str) -> list[LoadedModel]:
+    """Rebuild each checkpoint's model and preprocessing, named (:func:`model_name`, made unique); ``chosen`` is
+    covidnet.run_checkpoints.resolve_checkpoints' list, or ``ckpt=`` entries (files, run or sweep directories)
+    that are resolved here."""
+    if not (isinstance(chosen, list) and all(isinstance(c, Chosen) for c in chosen)):
+        chosen, _ = resolve_checkpoints(chosen)
+    models: list[LoadedModel] = []
+    for choice in chosen:
+        path = choice.path
+        model, dm_hparams = load_checkpoint(path, map_location=device)
+        _no_preprocessing(path, dm_hparams)
+        try:
+            dm = CovidCTDataModule(**{**dm_hparams, "root": data_root})
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: its data-module hyperparameters do not rebuild the preprocessing ({err}).") from err
+        _check_input_spec(path, model, dm.spec)
+        name = model_name(choice, dict(model.hparams))
+        taken = {m.name for m in models}
+        if name in taken:
+            name = next(f"{name} ({i})" for i in range(2, len(taken) + 3) if f"{name} ({i})" not in taken)
+        models.append(LoadedModel(name, path, model.to(device).eval(), dm, choice))
+    return models

@@ -186,7 +186,7 @@ def _cam_methods():
 
 
 def _eval_set_names():
-    from covidnet.evaluate import known_sets
+    from covidnet.sets import known_sets  # lazy: the config layer does not import the sets (they read the configs)
 
     return known_sets()
 
@@ -297,7 +297,7 @@ VISUALIZE: dict[str, Rule] = {
 }
 
 
-# evaluate.py (conf/evaluate.yaml); each set's own keys are checked by covidnet.evaluate.load_set
+# evaluate.py (conf/evaluate.yaml); each set's own keys are checked by covidnet.sets.load_set
 EVALUATE: dict[str, Rule] = {
     "ckpt": VISUALIZE["ckpt"],
     "eval_data": text(),

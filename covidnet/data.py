@@ -17,13 +17,15 @@ from torchvision.transforms import v2
 
 from covidnet.augment import SourceAugment, augment_batch, augment_params, train_augment
 from covidnet.dataset import SPLITS, DatasetError, Sample, check_dataset, is_complete_layout, load_grey
+from covidnet.errors import EvalError
 from covidnet.download import download_covid_ct
 from covidnet.near_duplicates import Item, cross_split_names, find_pairs, thumbnails
 from covidnet.near_duplicates import summary as near_duplicate_summary
 from covidnet.preprocess import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS, InputSpec, Prepared, Preprocess, prepare, resize_grey  # noqa: F401 (re-exported)
 from covidnet.multisource import MAIN_SOURCE, SLICE_POLICIES, SourceItem, sampling_weights, source_items, split_by_patient
 from covidnet.sampling import EpochSampler, draw_per_class
-from covidnet.sources import Record
+from covidnet.sets import load_set, set_config
+from covidnet.sources import Record, SourceError
 
 log = logging.getLogger(__name__)
 # (file, size, mtime, InputSpec) -> Prepared, for specs that segment the lungs (see prepare_file)
@@ -83,9 +85,6 @@ def check_sources(sources: list[str], test_sources: list[str] | None, fold: int,
                   sets_root: str | None) -> None:
     """Refuse, before COVID-CT is decoded, a fold out of range and a source that cannot be split by patient (a set
     without patients, or of one class): otherwise the error came only after the whole dataset was read."""
-    from covidnet.evaluate import EvalError, set_config  # lazy: evaluate imports this module
-    from covidnet.sources import SourceError
-
     others = [n for n in dict.fromkeys([*sources, *(test_sources or [])]) if n != MAIN_SOURCE]
     if not others:
         return
@@ -270,8 +269,6 @@ class CovidCTDataModule(L.LightningDataModule):
 
     def other_source_items(self) -> dict[str, list[tuple[SourceItem, Record]]]:
         """Train and test images of every source besides COVID-CT, split by patient (``data.fold``)."""
-        from covidnet.evaluate import load_set, set_config  # the eval-set configs name the sources (lazy: evaluate imports this module)
-
         h = self.hparams
         out: dict[str, list[tuple[SourceItem, Record]]] = {"train": [], "test": []}
         tested = h.test_sources if h.test_sources is not None else h.sources

@@ -15,3 +15,8 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """An option has a value outside what it allows (``covidnet.config_check``), or a resume would change one."""
+
+
+class EvalError(UserError, ValueError):
+    """An eval set or an evaluation setting cannot be honoured (covidnet.sets, covidnet.set_metrics, evaluate.py);
+    the message says which and what to do."""

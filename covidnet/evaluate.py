@@ -6,137 +6,51 @@ visualize.py. Sets are read by :mod:`covidnet.sources` and everything is checked
 directories) before the first prediction; outputs go to a fresh directory and are never overwritten:
 
     <out_dir>/<model>/<set>/metrics.json     intervals per slice (patients resampled) and per patient
-    <out_dir>/<model>/<set>/predictions.csv  key, patient, label, diagnosis, position, slice_label, prob_covid
+    <out_dir>/<model>/<set>/predictions.csv  path (the record's key), patient, label, diagnosis, position, slice_label, prob_covid
     <out_dir>/summary.csv                    one row per model, set, level and comparison
 
 With ``into_runs=true`` (checkpoints given as run or sweep directories) each run's results also go to
 ``<run dir>/eval/<set>/``, where ``python -m covidnet.report`` picks them up (training with ``eval_sets``
-writes there directly).
+writes there directly). Both are written by covidnet.run_files.write_eval and read back by its read_eval; which
+checkpoint stands for a run is covidnet.run_checkpoints' decision, the sets are covidnet.sets', their statistics
+covidnet.set_metrics'.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import sys
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from covidnet import stats
 from covidnet.atomic import atomic_path, write_json
-from covidnet.checkpoint import CheckpointError
+from covidnet.checkpoint import CheckpointError, load_models
+from covidnet.claims import INCOMPLETE, check_fresh, claim, owner_of
 from covidnet.config_check import EVALUATE, check_config
-from covidnet.errors import UserError
-from covidnet.processes import pid_alive
-from covidnet.run_record import check_writable
 from covidnet.dataset import DatasetError
-from covidnet.multisource import MAIN_SOURCE, split_by_patient
-from covidnet.predict import predict_batch
+from covidnet.errors import EvalError, UserError
 from covidnet.hardware import precision_plugin
+from covidnet.predict import predict_batch
 from covidnet.preprocess import InputSpec, prepare
-from covidnet.sources import Record, SourceError, read_source
+from covidnet.processes import pid_alive
+from covidnet.resume import check_writable
+from covidnet.run_checkpoints import best_checkpoint, resolve_checkpoints, run_of
+from covidnet.run_files import METRICS_FILE, write_eval
+from covidnet.runs import RunDir
+from covidnet.set_metrics import set_metrics, summary_rows
+from covidnet.sets import EvalSet, held_out, load_set, set_config, set_names
+from covidnet.sources import SourceError
 
-OUTPUT_FILES = ("metrics.json", "predictions.csv")
-EVAL_AREA = "eval"  # <run dir>/eval/<set>/
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # preprocessing keys a user may state (evaluate.yaml `data:`); the checkpoint's values always win
 STATED_PREPROCESSING = ("image_size", "normalization", "field", "intensity", "crop_margin")
-
-
-def known_sets() -> list[str]:
-    """Names of the sets in conf/eval/."""
-    return sorted(p.stem for p in (CONF_DIR / "eval").glob("*.yaml"))
-
-
-class EvalError(UserError, ValueError):
-    """An evaluate.py setting or input cannot be honoured; the message says which and what to do."""
-
-
-@dataclass
-class EvalSet:
-    name: str
-    kind: str
-    root: Path
-    records: list[Record]
-    notes: list[str]
-    topk: int
-    # the resolved set definition (kind, root, read options, patient_topk): what was evaluated, in metrics.json
-    definition: dict = field(default_factory=dict)
-
-
-# --- sets ---------------------------------------------------------------------------------------------------
-def set_config(name: str, eval_data: str | None = None, overrides: dict | None = None) -> DictConfig:
-    """``conf/eval/<name>.yaml`` on its own (for training's ``eval_sets``), with ``${eval_data}`` resolved."""
-    path = CONF_DIR / "eval" / f"{name}.yaml"
-    if not path.is_file():
-        raise EvalError(f"Unknown eval set {name!r}: no {path}. Known sets: {', '.join(known_sets())}.")
-    base = OmegaConf.create({"eval_data": eval_data if eval_data is not None else "${oc.env:COVIDNET_EVAL_DATA,data}"})
-    merged = OmegaConf.merge(base, {"set": OmegaConf.load(path)}, {"set": overrides or {}})
-    return OmegaConf.create(OmegaConf.to_container(merged, resolve=True)["set"])
-
-
-def load_set(name: str, cfg: DictConfig | dict) -> EvalSet:
-    cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
-    unset = sorted(k.removeprefix(f"eval.{name}.") for k in OmegaConf.missing_keys(cfg))  # keys below the set
-    if unset:
-        raise EvalError(f"eval set {name}: not set: {', '.join(unset)}. Pass " + " ".join(f"eval.{name}.{k}=..." for k in unset)
-                        + f" (conf/eval/{name}.yaml says what each means).")
-    for key in ("kind", "root"):
-        if key not in cfg:
-            raise EvalError(f"eval set {name}: no {key} in its config (conf/eval/{name}.yaml).")
-    options = OmegaConf.to_container(cfg.read, resolve=True) if cfg.get("read") is not None else {}
-    root = Path(str(cfg.root)).expanduser()
-    try:
-        records, notes = read_source(str(cfg.kind), root, **options)
-    except SourceError as err:
-        raise EvalError(f"eval set {name}: {err}") from err
-    topk = int(cfg.get("patient_topk", 5))
-    if topk < 1:
-        raise EvalError(f"eval set {name}: patient_topk={topk} must be at least 1.")
-    definition = {"kind": str(cfg.kind), "root": str(root.resolve()), "read": options, "patient_topk": topk}
-    return EvalSet(name, str(cfg.kind), root.resolve(), records, notes, topk, definition)
-
-
-def source_root(name: str, dm_hparams: dict) -> Path | None:
-    """Where a training source of a checkpoint was read from (its inline definition or conf/eval/<name>.yaml under
-    the run's ``sets_root``), resolved here; None where that cannot be told."""
-    defs = (dm_hparams.get("source_defs") or {}).get(name)
-    try:
-        root = defs.get("root") if defs is not None else set_config(name, dm_hparams.get("sets_root")).root
-    except (EvalError, AttributeError, ValueError):
-        return None
-    return Path(str(root)).expanduser().resolve() if root else None
-
-
-def held_out(s: EvalSet, dm_hparams: dict) -> tuple[list[int], dict | None]:
-    """Indices of the records of ``s`` the checkpoint was not trained on, and what was left out (None: nothing).
-
-    A model trained with ``data.sources=[covid_ct, <set>]`` saw the patients of the other folds of that set
-    (covidnet.multisource.split_by_patient): counting them as external would score it on its own training data.
-    The set is recognised by its name or by the folder it is read from; its held-out fold is what is scored."""
-    everything = list(range(len(s.records)))
-    for name in dm_hparams.get("sources") or []:
-        if name == MAIN_SOURCE or not (name == s.name or source_root(name, dm_hparams) == s.root):
-            continue
-        fold, n_folds = int(dm_hparams.get("fold", 0)), int(dm_hparams.get("n_folds", 2))
-        try:
-            parts = split_by_patient(s.records, fold, n_folds, f"eval set {s.name}")
-        except SourceError as err:
-            raise EvalError(f"eval set {s.name} is the training source {name!r} of this checkpoint, and its training patients "
-                            f"cannot be told apart ({err}); evaluate on a set the model was not trained on.") from err
-        test = {id(r) for r in parts["test"]}
-        keep = [i for i, r in enumerate(s.records) if id(r) in test]
-        trained = sorted({r.patient for r in parts["train"]})
-        return keep, {"source": name, "fold": fold, "n_folds": n_folds, "patients": trained, "n_images": len(s.records) - len(keep)}
-    return everything, None
 
 
 @dataclass
@@ -187,197 +101,6 @@ def predict(model: torch.nn.Module, preprocess, images: torch.Tensor, batch_size
     return torch.cat(probs).numpy()
 
 
-# --- metrics ---------------------------------------------------------------------------------------------------
-def _num(x: float) -> float | None:
-    return None if x is None or not math.isfinite(x) else round(float(x), 6)
-
-
-def _interval(iv: stats.Interval) -> dict:
-    return {"estimate": _num(iv.estimate), "low": _num(iv.low), "high": _num(iv.high), "n_boot": iv.n_boot, "n_undefined": iv.n_undefined}
-
-
-def undefined_metrics(labels: np.ndarray) -> set[str]:
-    """Metrics without meaning on this subset: with no non-COVID image, AUROC, specificity and precision; with no COVID image, AUROC, sensitivity, F1 and precision."""
-    out = set()
-    if not (labels == 0).any():
-        out |= {"auroc", "specificity", "precision"}
-    if not (labels == 1).any():
-        out |= {"auroc", "sensitivity", "f1", "precision"}
-    return out
-
-
-def block(labels: np.ndarray, probs: np.ndarray, groups: list | None, n_boot: int, seed: int) -> dict:
-    """Metrics with 95 % intervals on one subset; ``groups`` (patient per image) makes the bootstrap resample patients."""
-    ivs = stats.bootstrap_metrics(labels, probs, n_boot, seed, groups=groups)
-    skip = undefined_metrics(labels)
-    return {
-        "n": int(labels.size),
-        "n_covid": int((labels == 1).sum()),
-        "n_patients": len(set(groups)) if groups is not None else None,
-        "resampled": "patients (stratified by label)" if groups is not None else "images",
-        "metrics": {m: (None if m in skip else _interval(iv)) for m, iv in ivs.items()},
-        "mean_prob_covid": _interval(stats.bootstrap_mean(probs, n_boot, seed, groups=groups)),
-    }
-
-
-def comparisons(records: list[Record]) -> dict[str, np.ndarray]:
-    """Subsets: ``all``, and ``COVID vs <d>`` for each non-COVID diagnosis where there are several."""
-    labels = np.asarray([r.label for r in records])
-    subsets = {"all": np.arange(len(records))}
-    negatives = sorted({r.diagnosis for r in records if r.label == 0})
-    if (labels == 1).any() and len(negatives) > 1:
-        for d in negatives:
-            subsets[f"COVID vs {d}"] = np.flatnonzero([r.label == 1 or r.diagnosis == d for r in records])
-    return subsets
-
-
-def patient_scores(records: list[Record], probs: np.ndarray, topk: int) -> tuple[list[str], np.ndarray, dict[str, np.ndarray], list[str]]:
-    """Per patient (in order of first appearance): id, label, {mean, top-k mean of P(COVID)}, diagnosis."""
-    order: dict[str, list[int]] = {}
-    for i, r in enumerate(records):
-        order.setdefault(r.patient, []).append(i)
-    ids = list(order)
-    labels = np.asarray([records[v[0]].label for v in order.values()])
-    diagnosis = [records[v[0]].diagnosis for v in order.values()]
-    mean = np.asarray([probs[v].mean() for v in order.values()])
-    top = np.asarray([np.sort(probs[v])[::-1][: min(topk, len(v))].mean() for v in order.values()])
-    return ids, labels, {"mean": mean, f"top{topk}_mean": top}, diagnosis
-
-
-def set_metrics(s: EvalSet, probs: np.ndarray, n_boot: int, seed: int) -> dict:
-    records = s.records
-    labels = np.asarray([r.label for r in records])
-    has_patients = all(r.patient is not None for r in records)
-    groups = [r.patient for r in records] if has_patients else None
-    for p in set(groups or []):
-        if len({r.label for r in records if r.patient == p}) > 1:
-            raise EvalError(f"eval set {s.name}: patient {p} has images of both labels; a patient has one label.")
-    out: dict = {
-        "set": s.name,
-        "kind": s.kind,
-        "root": str(s.root),
-        "n_images": len(records),
-        "n_covid": int(labels.sum()),
-        "diagnoses": {d: sum(r.diagnosis == d for r in records) for d in sorted({r.diagnosis for r in records})},
-        "n_patients": len(set(groups)) if groups else None,
-        "threshold": stats.THRESHOLD,
-        "notes": list(s.notes),
-        "images": {},
-    }
-    for name, idx in comparisons(records).items():
-        g = [groups[i] for i in idx] if groups else None
-        out["images"][name] = block(labels[idx], probs[idx], g, n_boot, seed)
-    if has_patients:
-        ids, plabels, scores, pdiag = patient_scores(records, probs, s.topk)
-        prec = [Record(key=i, path=Path(i), label=int(lab), diagnosis=d, patient=i) for i, lab, d in zip(ids, plabels, pdiag)]
-        out["patients"] = {}
-        for agg, values in scores.items():
-            out["patients"][agg] = {}
-            for name, idx in comparisons(prec).items():
-                out["patients"][agg][name] = block(plabels[idx], values[idx], [ids[i] for i in idx], n_boot, seed)
-        out["patient_probs"] = {i: {a: _num(v[k]) for a, v in scores.items()} | {"label": int(plabels[k]), "diagnosis": pdiag[k]} for k, i in enumerate(ids)}
-    if any(r.slice_label is not None for r in records):
-        # infected COVID slices vs every non-COVID slice; COVID slices without a finding (or a label) left out
-        idx = np.flatnonzero([(r.label == 1 and r.slice_label == 1) or r.label == 0 for r in records])
-        g = [groups[i] for i in idx] if groups else None
-        out["infected_slices"] = block(labels[idx], probs[idx], g, n_boot, seed)
-        out["infected_slices"]["what"] = "COVID slices with a published infection label vs all non-COVID slices"
-    return out
-
-
-def write_predictions(path: Path, records: list[Record], probs: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "patient", "label", "diagnosis", "position", "slice_label", "prob_covid"])
-        for r, p in zip(records, probs):
-            w.writerow([r.key, r.patient or "", r.label, r.diagnosis, "" if r.position is None else r.position,
-                        "" if r.slice_label is None else r.slice_label, f"{p:.6f}"])
-
-
-def read_predictions(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def check_fresh(dirs: list[Path]) -> None:
-    """Refuse result files that exist, except the leftovers of a killed evaluation (see :func:`leftover`)."""
-    clash = [str(d / f) for d in dirs if not leftover(d) for f in OUTPUT_FILES if (d / f).exists()]
-    if clash:
-        raise EvalError(f"{len(clash)} result file(s) already exist, e.g. {clash[:3]}; covidnet never overwrites results: "
-                        "choose another out_dir (or leave it at its default), or pass into_runs=false.")
-
-
-INCOMPLETE = "INCOMPLETE"  # <result dir>/INCOMPLETE: a process is writing it, or one was killed doing so
-
-
-def _owner(mark: Path) -> int | None:
-    try:
-        return int(json.loads(mark.read_text()).get("pid"))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return None
-
-
-def leftover(d: Path) -> bool:
-    """A result directory an evaluation was killed writing: its INCOMPLETE mark's process is gone and it has no
-    metrics.json (written last), so what it holds is not a result and may be replaced."""
-    mark = d / INCOMPLETE
-    owner = _owner(mark) if mark.is_file() else None
-    return owner is not None and owner != os.getpid() and not pid_alive(owner) and not (d / "metrics.json").exists()
-
-
-def claim(dirs: list[Path], what: str) -> list[Path]:
-    """Create each result directory's ``INCOMPLETE`` mark exclusively (``O_EXCL``) before any prediction, so two
-    evaluations never write the same results: the second is refused, naming the first. A mark whose process has
-    died (a killed evaluation) is taken over, with a note. Each mark is removed once its directory's files are
-    written; one that stays says its directory is incomplete."""
-    claimed: list[Path] = []
-    try:
-        for d in dirs:
-            d.mkdir(parents=True, exist_ok=True)
-            mark = d / INCOMPLETE
-            try:
-                fd = os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                owner = _owner(mark)
-                if owner is None or owner == os.getpid() or pid_alive(owner):
-                    raise EvalError(f"{d} is being written by another evaluation (process {owner}; {mark}). Wait for it to finish or "
-                                    f"choose another out_dir; if no evaluation is running there, remove {mark}.") from None
-                print(f"note: {d}: taking over from evaluation process {owner}, which ended before finishing it")
-                mark.unlink(missing_ok=True)
-                fd = os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                taken = True
-            else:
-                taken = False
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "what": what}, f)
-            claimed.append(mark)
-            if not taken:
-                check_fresh([d])  # results that a finished evaluation wrote before this one claimed the directory
-    except BaseException:
-        for mark in claimed:
-            mark.unlink(missing_ok=True)
-        raise
-    return claimed
-
-
-def summary_rows(model: str, metrics: dict) -> list[dict]:
-    rows = []
-    levels = [("slices", "", metrics["images"])]
-    levels += [(f"patients ({agg})", "", b) for agg, b in metrics.get("patients", {}).items()]
-    if "infected_slices" in metrics:
-        levels.append(("infected slices", "", {"all": metrics["infected_slices"]}))
-    for level, _, blocks in levels:
-        for subset, b in blocks.items():
-            row = {"model": model, "set": metrics["set"], "level": level, "subset": subset, "n": b["n"], "n_covid": b["n_covid"]}
-            for m in ("auroc", "acc", "sensitivity", "specificity", "f1"):
-                iv = b["metrics"].get(m)
-                row[m] = iv["estimate"] if iv else None
-                row[f"{m}_low"], row[f"{m}_high"] = (iv["low"], iv["high"]) if iv else (None, None)
-            row["mean_prob_covid"] = b["mean_prob_covid"]["estimate"]
-            rows.append(row)
-    return rows
-
-
 # --- checkpoints ---------------------------------------------------------------------------------------------
 def preprocessing_notes(name: str, spec: dict, stated: dict) -> list[str]:
     """A note for each ``data.<key>`` the user stated that differs from the checkpoint's input spec (which wins)."""
@@ -389,11 +112,6 @@ def preprocessing_notes(name: str, spec: dict, stated: dict) -> list[str]:
     return notes
 
 
-def run_dir_of(checkpoint: Path) -> Path | None:
-    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
-    return run if run is not None and (run / "metrics.json").is_file() else None
-
-
 RUN = "run"  # precision / channels_last: what the checkpoint's training run used
 
 
@@ -401,8 +119,8 @@ def scoring(checkpoint: Path, precision: str = RUN, channels_last: bool | str = 
     """How a checkpoint's P(COVID) are computed, recorded in each metrics.json: the precision and memory format
     (``run``: those its training run recorded in metrics.json ``hardware``, so evaluation reproduces the run's own
     test predictions; 32-true and the default format for a checkpoint outside a run) and the device."""
-    run = run_dir_of(Path(checkpoint))
-    hardware = (json.loads((run / "metrics.json").read_text()).get("hardware") or {}) if run is not None else {}
+    run = run_of(checkpoint)
+    hardware = ((run.read_metrics() or {}).get("hardware") or {}) if run is not None else {}
     source = {}
     if precision == RUN:
         precision, source["precision"] = (hardware["precision"], "the run's metrics.json") if hardware.get("precision") else ("32-true", "default (no run record)")
@@ -440,7 +158,7 @@ def evaluate_models(models, sets: list[EvalSet], out_dirs: dict[tuple[str, str],
         return _evaluate_models(models, sets, out_dirs, batch_size, device, n_boot, seed, progress)
     except BaseException:  # an error, not a kill: directories left unwritten are not marked as being written
         for mark in marks:
-            if not (mark.parent / "metrics.json").exists():
+            if not (mark.parent / METRICS_FILE).exists():
                 mark.unlink(missing_ok=True)
         raise
 
@@ -461,7 +179,7 @@ def _evaluate_models(models, sets, out_dirs, batch_size, device, n_boot, seed, p
                 scored = replace(s, records=[s.records[i] for i in keep], notes=[*s.notes, note])
             probs = predict(m.model, m.datamodule.preprocess, decoded[spec].images[keep], batch_size, device, f"{s.name}: {m.name}", progress,
                             getattr(m, "precision", None))
-            metrics = set_metrics(scored, probs, n_boot, seed)
+            metrics = set_metrics(scored.records, probs, n_boot, seed, name=s.name, kind=s.kind, root=s.root, notes=scored.notes, topk=s.topk)
             metrics["set_definition"] = s.definition
             metrics["training_patients_excluded"] = excluded
             metrics["model"] = m.name
@@ -474,26 +192,14 @@ def _evaluate_models(models, sets, out_dirs, batch_size, device, n_boot, seed, p
             metrics["precision"] = getattr(m, "scoring", None) or {"precision": "32-true", "channels_last": False, "device": str(device), "from": {}}
             metrics["notes"] += getattr(m, "notes", [])
             for d in out_dirs[(m.name, s.name)]:
-                d.mkdir(parents=True, exist_ok=True)
-                write_predictions(d / "predictions.csv", scored.records, probs)
-                write_json(d / "metrics.json", metrics)  # last: a directory with metrics.json is complete
+                write_eval(d, scored.records, probs, metrics)
                 (d / INCOMPLETE).unlink(missing_ok=True)
             rows += summary_rows(m.name, metrics)
     return rows
 
 
-def set_names(value) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v) for v in value]
-
-
 def evaluate(cfg: DictConfig) -> dict:
     """Every checkpoint of ``cfg.ckpt`` on every set of ``cfg.eval``; everything is checked before work starts."""
-    from covidnet.visualize import load_models
-
     check_config(cfg, EVALUATE)  # every option, before any checkpoint or image is read
     sets_cfg = cfg.get("eval") or {}
     if not sets_cfg:
@@ -506,8 +212,6 @@ def evaluate(cfg: DictConfig) -> dict:
         check_writable(out, "output directory", "Pass another out_dir=... or fix its permissions.")
     except UserError as err:
         raise EvalError(str(err)) from err
-    from covidnet.visualize import resolve_checkpoints
-
     try:
         chosen, _ = resolve_checkpoints(cfg.ckpt, tool="evaluate", hint="evaluate.py scores trained runs' best checkpoints; to score "
                                         "an unfinished run anyway, pass its checkpoint file: ckpt=['<run dir>/checkpoints/last.ckpt'].")
@@ -524,15 +228,13 @@ def evaluate(cfg: DictConfig) -> dict:
     out_dirs = {(m.name, s.name): [out / m.name / s.name] for m in models for s in sets}
     if cfg.get("into_runs"):
         for m in models:
-            run = run_dir_of(m.path)
+            run = run_of(m.path)
             if run is None:
                 raise EvalError(f"into_runs=true: {m.path} is not in a training run directory (<run>/checkpoints/ with metrics.json).")
-            from covidnet.visualize import best_checkpoint
-
-            if best_checkpoint(run).resolve() != m.path.resolve():
-                raise EvalError(f"into_runs=true: {m.path} is not {run}'s best checkpoint; the run's eval area holds its best checkpoint's results only.")
+            if best_checkpoint(run.path).resolve() != m.path.resolve():
+                raise EvalError(f"into_runs=true: {m.path} is not {run.path}'s best checkpoint; the run's eval area holds its best checkpoint's results only.")
             for s in sets:
-                out_dirs[(m.name, s.name)].append(run / EVAL_AREA / s.name)
+                out_dirs[(m.name, s.name)].append(eval_dir(run, s.name))
     for s in sets:
         for note in s.notes:
             print(f"note: {note}")
@@ -550,13 +252,20 @@ def evaluate(cfg: DictConfig) -> dict:
     add_summary(out / "summary.csv", rows)
     mark.unlink(missing_ok=True)
     for stale in out.glob(f"{INCOMPLETE}.*.json"):  # a killed call's mark, once every pair it meant is written
-        owner = _owner(stale)
+        owner = owner_of(stale)
         pairs = json.loads(stale.read_text()).get("pairs", []) if owner is not None and not pid_alive(owner) else None
-        if pairs is not None and all((out / p / "metrics.json").is_file() for p in pairs):
+        if pairs is not None and all((out / p / METRICS_FILE).is_file() for p in pairs):
             stale.unlink(missing_ok=True)
     print_summary(rows)
     print(f"results: {out}")
     return {"out_dir": str(out), "rows": rows}
+
+
+def eval_dir(run: RunDir, set_name: str) -> Path:
+    try:
+        return run.eval_dir(set_name)
+    except ValueError as err:
+        raise EvalError(str(err)) from err
 
 
 def add_summary(path: Path, rows: list[dict]) -> None:
@@ -566,7 +275,10 @@ def add_summary(path: Path, rows: list[dict]) -> None:
 
     with open(path.with_name(f".{path.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        before = read_predictions(path) if path.is_file() else []
+        before = []
+        if path.is_file():
+            with open(path, newline="") as f:
+                before = list(csv.DictReader(f))
         fields = list(dict.fromkeys([*(before[0] if before else {}), *rows[0]]))
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
@@ -590,15 +302,13 @@ def evaluate_run(best_checkpoint: str | Path, sets: list[EvalSet], run_dir: Path
     """One run's best checkpoint on each set, into ``<run dir>/eval/<set>/`` (what training's ``eval_sets`` does).
     Training passes the run's precision, memory format and device, so an eval set's P(COVID) are computed as the
     run's own ``predictions_test.csv`` are (and evaluate.py, reading them from the run's metrics.json, agrees)."""
-    from covidnet.visualize import load_models
-
     models = load_models([str(best_checkpoint)], "unused", device)
     for m in models:
         m.notes = []
         how = scoring(m.path, precision, channels_last, device)
         how["from"] = {"precision": "the training run", "channels_last": "the training run"}
         set_scoring(m, how)
-    out_dirs = {(m.name, s.name): [Path(run_dir) / EVAL_AREA / s.name] for m in models for s in sets}
+    out_dirs = {(m.name, s.name): [eval_dir(RunDir(run_dir), s.name)] for m in models for s in sets}
     return evaluate_models(models, sets, out_dirs, batch_size, device, n_boot, stats.DEFAULT_SEED, progress=False)
 
 

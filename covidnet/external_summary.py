@@ -14,7 +14,6 @@ rows)}``), such as a run of a report rebuilt from its committed predictions (cov
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from covidnet import stats
-
-EVAL_AREA = "eval"
+from covidnet.runs import RunDir
 SLICE_METRICS = ("auroc", "acc", "sensitivity", "specificity")
 
 
@@ -38,23 +36,11 @@ class SetRuns:
     seeds: list = field(default_factory=list)  # one per run (None where unknown)
 
 
-def eval_sets_of(run_dir: Path) -> list[str]:
-    root = Path(run_dir) / EVAL_AREA
-    return sorted(d.name for d in root.iterdir() if (d / "metrics.json").is_file()) if root.is_dir() else []
-
-
-def read_eval(run_dir: Path, set_name: str) -> tuple[dict, list[dict]]:
-    out = Path(run_dir) / EVAL_AREA / set_name
-    with open(out / "predictions.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return json.loads((out / "metrics.json").read_text()), rows
-
-
 def evals_and_seed(run) -> tuple[dict[str, tuple[dict, list[dict]]], object]:
     """``({set: (metrics.json, prediction rows)}, seed)`` of a run directory or of a run object (module docstring)."""
     if isinstance(run, (str, Path)):
-        seed = (json.loads((Path(run) / "metrics.json").read_text()) if (Path(run) / "metrics.json").is_file() else {}).get("seed")
-        return {name: read_eval(run, name) for name in eval_sets_of(run)}, seed
+        rd = RunDir(run)
+        return {name: rd.read_eval(name) for name in rd.eval_sets()}, (rd.read_metrics() or {}).get("seed")
     return run.eval_results(), run.seed
 
 
@@ -187,7 +173,7 @@ def external_lines(groups: dict[str, list], pairs: list[tuple[str, str]] | str |
 def sweep_groups(sweep_dir: Path) -> tuple[dict[str, list[Path]], list[tuple[str, str]]]:
     """Job directories of a sweep grouped by their name without ``seed=``; each init paired with scratch."""
     groups: dict[str, list[Path]] = {}
-    for job in sorted(p for p in Path(sweep_dir).iterdir() if (p / "metrics.json").is_file()):
+    for job in sorted(p for p in Path(sweep_dir).iterdir() if RunDir(p).metrics_path.is_file()):
         label = ",".join(part for part in job.name.split(",") if not part.startswith("seed=")) or "all runs"
         groups.setdefault(label, []).append(job)
     pairs = []

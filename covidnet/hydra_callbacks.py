@@ -12,7 +12,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from covidnet.run_dir import SweepDir
+from covidnet.runs import SweepDir
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class SweepReport(Callback):
 
     Hydra's basic sweeper runs every job even when one raises, then re-raises the first error and exits
     with status 1 without calling ``on_multirun_end``; its message shows one traceback. So each failed job
-    is appended to ``<sweep dir>/failed_jobs.jsonl`` (``covidnet.run_dir.SweepDir``) as it ends, every
+    is appended to ``<sweep dir>/failed_jobs.jsonl`` (``covidnet.runs.SweepDir``) as it ends, every
     failed job is named at exit, and after the first failure ``report.md`` (covidnet.report) is rewritten
     at the end of every later job: the last rewrite then covers the whole sweep. The report reads the
     failures from that record. A report that cannot be written is logged, never raised: it must not turn

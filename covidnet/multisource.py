@@ -19,7 +19,7 @@ patients (``data.slice_labels``):
 - ``uninfected_negative``: COVID slices without a finding are 0 (what the slice shows, not who it belongs to).
 
 Test images of such a source always keep their patient's label; evaluation reports per slice, per infected
-slice and per patient (:func:`covidnet.evaluate.set_metrics`).
+slice and per patient (:func:`covidnet.set_metrics.set_metrics`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from covidnet import set_metrics as set_stats
 from covidnet.sources import Record, SourceError
 
 MAIN_SOURCE = "covid_ct"
@@ -130,17 +131,15 @@ def sampling_weights(items: list[SourceItem], mode: str) -> np.ndarray | None:
 def source_metrics(items: list[SourceItem], records: list, probs: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
     """Test metrics of each source on its own, with 95 % intervals: COVID-CT per image; a source with patients
     per slice (patients resampled), per infected slice and per patient, as ``evaluate.py`` reports a set."""
-    from covidnet.evaluate import EvalSet, block, set_metrics  # lazy: evaluate builds on the data module
-
     out: dict = {}
     for name in dict.fromkeys(it.source for it in items):
         idx = np.flatnonzero([it.source == name for it in items])
         labels = np.asarray([items[i].label for i in idx])
         if name == MAIN_SOURCE:
-            out[name] = {"images": {"all": block(labels, probs[idx], None, n_boot, seed)}}
+            out[name] = {"images": {"all": set_stats.block(labels, probs[idx], None, n_boot, seed)}}
             continue
-        subset = EvalSet(name, "training source", stats_root(records, idx), [records[i] for i in idx], [], 5)
-        out[name] = set_metrics(subset, probs[idx], n_boot, seed)
+        out[name] = set_stats.set_metrics([records[i] for i in idx], probs[idx], n_boot, seed, name=name, kind="training source",
+                                          root=stats_root(records, idx))
     return out
 
 

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from covidnet.run_files import PREDICTIONS_FILE, read_prediction_rows
+
 THUMB = 32
 HASH_SIDE = 8
 CORRELATION_MIN = 0.95
@@ -168,7 +170,7 @@ def clean_effect(run_dirs: list[Path], excluded: set[str], n_boot: int = 2000, s
     images that are not excluded)."""
     from covidnet.stats import binary_metrics, bootstrap_indices, percentile_interval
 
-    tables = [_predictions(d / "predictions_test.csv") for d in run_dirs]
+    tables = [_predictions(d / PREDICTIONS_FILE) for d in run_dirs]
     names = tables[0][0]
     if any(t[0] != names for t in tables):
         raise ValueError("The runs' predictions_test.csv list different test images; compare runs of one split.")
@@ -192,9 +194,8 @@ def clean_effect(run_dirs: list[Path], excluded: set[str], n_boot: int = 2000, s
 
 
 def _predictions(path: Path):
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [r["file"] for r in rows], np.array([int(r["label"]) for r in rows]), np.array([float(r["prob_covid"]) for r in rows])
+    rows = read_prediction_rows(path)
+    return [r["file"] for r in rows], np.array([r["label"] for r in rows]), np.array([r["prob_covid"] for r in rows])
 
 
 def main(argv=None) -> int:
@@ -213,7 +214,7 @@ def main(argv=None) -> int:
     if args.effect:
         import json
 
-        runs = [d for d in args.effect if (d / "predictions_test.csv").is_file()]
+        runs = [d for d in args.effect if (d / PREDICTIONS_FILE).is_file()]
         print(json.dumps(clean_effect(runs, cross_split_names(pairs)), indent=1))
     return 0
 

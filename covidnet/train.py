@@ -20,19 +20,20 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from covidnet import inits  # noqa: F401 - registers ${covidnet.init:...}, which the configs use
 from covidnet.checkpoint import check_weights_fit
 from covidnet.config_check import TRAIN, check_config
-from covidnet.evaluate import EVAL_AREA, evaluate_run, load_sets_for_training
+from covidnet.evaluate import evaluate_run, load_sets_for_training
 from covidnet.hardware import HardwareChoice, apply_threads, resolve
 from covidnet.multisource import scalars as source_scalars
 from covidnet.multisource import source_metrics
 from covidnet.predict import predict_probs
-from covidnet.run_dir import RunDir, RunDirError
-from covidnet.run_record import accepted_record, check_resume, check_writable
+from covidnet.resume import accepted_record, check_resume, check_writable
+from covidnet.run_files import LAST_CHECKPOINT
+from covidnet.runs import RunDir
 from covidnet.stats import binary_metrics
 from covidnet.timing import EpochTimes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "check_run_dir", "RunDirError", "instantiate_all"]
+__all__ = ["train", "check_run_dir", "instantiate_all"]
 
 
 def instantiate_all(group: DictConfig | None) -> list:
@@ -89,7 +90,7 @@ def prepare_multirun_job_for_ddp() -> None:
 
 
 def record_dir() -> Path | None:
-    """This process's Hydra config record (``.hydra``, or ``.hydra/resume-<time>`` on a resume; run_record.py)."""
+    """This process's Hydra config record (``.hydra``, or ``.hydra/resume-<time>`` on a resume; covidnet/resume.py)."""
     if not HydraConfig.initialized():
         return None
     hydra_cfg = HydraConfig.get()
@@ -123,7 +124,7 @@ def train(cfg: DictConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     run_dir = RunDir(out)
     check_run_dir(out, cfg.get("ckpt_path"))
-    # a resume continues the run it resumes: same checkpoint check as everywhere, same settings (run_record.py)
+    # a resume continues the run it resumes: same checkpoint check as everywhere, same settings (covidnet/resume.py)
     resume = check_resume(cfg, out, record_dir())
     if resume and resume.finished is not None:
         log.info(f"{out} already finished (metrics.json); nothing to resume, its results are kept as they are.")
@@ -156,7 +157,7 @@ def train(cfg: DictConfig) -> dict:
     fit_seconds = time.time() - start
 
     best_path = ckpt_cb.best_model_path if ckpt_cb else ""
-    last_path = Path(ckpt_cb.dirpath) / "last.ckpt" if ckpt_cb and ckpt_cb.save_last and ckpt_cb.dirpath else None
+    last_path = Path(ckpt_cb.dirpath) / LAST_CHECKPOINT if ckpt_cb and ckpt_cb.save_last and ckpt_cb.dirpath else None
     metrics: dict = {
         "init": cfg.model.init,
         "arch": cfg.model.arch,
@@ -208,7 +209,7 @@ def train(cfg: DictConfig) -> dict:
         # in the run's precision, memory format and device, as its predictions_test.csv (same images, same numbers)
         rows = evaluate_run(best_path, eval_sets, out, batch_size=int(cfg.data.batch_size), precision=hardware.precision,
                             channels_last=hardware.channels_last, device=str(trainer.strategy.root_device))
-        metrics["eval_sets"] = {s.name: str(out / EVAL_AREA / s.name) for s in eval_sets}
+        metrics["eval_sets"] = {s.name: str(run_dir.eval_dir(s.name)) for s in eval_sets}
         for row in rows:
             if row["level"] == "slices" and row["subset"] == "all":
                 print(f"{row['set']}: AUROC {row['auroc']}, sensitivity {row['sensitivity']}, mean P(COVID) {row['mean_prob_covid']:.3f}")

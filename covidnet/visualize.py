@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from covidnet.cam import (
@@ -42,13 +42,11 @@ from covidnet.cam_metrics import (
 )
 from covidnet.predict import predict_batch
 from covidnet.sampling import draw_per_class
-from covidnet.checkpoint import CheckpointError, load_checkpoint
+from covidnet.checkpoint import LoadedModel, load_models
 from covidnet.config_check import VISUALIZE, check_config
-from covidnet.data import CovidCTDataModule
 from covidnet.dataset import CLASS_NAMES, DatasetError, Sample, load_grey, read_split
 from covidnet.errors import UserError
-from covidnet.preprocess import InputSpec
-from covidnet.run_dir import CHECKPOINT_DIR, INTERRUPTED, LAST_CHECKPOINT, NOT_TRAINED, TRAINED, RunDir, SweepDir
+from covidnet.run_checkpoints import NoCheckpointError, resolve_checkpoints
 
 OUTPUT_FILES = ("figure.png", "images.csv", "results.json")
 SCORE_IMAGES = ("figure", "split")
@@ -56,15 +54,6 @@ SCORE_IMAGES = ("figure", "split")
 
 class VisualizeError(UserError, ValueError):
     """A visualize.py setting cannot be honoured; the message says which and what to do."""
-
-
-@dataclass
-class LoadedModel:
-    name: str
-    path: Path
-    model: torch.nn.Module
-    datamodule: CovidCTDataModule  # not set up: used for its preprocessing only
-    chosen: Chosen
 
 
 @dataclass
@@ -76,134 +65,6 @@ class Maps:
     categories: list[int]
     cams: dict[str, np.ndarray] = field(default_factory=dict)
     lungs: list[np.ndarray | None] = field(default_factory=list)  # lung field in each input (None: not found)
-
-
-# --- checkpoints -------------------------------------------------------------------------------------
-def as_list(value) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple, ListConfig)):
-        return [str(v) for v in value]
-    return [str(value)]
-
-
-@dataclass
-class Chosen:
-    """A checkpoint to draw: its run directory (when it lies in one) and, for an unfinished run, a label."""
-
-    path: Path
-    run: RunDir | None = None
-    label: str = ""  # '' for a trained run's best checkpoint or a file passed as such; else e.g. 'interrupted: last.ckpt'
-
-
-def run_checkpoint(run: RunDir, include_unfinished: bool) -> tuple[Chosen | None, str]:
-    """A run directory's checkpoint to draw, or None and why it is skipped.
-
-    A trained run stands for its best checkpoint, found inside the run directory (``RunDir``), never
-    through the absolute path recorded in metrics.json, so a copied sweep reads its own files. An
-    unfinished run (interrupted, failed, not trained) is skipped, or with ``include_unfinished`` drawn
-    from its last checkpoint and labelled with its state."""
-    state = run.state()
-    if state == TRAINED:
-        best = run.best_checkpoint()
-        if best is not None:
-            return Chosen(best, run), ""
-        return None, f"trained, but the best checkpoint named in its metrics.json is not in {run.checkpoint_dir}"
-    why = {NOT_TRAINED: "not trained (its metrics.json records no best checkpoint)",
-           INTERRUPTED: "unfinished (no metrics.json: interrupted, failed or still running)"}[state]
-    if not include_unfinished:
-        return None, why
-    last = run.last_checkpoint()
-    epochs = sorted(run.checkpoint_dir.glob("*.ckpt"))
-    ckpt = last or (epochs[-1] if len(epochs) == 1 else None)
-    if ckpt is None:
-        return None, f"{why}; include_unfinished=true, but it has no {LAST_CHECKPOINT} (nor a single checkpoint)"
-    return Chosen(ckpt, run, f"{'not trained' if state == NOT_TRAINED else 'unfinished'}: {ckpt.name}"), ""
-
-
-UNFINISHED_HINT = "Pass include_unfinished=true to draw their last checkpoints, labelled as such."
-
-
-def resolve_checkpoints(ckpt, include_unfinished: bool = False, tool: str = "visualize",
-                        hint: str = UNFINISHED_HINT) -> tuple[list[Chosen], list[tuple[Path, str]]]:
-    """``ckpt=`` entries -> (checkpoints to draw, skipped run directories with the reason). An entry may be
-    a .ckpt file, a run directory (its best checkpoint) or a sweep directory (each job's, in name order).
-    ``tool`` and ``hint`` word the note on skipped runs for the entry point that asked (evaluate.py has no
-    include_unfinished)."""
-    entries = as_list(ckpt)
-    if not entries:
-        raise VisualizeError("No checkpoint given: pass ckpt=path/to/file.ckpt or ckpt=[a.ckpt,b.ckpt].")
-    chosen: list[Chosen] = []
-    skipped: list[tuple[Path, str]] = []
-    for entry in entries:
-        p = Path(entry).expanduser()
-        if not p.is_dir():
-            run = RunDir(p.parent.parent) if p.parent.name == CHECKPOINT_DIR else None
-            chosen.append(Chosen(p, run if run is not None and run.is_run() else None))  # load_checkpoint says if it is missing or not ours
-            continue
-        if RunDir(p).is_run():
-            runs = [RunDir(p)]
-        else:
-            found = {r.path for r in SweepDir(p).job_dirs()} | {c.parent for c in p.glob(f"*/{CHECKPOINT_DIR}") if c.is_dir()}
-            runs = [RunDir(d) for d in sorted(found)]
-            if not runs:
-                raise VisualizeError(f"{p} is a directory with no run in it or in its subfolders; pass a .ckpt file, a run or a sweep directory.")
-        for run in runs:
-            pick, why = run_checkpoint(run, include_unfinished)
-            if pick is None:
-                skipped.append((run.path, why))
-            else:
-                chosen.append(pick)
-    if skipped:
-        lines = "\n".join(f"  {path}: {why}" for path, why in skipped)
-        hint = "" if include_unfinished else hint
-        print(f"{tool}: skipped {len(skipped)} run(s) without a best checkpoint:\n{lines}\n{hint.strip()}".rstrip())
-    if not chosen:
-        raise VisualizeError(f"No checkpoint to draw: every run given was skipped ({'; '.join(f'{p.name}: {w}' for p, w in skipped)}).")
-    return chosen, skipped
-
-
-def model_name(choice: Chosen, hparams: dict) -> str:
-    """The job's name from its Hydra record (e.g. ``init=scratch``), else ``<init>-<arch>``; an unfinished
-    run's label is appended in brackets."""
-    job = choice.run.job_name() if choice.run is not None else ""
-    name = job or f"{hparams.get('init')}-{hparams.get('arch')}"
-    return f"{name} [{choice.label}]" if choice.label else name
-
-
-def best_checkpoint(run_dir: str | Path) -> Path:
-    """A trained run's best checkpoint, inside its run directory (covidnet.run_dir.RunDir)."""
-    pick, why = run_checkpoint(RunDir(run_dir), include_unfinished=False)
-    if pick is None:
-        raise VisualizeError(f"{run_dir}: {why}.")
-    return pick.path
-
-
-def load_models(chosen, data_root: str, device: str) -> list[LoadedModel]:
-    """Rebuild each checkpoint's model and preprocessing; ``chosen`` is resolve_checkpoints' list, or
-    ``ckpt=`` entries (files, run or sweep directories) that are resolved here."""
-    if not (isinstance(chosen, list) and all(isinstance(c, Chosen) for c in chosen)):
-        chosen, _ = resolve_checkpoints(chosen)
-    models: list[LoadedModel] = []
-    for choice in chosen:
-        path = choice.path
-        model, dm_hparams = load_checkpoint(path, map_location=device)
-        if not dm_hparams:
-            raise CheckpointError(f"{path} holds no data-module hyperparameters, so the preprocessing it was trained with is unknown; use a checkpoint written by train.py.")
-        try:
-            dm = CovidCTDataModule(**{**dm_hparams, "root": data_root})
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}: its data-module hyperparameters do not rebuild the preprocessing ({err}).") from err
-        stored = model.hparams.get("input_spec")
-        if stored is not None and InputSpec.from_dict(stored) != dm.spec:
-            raise CheckpointError(f"{path}: the model's input_spec {dict(stored)} is not its data module's {dm.spec.as_dict()}; "
-                                  "the checkpoint does not say what its input was. Use a checkpoint written by train.py.")
-        name = model_name(choice, dict(model.hparams))
-        taken = {m.name for m in models}
-        if name in taken:
-            name = next(f"{name} ({i})" for i in range(2, len(taken) + 3) if f"{name} ({i})" not in taken)
-        models.append(LoadedModel(name, path, model.to(device).eval(), dm, choice))
-    return models
 
 
 # --- images ----------------------------------------------------------------------------------------------
@@ -369,7 +230,10 @@ def visualize(cfg: DictConfig) -> dict:
         raise VisualizeError(f"score_images={cfg.score_images!r}: choose figure (the drawn images) or split (every image of the split).")
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
     root = str(Path(str(cfg.data.root)).expanduser().resolve())
-    chosen, skipped = resolve_checkpoints(cfg.ckpt, bool(cfg.get("include_unfinished", False)))
+    try:
+        chosen, skipped = resolve_checkpoints(cfg.ckpt, bool(cfg.get("include_unfinished", False)))
+    except NoCheckpointError as err:
+        raise VisualizeError(str(err)) from err
     models = load_models(chosen, root, device)
     pairs = lesion_pairs(cfg.localize) if cfg.get("localize") else None
     out = fresh_out_dir(cfg.out_dir)

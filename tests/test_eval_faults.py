@@ -11,7 +11,8 @@ from hydra import compose, initialize_config_dir
 from synthetic_dicom import write_scans
 from test_evaluate import make_checkpoint
 
-from covidnet.evaluate import EvalError, evaluate
+from covidnet.errors import EvalError
+from covidnet.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("pydicom")
@@ -96,7 +97,7 @@ def test_the_report_refuses_a_truncated_predictions_file(tmp_path, cut):
     """predictions_test.csv cut short (mid-line, or after whole rows where metrics.json counts the predictions):
     the job is reported unreadable with the reason, never pooled as complete."""
     from covidnet.report.sweep import read_job
-    from covidnet.run_dir import RunDir
+    from covidnet.runs import RunDir
 
     job = tmp_path / "sweep" / "seed=0"
     rd = RunDir(job)
@@ -196,15 +197,16 @@ KILL_AFTER_FIRST_PAIR = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 import covidnet.evaluate as ev
+import covidnet.run_files as run_files
 from hydra import compose, initialize_config_dir
-write, done = ev.write_json, []
+write, done = run_files.write_json, []
 def die_at_second_metrics(path, data):
     if str(path).endswith("metrics.json"):
         done.append(path)
     if len(done) == 2:
         os.kill(os.getpid(), signal.SIGKILL)
     write(path, data)
-ev.write_json = die_at_second_metrics
+run_files.write_json = die_at_second_metrics
 with initialize_config_dir(config_dir={conf!r}, version_base="1.3"):
     cfg = compose("evaluate", overrides={overrides!r})
 ev.evaluate(cfg)

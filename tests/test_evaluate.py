@@ -18,7 +18,11 @@ from covidnet import stats
 from covidnet.checkpoint import CheckpointError
 from covidnet.data import CovidCTDataModule
 from covidnet.preprocess import Preprocess, resize_grey
-from covidnet.evaluate import EvalError, evaluate, set_config
+from covidnet.errors import EvalError
+from covidnet.evaluate import evaluate
+from covidnet.run_files import EVAL_COLUMNS
+from covidnet.runs import RunDir
+from covidnet.sets import set_config
 from covidnet.model import CovidClassifier
 from covidnet.sources import read_source
 
@@ -162,6 +166,12 @@ def test_sweep_into_runs_writes_each_runs_eval_area_once(tmp_path, scans, semise
     for seed in (0, 1):
         assert (sweep / f"seed={seed}" / "eval" / "covid_ct_md" / "predictions.csv").is_file()
         assert (sweep / f"seed={seed}" / "eval" / "semiseg" / "metrics.json").is_file()
+    # the run's one reader of its eval area reads what evaluate.py wrote there (it once expected a `file` column)
+    metrics, rows = RunDir(sweep / "seed=0").read_eval("covid_ct_md")
+    assert metrics == json.loads((sweep / "seed=0" / "eval" / "covid_ct_md" / "metrics.json").read_text())
+    assert len(rows) == metrics["n_images"] == 20 and list(rows[0]) == list(EVAL_COLUMNS)
+    in_out_dir = (tmp_path / "out" / metrics["model"] / "covid_ct_md" / "predictions.csv").read_text()
+    assert {r["path"] for r in rows} == {r["path"] for r in csv.DictReader(in_out_dir.splitlines())}
     # the report's external columns read them back: per group mean over runs, paired difference on the same images
     from covidnet.external_summary import external_lines
 

@@ -21,11 +21,11 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import covidnet.download as download
-from covidnet.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
+from covidnet.checkpoint_saving import AtomicCheckpointIO, atomic_torch_save
 from covidnet.dataset import CLASSES, SPLITS, check_dataset, image_dir, is_complete_layout, split_file
 from covidnet.hardware import resolve
-from covidnet.run_dir import read_failed_jobs
-from covidnet.train import RunDirError, check_run_dir, train
+from covidnet.runs import RunDirError, SweepDir
+from covidnet.train import check_run_dir, train
 from synthetic import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,7 +206,7 @@ def test_multirun_runs_every_job_and_names_the_failed_one(tiny_root, tmp_path):
     done = [d for d in sweep.iterdir() if (d / "metrics.json").is_file()]
     assert [d.name for d in done if "model.freeze=backbone" in d.name] == [d.name for d in done]  # the job after the failure still ran
     assert len(done) == 1
-    failed = read_failed_jobs(sweep)
+    failed = SweepDir(sweep).failed_jobs()
     assert len(failed) == 1 and "model.freeze=bogus" in failed[0]["job"] and failed[0]["num"] == 0
     assert "model.freeze=bogus" in failed[0]["error"]  # the error the job raised (config_check names key and value)
     assert f"1 job(s) of the sweep in {sweep} FAILED" in output

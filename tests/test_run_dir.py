@@ -1,4 +1,4 @@
-"""covidnet.run_dir: what a run leaves on disk, read back through one type (RunDir, SweepDir)."""
+"""covidnet.runs: what a run leaves on disk, read back through one type (RunDir, SweepDir)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import torch
 from omegaconf import OmegaConf
 
 from covidnet.configs import config_dir
-from covidnet.run_dir import INTERRUPTED, NOT_TRAINED, TRAINED, FAILED, RunDir, SweepDir, job_name_of, not_job_keys
+from covidnet.run_files import EVAL_COLUMNS, read_eval, write_eval
+from covidnet.runs import INTERRUPTED, NOT_TRAINED, TRAINED, FAILED, RunDir, SweepDir, job_name_of, not_job_keys
+from covidnet.sources import Record
 
 
 def make_run(path: Path, overrides: list[str], best: bool = True, epoch: int = 2) -> RunDir:
@@ -79,14 +81,25 @@ def test_keys_that_do_not_name_a_job_are_hydras_exclude_keys(tmp_path):
 def test_eval_sets(tmp_path):
     run = make_run(tmp_path / "job", ["seed=0"])
     assert run.eval_sets() == []
-    out = run.write_eval("covid-ct-md", {"auroc": 0.7}, ["p1/s1.dcm", "p2/s1.dcm"], [1, 0], [0.8, 0.1], extra={"patient": ["p1", "p2"]})
+    records = [Record("p1/s1.dcm", Path("p1/s1.dcm"), 1, "COVID", "p1", 0), Record("p2/s1.dcm", Path("p2/s1.dcm"), 0, "normal", "p2", 0)]
+    out = write_eval(run.eval_dir("covid-ct-md"), records, [0.8, 0.1], {"auroc": 0.7})  # the writer evaluate.py uses
     assert out == run.path / "eval" / "covid-ct-md" and run.eval_dir("covid-ct-md") == out
     (run.path / "eval" / "half-written").mkdir()  # no metrics.json: not listed
     assert run.eval_sets() == ["covid-ct-md"]
-    metrics, preds = run.read_eval("covid-ct-md")
+    metrics, rows = run.read_eval("covid-ct-md")
+    preds = {(r["path"], int(r["label"])): float(r["prob_covid"]) for r in rows}
     assert metrics == {"auroc": 0.7} and preds == {("p1/s1.dcm", 1): 0.8, ("p2/s1.dcm", 0): 0.1}
+    assert [r["patient"] for r in rows] == ["p1", "p2"] and list(rows[0]) == list(EVAL_COLUMNS)
     with pytest.raises(ValueError, match="names a folder"):
         run.eval_dir("../escape")
+
+
+def test_an_eval_result_cut_short_is_refused(tmp_path):
+    out = write_eval(tmp_path / "eval" / "s", [Record("a.png", Path("a.png"), 1, "COVID")], [0.5], {"n_images": 1})
+    text = (out / "predictions.csv").read_text()
+    (out / "predictions.csv").write_text(text[:-3])
+    with pytest.raises(ValueError, match="truncated"):
+        read_eval(out)
 
 
 def test_failed_jobs_record_survives_a_move(tmp_path):

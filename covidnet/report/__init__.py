@@ -1,7 +1,7 @@
 """Sweep report: does transfer help, by how much, and how sure are we?
 
 ``python -m covidnet.report <sweep dir> [--cam] [--margin auroc=0.05]`` reads every job directory of a sweep
-(as written by ``covidnet.train``, read through ``covidnet.run_dir``) and writes, into the sweep directory:
+(as written by ``covidnet.train``, read through ``covidnet.runs``) and writes, into the sweep directory:
 
 - ``report.md``: settings, a summary table per init (and per other swept key), mean +- std over seeds;
   each init against ``scratch`` on the same test images, with the interval over seeds and images behind

@@ -18,9 +18,9 @@ def run_cam(sweep: Sweep, overrides: list[str]) -> tuple[Path, dict, dict[str, s
     Results live in ``<sweep>/cam/results.json`` (then ``cam-2``, ...): an earlier computation for the
     same runs is reused; visualize never overwrites one. Returns (folder, results, {run name: model name}).
     """
-    from covidnet.visualize import VisualizeError, visualize_runs
+    from covidnet.visualize import VisualizeError, visualize_runs  # lazy: import cost (torch, the models), for the CAM step only
 
-    run_dirs = {str(r.path.resolve()): r.name for r in sweep.complete if (r.path / "checkpoints").is_dir()}
+    run_dirs = {str(r.path.resolve()): r.name for r in sweep.complete if r.run_dir.checkpoint_dir.is_dir()}
     if not run_dirs:
         raise ReportError("No complete run has a checkpoints/ folder to compute CAMs from.")
 

@@ -10,7 +10,7 @@ To add a column group (external evaluation sets, CAM mass in the lungs, per-sour
 
 1. write the builder in its own module under covidnet/report/ (e.g. ``external.py``), importing only
    ``Context``, ``Section``, the formatting helpers of render.py and the scoring helpers it needs; read a
-   run's extra files through ``run.run_dir`` (covidnet.run_dir.RunDir: ``eval_sets()``, ``read_eval()``);
+   run's extra files through ``run.run_dir`` (covidnet.runs.RunDir: ``eval_sets()``, ``read_eval()``);
 2. add it to :data:`SECTIONS` below, where its section should appear;
 3. test it on a hand-made sweep (tests/test_report.py's ``fake_job`` writes job directories).
 

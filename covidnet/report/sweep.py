@@ -1,4 +1,4 @@
-"""Reading a sweep for the report: every job directory (through covidnet.run_dir) and every job that
+"""Reading a sweep for the report: every job directory (through covidnet.runs) and every job that
 ``multirun.yaml`` expects, grouped by the factors that were swept."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 from covidnet import stats
 from covidnet.errors import UserError
 from covidnet.inits import resolve_init_defaults
-from covidnet.run_dir import FAILED, NOT_TRAINED, RunDir, SweepDir, not_job_keys, override_key, read_predictions_csv
+from covidnet.runs import FAILED, NOT_TRAINED, RunDir, SweepDir, not_job_keys, override_key
 
 REFERENCE_INIT = "scratch"
 # Keys that never name a factor of the comparison: the replicate key, and those that do not name a job
-# (covidnet.run_dir.not_job_keys: Hydra's override_dirname.exclude_keys in conf/hydra/default.yaml).
+# (covidnet.runs.not_job_keys: Hydra's override_dirname.exclude_keys in conf/hydra/default.yaml).
 REPLICATE_KEY = "seed"
 NOT_FACTORS = {REPLICATE_KEY, *not_job_keys()}
 
@@ -54,11 +54,10 @@ class Run:
 
     def eval_results(self) -> dict[str, tuple[dict, list[dict]]]:
         """The run's external-set evaluations, ``{set: (metrics.json, prediction rows)}`` (covidnet.external_summary)."""
-        from covidnet.external_summary import eval_sets_of, read_eval
-
         if self.evals is not None:
             return self.evals
-        return {} if self.path is None else {name: read_eval(self.path, name) for name in eval_sets_of(self.path)}
+        rd = self.run_dir
+        return {} if rd is None else {name: rd.read_eval(name) for name in rd.eval_sets()}
 
     @property
     def seed(self) -> str:
@@ -109,9 +108,10 @@ def parse_overrides(lines: list[str]) -> dict[str, str]:
     return {o.get_key_element().lstrip("+~"): o.get_value_element_as_str() for o in parsed}
 
 
-def read_predictions(path: Path, expected: int | None = None) -> dict[tuple[str, int], float]:
+def read_predictions(rd: RunDir, metrics: dict) -> dict[tuple[str, int], float]:
+    """The run's test predictions (RunDir.read_predictions, checked against the count ``metrics`` records)."""
     try:
-        return read_predictions_csv(path, expected)
+        return rd.read_predictions(metrics)
     except ValueError as err:
         raise ReportError(str(err)) from err
 
@@ -138,7 +138,7 @@ def read_job(job_dir: Path, sweep_dir: Path, failures: dict[str, str]) -> Run:
             run.message = "metrics.json records no best checkpoint (nothing trained or validated, e.g. trainer.max_epochs=0): no test result"
             return run
         try:
-            run.predictions = read_predictions(rd.predictions_path, metrics.get("n_test_predictions")) if rd.predictions_path.is_file() else {}
+            run.predictions = read_predictions(rd, metrics)
         except (OSError, ValueError, KeyError) as err:  # ReportError is a ValueError
             run.status, run.message = "unreadable", f"{type(err).__name__}: {err}"
             return run

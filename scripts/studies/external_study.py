@@ -29,7 +29,7 @@ from covidnet import stats
 from covidnet.external_summary import estimate, external_lines, margin_arg
 from covidnet.report.bundle import load_bundle, read_options, write_bundle
 from covidnet.report.sweep import Run, Sweep, read_job
-from covidnet.run_dir import RunDir
+from covidnet.runs import RunDir
 
 
 def columns(metrics: dict, evals: dict[str, tuple[dict, list[dict]]]) -> dict[str, float]:

@@ -33,24 +33,19 @@ import numpy as np
 
 from covidnet import stats
 from covidnet.external_summary import margin_arg
-from covidnet.run_dir import RunDir
+from covidnet.run_files import EVAL_PREDICTIONS_FILE, read_eval_rows
+from covidnet.runs import RunDir
 
 MD = "covid_ct_md"
 CT_SET = "covid_ct_test"
 
 
-def rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def seed_of(job: Path) -> int:
-    cfg = json.loads((job / "metrics.json").read_text())
-    return int(cfg["seed"])
+    return int(RunDir(job).read_metrics()["seed"])
 
 
 def jobs(sweep: Path, contains: str = "") -> list[Path]:
-    return sorted(j for j in sweep.iterdir() if (j / "metrics.json").is_file() and contains in j.name)
+    return sorted(j for j in sweep.iterdir() if RunDir(j).metrics_path.is_file() and contains in j.name)
 
 
 def mixed_predictions(sweep: Path) -> tuple[dict[int, dict[str, float]], dict[int, dict[str, float]], dict[str, dict]]:
@@ -62,7 +57,7 @@ def mixed_predictions(sweep: Path) -> tuple[dict[int, dict[str, float]], dict[in
     meta: dict[str, dict] = {}
     for job in jobs(sweep):
         s = seed_of(job)
-        for r in rows(job / "predictions_test.csv"):
+        for r in RunDir(job).read_prediction_rows():
             if r["source"] == MD:
                 key = r["file"].removeprefix(f"{MD}/")
                 if key in md[s]:
@@ -81,18 +76,18 @@ def fold_of(job: Path) -> int:
 
 def eval_file(job: Path, set_name: str, eval_root: Path | None) -> Path:
     """A job's evaluation on a set: ``<job>/eval/<set>/`` (``into_runs=true``) or ``<eval_root>/<job name>/<set>/``."""
-    inside = job / "eval" / set_name / "predictions.csv"
-    return inside if inside.is_file() or eval_root is None else eval_root / job.name / set_name / "predictions.csv"
+    inside = RunDir(job).eval_dir(set_name) / EVAL_PREDICTIONS_FILE
+    return inside if inside.is_file() or eval_root is None else eval_root / job.name / set_name / EVAL_PREDICTIONS_FILE
 
 
 def baseline_predictions(sweep: Path, contains: str, eval_root: Path | None = None):
     ct, md, meta = {}, {}, {}
     for job in jobs(sweep, contains):
         s = seed_of(job)
-        ct[s] = {r["file"]: float(r["prob_covid"]) for r in rows(job / "predictions_test.csv")}
+        ct[s] = {r["file"]: r["prob_covid"] for r in RunDir(job).read_prediction_rows()}
         if not eval_file(job, MD, eval_root).is_file():
             continue  # not evaluated on COVID-CT-MD (yet): this seed is left out
-        ev = rows(eval_file(job, MD, eval_root))
+        ev = read_eval_rows(eval_file(job, MD, eval_root))
         md[s] = {r["path"]: float(r["prob_covid"]) for r in ev}
         for r in ev:
             meta[r["path"]] = {"patient": r["patient"], "label": int(r["label"]), "diagnosis": r["diagnosis"],
@@ -106,7 +101,7 @@ def semiseg(sweep: Path, contains: str = "", eval_root: Path | None = None) -> d
     for job in jobs(sweep, contains):
         p = eval_file(job, "semiseg", eval_root)
         if p.is_file():
-            out[job.name] = {r["path"]: float(r["prob_covid"]) for r in rows(p)}
+            out[job.name] = {r["path"]: float(r["prob_covid"]) for r in read_eval_rows(p)}
     return out
 
 
@@ -142,8 +137,8 @@ def from_sweeps(a) -> Inputs:
         raise SystemExit("no seed is in both sweeps")
     ct_keys = sorted(set.intersection(*[set(mix_ct[s]) for s in seeds], *[set(base_ct[s]) for s in seeds]))
     md_keys = sorted(set.intersection(*[set(mix_md[s]) for s in seeds], *[set(base_md[s]) for s in seeds]))
-    base_rows = rows(next(j for j in jobs(a.baseline, a.baseline_filter)) / "predictions_test.csv")
-    ct_label = {r["file"]: int(r["label"]) for r in base_rows}
+    base_rows = RunDir(next(j for j in jobs(a.baseline, a.baseline_filter))).read_prediction_rows()
+    ct_label = {r["file"]: r["label"] for r in base_rows}
 
     def keep(by_seed: dict[int, dict[str, float]], keys: list[str]) -> dict[int, dict[str, float]]:
         return {s: {k: by_seed[s][k] for k in keys} for s in seeds}

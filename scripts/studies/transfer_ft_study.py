@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from covidnet.run_dir import SweepDir
+from covidnet.runs import RunDir, SweepDir
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = {
@@ -97,7 +97,7 @@ def select_on_validation(out: Path, grid: dict[str, list[dict]], train_job) -> d
         for setting in settings:
             if job(sweep, init, setting, 0) is None:
                 train_job(sweep, [f"init={init}", "seed=0", *(f"{k}={v}" for k, v in setting.items())])
-        scores = [json.loads((job(sweep, init, s, 0) / "metrics.json").read_text())["best_val_score"] for s in settings]
+        scores = [RunDir(job(sweep, init, s, 0)).read_metrics()["best_val_score"] for s in settings]
         best = max(range(len(settings)), key=lambda i: (scores[i], -i))
         selection[init] = {"grid": [{**s, "best_val_auroc": v} for s, v in zip(settings, scores)], "chosen": settings[best]}
     (out / "selection.json").write_text(json.dumps(selection, indent=2))

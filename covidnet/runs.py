@@ -1,16 +1,9 @@
-"""What a training run leaves on disk: the one owner of its file names, their formats and their meaning.
+"""A training run's directory and a sweep's: where each file is, what state a run is in, what a job is called.
 
-``covidnet.train`` writes a run directory through :class:`RunDir`; ``visualize``, the sweep report and
-external evaluation read it through the same class, so nobody else knows a file name, parses a path or
-guesses from a directory's position. A run directory::
-
-    metrics.json                  test metrics of the best checkpoint, epochs, times (RunDir.read_metrics)
-    predictions_test.csv          file,label,prob_covid for every test image (RunDir.read_predictions)
-    checkpoints/<best>.ckpt       the best-on-validation checkpoint; its name is recorded in metrics.json
-    checkpoints/last.ckpt         the latest state, for resuming
-    .hydra/                       the job's config, overrides and Hydra settings (its name comes from here)
-    eval/<set>/metrics.json       external evaluations of the best checkpoint (RunDir.eval_dir)
-    eval/<set>/predictions.csv
+``covidnet.train`` writes a run directory through :class:`RunDir`; visualize, evaluation, the sweep report, the
+study scripts and the benchmarks read it through the same class, so nobody else knows a file name, parses a path
+or guesses from a directory's position. The file names and formats are in covidnet.run_files; which checkpoint
+of a run is used, in covidnet.run_checkpoints.
 
 Checkpoints are always found inside the run directory: metrics.json records the best checkpoint's
 path, but only its file name is used, so a moved or copied sweep reads its own checkpoints. A sweep
@@ -28,7 +21,6 @@ A run is in one of four states (:meth:`RunDir.state`):
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -37,18 +29,24 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from covidnet.atomic import atomic_path, write_json
+from covidnet.atomic import write_json
+from covidnet.configs import load
 from covidnet.errors import UserError
-
-METRICS_FILE = "metrics.json"
-PREDICTIONS_FILE = "predictions_test.csv"
-PREDICTION_COLUMNS = ("file", "label", "prob_covid")
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
-EVAL_DIR = "eval"
-EVAL_PREDICTIONS_FILE = "predictions.csv"
-FAILED_JOBS_FILE = "failed_jobs.jsonl"
-MULTIRUN_FILE = "multirun.yaml"
+from covidnet.run_files import (
+    CHECKPOINT_DIR,
+    EVAL_DIR,
+    FAILED_JOBS_FILE,
+    HYDRA_DIR,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    MULTIRUN_FILE,
+    PREDICTIONS_FILE,
+    eval_results,
+    read_eval,
+    read_metrics,
+    read_prediction_rows,
+    write_predictions_csv,
+)
 
 TRAINED, NOT_TRAINED, FAILED, INTERRUPTED = "trained", "not trained", "failed", "interrupted"
 STATES = (TRAINED, NOT_TRAINED, FAILED, INTERRUPTED)
@@ -62,8 +60,6 @@ class RunDirError(UserError, RuntimeError):
 def not_job_keys() -> list[str]:
     """Override keys that do not name a job (data location, devices, resuming): Hydra's
     ``hydra.job.config.override_dirname.exclude_keys`` in conf/hydra/default.yaml, the one list of them."""
-    from covidnet.configs import load
-
     keys = OmegaConf.select(load("hydra/default.yaml"), "job.config.override_dirname.exclude_keys")
     return [str(k) for k in keys or []]
 
@@ -77,49 +73,6 @@ def job_name_of(overrides: Iterable[str], exclude: Iterable[str]) -> str:
     """A job's name as Hydra's ``override_dirname`` forms it: the sorted overrides without the excluded keys."""
     skip = set(exclude)
     return ",".join(sorted(str(o) for o in overrides if override_key(o) not in skip))
-
-
-def read_predictions_csv(path: str | Path, expected: int | None = None) -> dict[tuple[str, int], float]:
-    """A predictions file -> ``{(file, label): P(COVID)}``; extra columns are allowed, a repeated image is an error.
-
-    A file cut short is refused, never read as a smaller result: it must end with a complete line, every row must
-    have every column, and where the run recorded how many it predicted (``expected``) the count must match."""
-    path = Path(path)
-    out: dict[tuple[str, int], float] = {}
-    truncated = (f"{path} is truncated (a copy or a write that did not finish); its rows cannot be trusted. "
-                 "Copy the file again from the run, or retrain the run.")
-    raw = path.read_bytes()
-    if raw and not raw.endswith(b"\n"):
-        raise ValueError(f"{truncated[:-1]} It ends in the middle of a line.")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = set(PREDICTION_COLUMNS) - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path} lacks the column(s) {sorted(missing)}; expected {','.join(PREDICTION_COLUMNS)} as covidnet writes.")
-        for row in reader:
-            if None in row or any(row.get(c) in (None, "") for c in PREDICTION_COLUMNS):
-                raise ValueError(f"{truncated} Line {reader.line_num} is incomplete: {row}.")
-            try:
-                key, prob = (row["file"], int(float(row["label"]))), float(row["prob_covid"])
-            except ValueError as err:
-                raise ValueError(f"{path}: line {reader.line_num} does not hold a label and a probability ({err}).") from err
-            if key in out:
-                raise ValueError(f"{path}: {key[0]} (label {key[1]}) appears twice; predictions must name each image once.")
-            out[key] = prob
-    if expected is not None and len(out) != expected:
-        raise ValueError(f"{truncated[:-1]} It holds {len(out)} predictions; the run's metrics.json says it predicted {expected}.")
-    return out
-
-
-def write_predictions_csv(path: str | Path, files: Iterable[str], labels: Iterable[int], probs: Iterable[float],
-                          extra: dict[str, Iterable] | None = None) -> None:
-    """Write file,label,prob_covid (plus ``extra`` columns, e.g. patient) atomically."""
-    extra = extra or {}
-    columns = [list(files), list(labels), [f"{float(p):.6f}" for p in probs], *(list(v) for v in extra.values())]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([*PREDICTION_COLUMNS, *extra])
-        writer.writerows(zip(*columns))
 
 
 def _read_yaml(path: Path):
@@ -150,7 +103,7 @@ class RunDir:
 
     @property
     def hydra_dir(self) -> Path:
-        return self.path / ".hydra"
+        return self.path / HYDRA_DIR
 
     def is_run(self) -> bool:
         """Whether the directory holds (the start of) a run: metrics, a Hydra record or checkpoints."""
@@ -167,23 +120,24 @@ class RunDir:
     # --- metrics and predictions ---------------------------------------------------------------------------
     def read_metrics(self) -> dict | None:
         """metrics.json as a dict; None when the run has not written it (a damaged file raises ValueError)."""
-        if not self.metrics_path.is_file():
-            return None
-        data = json.loads(self.metrics_path.read_text())
-        if not isinstance(data, dict):
-            raise ValueError(f"{self.metrics_path} does not hold a JSON object.")
-        return data
+        return read_metrics(self.metrics_path)
 
     def write_metrics(self, metrics: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         write_json(self.metrics_path, metrics)
 
-    def read_predictions(self) -> dict[tuple[str, int], float]:
-        """predictions_test.csv -> ``{(file, label): P(COVID)}``; empty when the run wrote none. Checked against the
-        count metrics.json records (``n_test_predictions``): a file cut short raises ValueError."""
+    def read_prediction_rows(self, metrics: dict | None = None) -> list[dict]:
+        """predictions_test.csv's rows (``file``, ``label`` int, ``prob_covid`` float, extra columns as written);
+        empty when the run wrote none. Checked against the count metrics.json (or ``metrics``, read already)
+        records (``n_test_predictions``): a file cut short raises ValueError."""
         if not self.predictions_path.is_file():
-            return {}
-        return read_predictions_csv(self.predictions_path, (self.read_metrics() or {}).get("n_test_predictions"))
+            return []
+        metrics = self.read_metrics() if metrics is None else metrics
+        return read_prediction_rows(self.predictions_path, (metrics or {}).get("n_test_predictions"))
+
+    def read_predictions(self, metrics: dict | None = None) -> dict[tuple[str, int], float]:
+        """predictions_test.csv -> ``{(file, label): P(COVID)}`` (:meth:`read_prediction_rows`, checked the same way)."""
+        return {(r["file"], r["label"]): r["prob_covid"] for r in self.read_prediction_rows(metrics)}
 
     def write_predictions(self, files: Iterable[str], labels: Iterable[int], probs: Iterable[float],
                           extra: dict[str, Iterable] | None = None) -> None:
@@ -276,26 +230,12 @@ class RunDir:
 
     def eval_sets(self) -> list[str]:
         """Names of the external evaluations present (those with a metrics.json), sorted."""
-        root = self.path / EVAL_DIR
-        if not root.is_dir():
-            return []
-        return sorted(d.name for d in root.iterdir() if (d / METRICS_FILE).is_file())
+        return eval_results(self.path / EVAL_DIR)
 
-    def write_eval(self, set_name: str, metrics: dict, files: Iterable[str], labels: Iterable[int], probs: Iterable[float],
-                   extra: dict[str, Iterable] | None = None) -> Path:
-        """Write one external evaluation (predictions first, metrics.json last: metrics.json marks it complete)."""
-        out = self.eval_dir(set_name)
-        out.mkdir(parents=True, exist_ok=True)
-        write_predictions_csv(out / EVAL_PREDICTIONS_FILE, files, labels, probs, extra)
-        write_json(out / METRICS_FILE, metrics)
-        return out
-
-    def read_eval(self, set_name: str) -> tuple[dict, dict[tuple[str, int], float]]:
-        """(metrics, ``{(file, label): P(COVID)}``) of one external evaluation."""
-        out = self.eval_dir(set_name)
-        metrics = json.loads((out / METRICS_FILE).read_text())
-        preds = out / EVAL_PREDICTIONS_FILE
-        return metrics, (read_predictions_csv(preds) if preds.is_file() else {})
+    def read_eval(self, set_name: str) -> tuple[dict, list[dict[str, str]]]:
+        """(metrics.json, prediction rows) of one external evaluation (covidnet.run_files.read_eval: the format
+        evaluate.py and training's ``eval_sets`` write)."""
+        return read_eval(self.eval_dir(set_name))
 
 
 class SweepDir:
@@ -316,12 +256,12 @@ class SweepDir:
     def job_dirs(self) -> list[RunDir]:
         """Directories holding a job (``.hydra/`` or ``metrics.json``) below the sweep, in name order; the
         folder itself when it is a single run."""
-        if (self.path / METRICS_FILE).is_file() or (self.path / ".hydra" / "overrides.yaml").is_file():
+        if (self.path / METRICS_FILE).is_file() or (self.path / HYDRA_DIR / "overrides.yaml").is_file():
             return [RunDir(self.path)]
         jobs = []
         for dirpath, dirnames, filenames in os.walk(self.path):
             here = Path(dirpath)
-            if here != self.path and (METRICS_FILE in filenames or ".hydra" in dirnames):
+            if here != self.path and (METRICS_FILE in filenames or HYDRA_DIR in dirnames):
                 jobs.append(here)
                 dirnames[:] = []  # a job's own subdirectories (checkpoints, tensorboard, eval) hold no jobs
             else:
@@ -363,7 +303,3 @@ class SweepDir:
         """The recorded error of ``run`` in a :meth:`failures` mapping, ``''`` when it has none."""
         return failures.get(str(run.path.resolve())) or failures.get(f"name:{run.path.name}", "")
 
-
-def read_failed_jobs(sweep_dir: str | Path) -> list[dict]:
-    """Failed jobs recorded for a sweep (empty when none failed)."""
-    return SweepDir(sweep_dir).failed_jobs()

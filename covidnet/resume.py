@@ -1,4 +1,5 @@
-"""A run's configuration record, kept through resumes; what a resume checks; output folders checked writable.
+"""Resuming a run: its configuration record kept through resumes (the ``RunRecord`` Hydra callback), what a resume
+checks, and output folders checked writable before any work.
 
 **The record.** Hydra writes ``<run dir>/.hydra/{config,hydra,overrides}.yaml`` when a job starts, also when
 it is resumed, which would replace how the run started by how it was resumed. ``conf/hydra/default.yaml``
@@ -9,7 +10,7 @@ registered when Hydra instantiates the ``RunRecord`` callback listed in the same
 
 **A job's folder** in a sweep is its ``override_dirname`` with ``/`` written as ``.``
 (``hydra.sweep.subdir: ${covidnet_job_dir:${hydra.job.override_dirname}}``): a config-group override such as
-``data/source_aug=default`` would otherwise nest the job one folder deeper (covidnet.run_dir.SweepDir walks
+``data/source_aug=default`` would otherwise nest the job one folder deeper (covidnet.runs.SweepDir walks
 down to it, but globs like ``<sweep>/*/metrics.json`` and a reader's eye look one level deep).
 
 **A resume** (``ckpt_path=last`` or a file) must continue the run it resumes, not silently mix two: the
@@ -36,14 +37,16 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from covidnet.cli import debugging
 from covidnet.config_check import interpolated_key, register_init_resolver
 from covidnet.errors import ConfigError, UserError
+from covidnet.run_files import CHECKPOINT_DIR, HYDRA_DIR, LAST_CHECKPOINT, METRICS_FILE, read_metrics
 
 log = logging.getLogger(__name__)
 
 RESOLVER = "covidnet_record"
 JOB_DIR_RESOLVER = "covidnet_job_dir"
-RECORD = ".hydra"
+RECORD = HYDRA_DIR
 _chosen: dict[str, str] = {}
 
 
@@ -105,8 +108,6 @@ class RunRecord(Callback):
         try:
             check_writable(directory, "output directory")
         except UserError as err:
-            from covidnet.cli import debugging
-
             if debugging():
                 raise
             print(f"Error: {err}", file=sys.stderr)
@@ -192,8 +193,8 @@ def resume_checkpoint_path(cfg: DictConfig, out: Path) -> Path | None:
     if ckpt_path is None:
         return None
     if str(ckpt_path) == "last":
-        dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None) or out / "checkpoints"
-        last = Path(str(dirpath)) / "last.ckpt"
+        dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None) or out / CHECKPOINT_DIR
+        last = Path(str(dirpath)) / LAST_CHECKPOINT
         return last if last.exists() else None
     return Path(str(ckpt_path)).expanduser()
 
@@ -224,7 +225,7 @@ def check_resume(cfg: DictConfig, out: Path, record_dir: Path | None = None) -> 
     ``record_dir`` is this process's Hydra record (``.hydra/resume-<time>`` on a resume), where accepted
     changes are written. Returns None when ``ckpt_path`` is not set.
     """
-    from covidnet.checkpoint import read_checkpoint
+    from covidnet.checkpoint import read_checkpoint  # lazy: import cost (torch, the model), Hydra imports this callback in every process
 
     if cfg.get("ckpt_path") is None:
         return None
@@ -264,9 +265,8 @@ def check_resume(cfg: DictConfig, out: Path, record_dir: Path | None = None) -> 
             record_dir.mkdir(parents=True, exist_ok=True)
             (record_dir / "accepted_changes.yaml").write_text(
                 OmegaConf.to_yaml(accepted_record(allowed)))
-    metrics = out / "metrics.json"
-    if metrics.is_file():
-        done = json.loads(metrics.read_text())
+    done = read_metrics(out / METRICS_FILE)
+    if done is not None:
         # finished with exactly these settings (and accepted changes) and epochs: nothing left to train or test
         same = json.loads(json.dumps(done.get("resumed_with_changes") or {})) == json.loads(json.dumps(accepted_record(allowed)))
         epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
