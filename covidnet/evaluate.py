@@ -32,15 +32,17 @@ from tqdm import tqdm
 
 from covidnet import stats
 from covidnet.atomic import atomic_path, write_json
+from covidnet.checkpoint import OPTIONS as CHECKPOINT_OPTIONS
 from covidnet.checkpoint import CheckpointError
-from covidnet.config_check import EVALUATE, check_config
-from covidnet.errors import UserError
+from covidnet.errors import ConfigError, UserError
 from covidnet.processes import pid_alive
 from covidnet.run_record import check_writable
 from covidnet.dataset import DatasetError
 from covidnet.multisource import MAIN_SOURCE, split_by_patient
 from covidnet.predict import predict_batch
-from covidnet.hardware import precision_plugin
+from covidnet.hardware import DEVICE, EVAL_PRECISION, precision_plugin
+from covidnet.options import SEED, Rule, Table, boolean, check_config, integer, optional, text
+from covidnet.preprocess import OPTIONS as PREPROCESS_OPTIONS
 from covidnet.preprocess import InputSpec, prepare
 from covidnet.sources import Record, SourceError, read_source
 
@@ -54,6 +56,18 @@ STATED_PREPROCESSING = ("image_size", "normalization", "field", "intensity", "cr
 def known_sets() -> list[str]:
     """Names of the sets in conf/eval/."""
     return sorted(p.stem for p in (CONF_DIR / "eval").glob("*.yaml"))
+
+
+def _set_list(v) -> bool:
+    names = [i.strip() for i in v.split(",") if i.strip()] if isinstance(v, str) else list(v) if isinstance(v, (list, tuple)) else None
+    return names is not None and all(isinstance(i, str) and i in known_sets() for i in names)
+
+
+# the set catalogue's keys of train.py (covidnet.options): these move with known_sets (to covidnet/sets.py)
+SET_OPTIONS: dict[str, Rule] = {
+    "eval_sets": Rule(lambda: "a list of eval sets among " + ", ".join(known_sets()) + " (conf/eval/), or []", _set_list),
+    "eval_data": text(),
+}
 
 
 class EvalError(UserError, ValueError):
@@ -490,11 +504,28 @@ def set_names(value) -> list[str]:
     return [str(v) for v in value]
 
 
+# evaluate.py (conf/evaluate.yaml); each set's own keys are checked by load_set
+EVALUATE: Table = {
+    **CHECKPOINT_OPTIONS,
+    "eval_data": SET_OPTIONS["eval_data"],
+    # the preprocessing a user may state (STATED_PREPROCESSING); null: the checkpoint's
+    **{f"data.{name}": optional(PREPROCESS_OPTIONS[f"data.{name}"]) for name in STATED_PREPROCESSING},
+    "precision": EVAL_PRECISION,
+    "channels_last": Rule("run (the training run's), true or false", lambda v: isinstance(v, bool) or v == "run"),
+    "into_runs": boolean(),
+    "batch_size": integer(1),
+    "device": DEVICE,
+    "n_boot": integer(100).because("fewer resamples make the 2.5 % and 97.5 % percentiles meaningless"),
+    "seed": SEED,
+    "progress": boolean(),
+}
+
+
 def evaluate(cfg: DictConfig) -> dict:
     """Every checkpoint of ``cfg.ckpt`` on every set of ``cfg.eval``; everything is checked before work starts."""
     from covidnet.visualize import load_models
 
-    check_config(cfg, EVALUATE)  # every option, before any checkpoint or image is read
+    check_config(cfg, EVALUATE, ConfigError)  # every option, before any checkpoint or image is read
     sets_cfg = cfg.get("eval") or {}
     if not sets_cfg:
         raise EvalError("No set to evaluate on: pass eval=[covid_ct_md,semiseg] (names of conf/eval/*.yaml).")
