@@ -166,6 +166,8 @@ class _ThenRegister(importlib.abc.Loader):
         self.loader = loader
 
     def __getattr__(self, name):  # anything else a loader is asked (is_package, get_resource_reader, ...)
+        if name == "loader":  # not set yet (a copy): no recursion
+            raise AttributeError(name)
         return getattr(self.loader, name)
 
     def create_module(self, spec):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -101,6 +102,14 @@ def test_bad_visualize_option(override, expected):
 def test_missing_ckpt_is_named():
     with pytest.raises(ConfigError, match=r"ckpt is not set: it must be a .ckpt file"):
         check_config(compose_cfg("visualize", []), VISUALIZE)
+
+
+def test_the_rule_engine_imports_no_covidnet_module():
+    """covidnet/options.py is the bottom of the config layer: the owners of the keys import it, never it them."""
+    tree = ast.parse((ROOT / "covidnet" / "options.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not [m for m in imported if m and m.split(".")[0] == "covidnet"], imported
 
 
 @pytest.mark.parametrize("freeze", ["none", "backbone"])
