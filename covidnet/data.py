@@ -1,4 +1,5 @@
-"""Lightning data module for COVID-CT; preprocessing lives in covidnet/preprocess.py, augmentation in covidnet/augment.py."""
+"""Lightning data module for COVID-CT; preprocessing lives in covidnet/preprocess.py, augmentation in covidnet/augment.py,
+the image cache in covidnet/image_cache.py, what is trained on (fraction, sources) in covidnet/selection.py."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from covidnet.image_cache import CachedImages
 from covidnet.augment import SourceAugment, augment_batch, augment_params, train_augment
 from covidnet.dataset import SPLITS, DatasetError, Sample, check_dataset, is_complete_layout, load_grey
 from covidnet.download import download_covid_ct
+from covidnet.image_cache import CachedImages
 from covidnet.near_duplicates import Item, cross_split_names, find_pairs, thumbnails
 from covidnet.near_duplicates import summary as near_duplicate_summary
 from covidnet.preprocess import InputSpec, Prepared, Preprocess, prepare
