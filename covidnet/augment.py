@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from covidnet.options import Rule, is_integer, is_number, boolean, number
+
 # strength of each step; 0 / null switches a step off (conf/data/source_aug/default.yaml)
 SOURCE_AUG_DEFAULTS = {
     "p": 0.5,  # probability of each switched-on step, independently
@@ -28,6 +30,23 @@ SOURCE_AUG_DEFAULTS = {
     "noise_std": 0.04,  # Gaussian noise, std U(0, n) of the range
     "downup_min": 0.35,  # shrink to a factor U(d, 1) of the side, then back up
     "jpeg_quality_min": 20,  # JPEG re-encoding with quality U(q, 95)
+}
+
+# conf/data keys of the augmentation (covidnet.options); SourceAugment checks p, downup_min and jpeg_quality_min with these
+OPTIONS: dict[str, Rule] = {
+    "data.augment": boolean(),
+    "data.crop_scale_min": number(0, 1, lo_open=True).because("the smallest crop's share of the image area"),
+    "data.hflip": boolean(),
+    "data.rotate_degrees": number(0, 180),
+    "data.jitter": number(0, 1),
+    "data.source_aug.p": number(0, 1),
+    "data.source_aug.gamma": number(0, 3),
+    "data.source_aug.window": number(0, 0.45),
+    "data.source_aug.blur_sigma": number(0, 10),
+    "data.source_aug.sharpen": number(0, 10),
+    "data.source_aug.noise_std": number(0, 1),
+    "data.source_aug.downup_min": Rule("0 (off) or a number in (0, 1)", lambda v: is_number(v) and (v == 0 or 0 < v < 1)),
+    "data.source_aug.jpeg_quality_min": Rule("0 (off) or an integer in [1, 95]", lambda v: is_integer(v) and (v == 0 or 1 <= v <= 95)),
 }
 
 
@@ -128,12 +147,8 @@ class SourceAugment:
             raise ValueError(f"Unknown data.source_aug keys {sorted(unknown)}; known: {', '.join(SOURCE_AUG_DEFAULTS)}.")
         s = {k: strengths.get(k, 0) or 0 for k in SOURCE_AUG_DEFAULTS}
         s["p"] = strengths.get("p", SOURCE_AUG_DEFAULTS["p"])
-        if not 0 <= s["p"] <= 1:
-            raise ValueError(f"data.source_aug.p={s['p']} must be in [0, 1].")
-        if s["downup_min"] and not 0 < s["downup_min"] < 1:
-            raise ValueError(f"data.source_aug.downup_min={s['downup_min']} must be in (0, 1) (or 0 to switch it off).")
-        if s["jpeg_quality_min"] and not 1 <= s["jpeg_quality_min"] <= 95:
-            raise ValueError(f"data.source_aug.jpeg_quality_min={s['jpeg_quality_min']} must be in [1, 95] (or 0 to switch it off).")
+        for name in ("p", "downup_min", "jpeg_quality_min"):  # the others are the config check's alone
+            OPTIONS[f"data.source_aug.{name}"].check(f"data.source_aug.{name}", s[name])
         self.s = s
 
     @classmethod

@@ -21,6 +21,7 @@ from torch import nn
 from torchvision import models
 
 from covidnet.inits import get_init
+from covidnet.options import Across, Rule, one_of
 from covidnet.weights_io import WeightsError, load_backbone_weights
 
 LITE_HINT = 'pip install -e ".[lite]"'
@@ -44,12 +45,16 @@ class Arch:
     cam_layers: dict[str, str] = field(default_factory=dict)  # cam.layer -> module path, by output stride
     freeze: dict[str, tuple[str, ...]] = field(default_factory=dict)  # model.freeze -> top-level modules trained
 
+    @property
+    def freeze_modes(self) -> tuple[str, ...]:
+        return ("none", *self.freeze)
+
     def trained_in(self, freeze: str) -> tuple[str, ...] | None:
         """Top-level modules trained under ``freeze`` (None: everything). Raises for a mode this arch lacks."""
         if freeze == "none":
             return None
         if freeze not in self.freeze:
-            raise ValueError(f"model.freeze={freeze} is not defined for model.arch={self.name}; choose one of none, {', '.join(self.freeze)}.")
+            raise ValueError(f"model.freeze={freeze} is not defined for model.arch={self.name}; choose one of {', '.join(self.freeze_modes)}.")
         return self.freeze[freeze]
 
 
@@ -70,6 +75,23 @@ ARCHS: dict[str, Arch] = {
     )
 }
 FREEZE_MODES = ("none", "backbone", "up_to_layer4")  # every mode of any arch (each arch says which it has)
+
+
+def _freeze_of_arch(values: dict) -> list[str]:
+    """``model.freeze`` among the modes of ``model.arch`` (EfficientNet-Lite0 has no ``up_to_layer4``): refused by
+    the config check, not only when the model is built."""
+    arch, freeze = ARCHS[values["model.arch"]], values["model.freeze"]
+    if freeze in arch.freeze_modes:
+        return []
+    return [f"model.freeze={freeze}: must be one of {', '.join(arch.freeze_modes)} for model.arch={arch.name} (the modes it defines)"]
+
+
+# conf/model keys of the architecture (covidnet.options); the model and get_arch check with these
+OPTIONS: dict[str, Rule | Across] = {
+    "model.arch": one_of(sorted(ARCHS)),
+    "model.freeze": one_of(FREEZE_MODES),
+    "model.arch+model.freeze": Across(("model.arch", "model.freeze"), _freeze_of_arch),
+}
 
 
 def get_arch(name: str) -> Arch:

@@ -17,6 +17,7 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 
 from covidnet.dataset import CLASS_NAMES
+from covidnet.options import Rule, items, list_of, one_of
 from covidnet.predict import eval_mode
 
 # How the target category of each image is chosen: its true label, or the model's own prediction.
@@ -69,19 +70,24 @@ METHODS = {
 }
 
 
+# cam.layer: the deepest map at output stride 4, 8, 16, 32 (each architecture says which module, covidnet/backbones.py)
+LAYERS = ("layer1", "layer2", "layer3", "layer4")
+
+# the keys of conf/cam/default.yaml (top-level in visualize.yaml; the training callback's arguments), covidnet.options
+OPTIONS: dict[str, Rule] = {
+    "methods": list_of(METHODS).because("e.g. methods=[gradcam,eigencam]"),
+    "layer": one_of(LAYERS),
+    "target": one_of(TARGET_MODES).because("label: the true class; prediction: the model's class"),
+}
+
+
 def check_methods(methods: Sequence[str] | str) -> list[str]:
     """Method names as a list; an unknown name is an error that lists the known ones."""
-    methods = [methods] if isinstance(methods, str) else list(methods)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"Unknown CAM method(s) {unknown or methods!r}; choose from {', '.join(METHODS)} (e.g. methods=[gradcam,eigencam]).")
-    return methods
+    return items(OPTIONS["methods"].check("methods", methods))
 
 
 def check_target(target: str) -> str:
-    if target not in TARGET_MODES:
-        raise ValueError(f"Unknown CAM target={target!r}; choose label (the true class) or prediction (the model's class).")
-    return target
+    return OPTIONS["target"].check("target", target)
 
 
 def target_layer(model: nn.Module, name: str = "layer4") -> nn.Module:
@@ -96,7 +102,7 @@ def target_layer(model: nn.Module, name: str = "layer4") -> nn.Module:
     except AttributeError:  # a ResNet stage name on a network without it
         module = None
     if module is None:
-        raise ValueError(f"CAM layer={name!r}: {type(net).__name__} has no such map; choose layer1, layer2, layer3 or layer4.")
+        raise ValueError(f"CAM layer={name!r}: {type(net).__name__} has no such map; choose one of {', '.join(LAYERS)}.")
     return module[-1] if isinstance(module, nn.Sequential) else module
 
 

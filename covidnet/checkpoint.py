@@ -20,7 +20,15 @@ from covidnet.errors import UserError
 from covidnet.model import CovidClassifier
 from covidnet.preprocess import InputSpec
 from covidnet.run_checkpoints import Chosen, resolve_checkpoints
+from covidnet.options import Rule
 from covidnet.weights_io import load_error_reason, mismatch_summary
+
+
+# ``ckpt`` of visualize.py and evaluate.py (covidnet.options)
+OPTIONS: dict[str, Rule] = {
+    "ckpt": Rule("a .ckpt file, a run or sweep directory, or a list of these",
+                 lambda v: (isinstance(v, str) and v.strip() != "") or (isinstance(v, list) and bool(v) and all(isinstance(i, str) for i in v))),
+}
 
 
 class CheckpointError(UserError, ValueError):

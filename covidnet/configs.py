@@ -13,9 +13,6 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from covidnet.config_check import register_init_resolver
-
-register_init_resolver()  # ${covidnet.init:...} in the configs read here
 
 @lru_cache(maxsize=1)
 def config_dir() -> Path:

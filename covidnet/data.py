@@ -1,8 +1,8 @@
-"""Lightning data module for COVID-CT; preprocessing lives in covidnet/preprocess.py, augmentation in covidnet/augment.py."""
+"""Lightning data module for COVID-CT; preprocessing lives in covidnet/preprocess.py, augmentation in covidnet/augment.py,
+the image cache in covidnet/image_cache.py, what is trained on (fraction, sources) in covidnet/selection.py."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -17,111 +17,34 @@ from torchvision.transforms import v2
 
 from covidnet.augment import SourceAugment, augment_batch, augment_params, train_augment
 from covidnet.dataset import SPLITS, DatasetError, Sample, check_dataset, is_complete_layout, load_grey
-from covidnet.errors import EvalError
 from covidnet.download import download_covid_ct
+from covidnet.image_cache import CachedImages
 from covidnet.near_duplicates import Item, cross_split_names, find_pairs, thumbnails
 from covidnet.near_duplicates import summary as near_duplicate_summary
-from covidnet.preprocess import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS, InputSpec, Prepared, Preprocess, prepare, resize_grey  # noqa: F401 (re-exported)
-from covidnet.multisource import MAIN_SOURCE, SLICE_POLICIES, SourceItem, sampling_weights, source_items, split_by_patient
-from covidnet.sampling import EpochSampler, draw_per_class
+from covidnet.preprocess import InputSpec, Prepared, Preprocess, prepare
+from covidnet.multisource import MAIN_SOURCE, SourceItem, sampling_weights, source_items, split_by_patient
+from covidnet.multisource import OPTIONS as SOURCE_OPTIONS
+from covidnet.options import SEED, Rule, boolean, integer, optional, text
+from covidnet.sampling import EpochSampler
+from covidnet.selection import check_fraction, check_sources, stratified_subset
 from covidnet.sets import load_set, set_config
-from covidnet.sources import Record, SourceError
+from covidnet.sources import Record
 
 log = logging.getLogger(__name__)
 # (file, size, mtime, InputSpec) -> Prepared, for specs that segment the lungs (see prepare_file)
 _PREPARED: dict[tuple, Prepared] = {}
 
-
-class CachedImages(Dataset):
-    """Decoded, resized images held in memory as uint8, so no epoch re-reads a file."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, preprocess: Preprocess, augment=None, device_params=None):
-        self.images, self.labels, self.preprocess, self.augment = images, labels, preprocess, augment
-        # data.device_augment: items are {index, augment_params, label}; the data module's
-        # on_after_batch_transfer makes the images on the device from its copy of the cache
-        self.device_params = device_params
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, item: int | tuple[int, int]):
-        with one_thread():
-            return self._item(item)
-
-    def _item(self, item: int | tuple[int, int]):
-        # EpochSampler passes (index, seed): the augmentation then depends on that seed only (exact resume)
-        i, seed = item if isinstance(item, tuple) else (item, None)
-        if self.device_params is not None:
-            seed = torch.randint(0, 2**62, (1,)).item() if seed is None else seed
-            return {"index": i, "augment_params": self.device_params(seed), "label": self.labels[i]}
-        img = self.images[i]
-        if self.augment is not None:
-            if seed is None:
-                img = self.augment(img)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    img = self.augment(img)
-        return self.preprocess(img), self.labels[i]
-
-
-@contextlib.contextmanager
-def one_thread():
-    """One intra-op thread for per-image work, as in DataLoader workers. With num_workers=0 the training
-    process's threads would otherwise split each small op and wait on each other: ~15x the CPU time per
-    image on 2 cores (docs/performance.md)."""
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
-def check_sources(sources: list[str], test_sources: list[str] | None, fold: int, n_folds: int, source_defs: dict | None,
-                  sets_root: str | None) -> None:
-    """Refuse, before COVID-CT is decoded, a fold out of range and a source that cannot be split by patient (a set
-    without patients, or of one class): otherwise the error came only after the whole dataset was read."""
-    others = [n for n in dict.fromkeys([*sources, *(test_sources or [])]) if n != MAIN_SOURCE]
-    if not others:
-        return
-    if n_folds < 2:
-        raise SourceError(f"data.n_folds={n_folds} must be at least 2 (one fold of each source's patients tested, the rest trained on).")
-    if not 0 <= fold < n_folds:
-        raise SourceError(f"data.fold={fold} must be in 0..{n_folds - 1} (data.n_folds={n_folds}).")
-    for name in others:
-        defs = (source_defs or {}).get(name)
-        try:
-            cfg = defs if defs is not None else set_config(name, sets_root)
-        except EvalError as err:
-            raise SourceError(f"data.sources: {err}") from err
-        kind, read = cfg.get("kind"), cfg.get("read") or {}
-        why = {"semiseg": "its slices have no patients and are all COVID",
-               "covid_ct": "it is COVID-CT itself (covid_ct, always trained on)"}.get(kind)
-        if kind == "image_folder" and read.get("patient_level") is None:
-            why = "its images have no patients (set read.patient_level to the folder level that names them)"
-        if why:
-            raise SourceError(f"data.sources / data.test_sources: {name} ({kind}) cannot be split by patient for training: {why}. "
-                              "Evaluate on it instead (eval_sets=[...] or evaluate.py).")
-
-
-def check_fraction(fraction: float) -> float:
-    if not 0 < fraction <= 1:
-        raise ValueError(f"data.fraction={fraction} must be in (0, 1].")
-    return fraction
-
-
-def stratified_subset(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
-    """A seeded fraction of each class (at least one image per class), in the original order."""
-    if check_fraction(fraction) == 1:
-        return list(samples)
-    labels = [s.label for s in samples]
-    drawn = draw_per_class(labels, lambda size: max(1, round(fraction * size)), seed, classes=sorted(set(labels)))
-    keep = {i for idx in drawn.values() for i in idx}
-    return [s for i, s in enumerate(samples) if i in keep]
+# the data module's own conf/data keys (covidnet.options); preprocess, augment, multisource and selection own the rest
+OPTIONS: dict[str, Rule] = {
+    "data.root": text(),
+    "data.download": boolean(),
+    "data.batch_size": integer(2).because("BatchNorm needs two images per training batch"),
+    "data.num_workers": integer(0),
+    "data.seed": SEED,
+    "data.pin_memory": optional(boolean()),
+    "data.sets_root": optional(text()),
+    "data.device_augment": Rule("auto, true or false", lambda v: isinstance(v, bool) or v == "auto"),
+}
 
 
 class CovidCTDataModule(L.LightningDataModule):
@@ -175,10 +98,8 @@ class CovidCTDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.preprocess = Preprocess(normalization)  # fails early on an unknown name
         check_fraction(fraction)  # and on a bad fraction
-        if MAIN_SOURCE not in sources:
-            raise ValueError(f"data.sources={sources}: COVID-CT ({MAIN_SOURCE}) is always trained on (its validation split selects the model).")
-        if slice_labels not in SLICE_POLICIES:
-            raise ValueError(f"data.slice_labels={slice_labels!r}; choose one of {', '.join(SLICE_POLICIES)}.")
+        SOURCE_OPTIONS["data.sources"].check("data.sources", sources)
+        SOURCE_OPTIONS["data.slice_labels"].check("data.slice_labels", slice_labels)
         sampling_weights([], balance)  # fails early on an unknown balance mode
         check_sources(sources, test_sources, fold, n_folds, source_defs, sets_root)  # before any image is decoded
         self.spec = InputSpec(image_size, normalization, field, intensity, crop_margin)  # fails early on a bad name

@@ -14,7 +14,7 @@ class UserError(Exception):
 
 
 class ConfigError(UserError, ValueError):
-    """An option has a value outside what it allows (``covidnet.config_check``), or a resume would change one."""
+    """An option has a value outside what it allows (the option rules, ``covidnet.options``), or a resume would change one."""
 
 
 class EvalError(UserError, ValueError):

@@ -32,13 +32,15 @@ from tqdm import tqdm
 
 from covidnet import stats
 from covidnet.atomic import atomic_path, write_json
+from covidnet.checkpoint import OPTIONS as CHECKPOINT_OPTIONS
 from covidnet.checkpoint import CheckpointError, load_models
 from covidnet.claims import INCOMPLETE, check_fresh, claim, owner_of
-from covidnet.config_check import EVALUATE, check_config
 from covidnet.dataset import DatasetError
-from covidnet.errors import EvalError, UserError
-from covidnet.hardware import precision_plugin
+from covidnet.errors import ConfigError, EvalError, UserError
+from covidnet.hardware import DEVICE, EVAL_PRECISION, precision_plugin
+from covidnet.options import SEED, Rule, Table, boolean, check_config, integer, optional
 from covidnet.predict import predict_batch
+from covidnet.preprocess import OPTIONS as PREPROCESS_OPTIONS
 from covidnet.preprocess import InputSpec, prepare
 from covidnet.processes import pid_alive
 from covidnet.resume import check_writable
@@ -46,7 +48,7 @@ from covidnet.run_checkpoints import best_checkpoint, resolve_checkpoints, run_o
 from covidnet.run_files import METRICS_FILE, write_eval
 from covidnet.runs import RunDir
 from covidnet.set_metrics import set_metrics, summary_rows
-from covidnet.sets import EvalSet, held_out, load_set, set_config, set_names
+from covidnet.sets import SET_OPTIONS, EvalSet, held_out, load_set, set_config, set_names
 from covidnet.sources import SourceError
 
 # preprocessing keys a user may state (evaluate.yaml `data:`); the checkpoint's values always win
@@ -198,9 +200,26 @@ def _evaluate_models(models, sets, out_dirs, batch_size, device, n_boot, seed, p
     return rows
 
 
+# evaluate.py (conf/evaluate.yaml); each set's own keys are checked by covidnet.sets.load_set
+EVALUATE: Table = {
+    **CHECKPOINT_OPTIONS,
+    "eval_data": SET_OPTIONS["eval_data"],
+    # the preprocessing a user may state (STATED_PREPROCESSING); null: the checkpoint's
+    **{f"data.{name}": optional(PREPROCESS_OPTIONS[f"data.{name}"]) for name in STATED_PREPROCESSING},
+    "precision": EVAL_PRECISION,
+    "channels_last": Rule("run (the training run's), true or false", lambda v: isinstance(v, bool) or v == "run"),
+    "into_runs": boolean(),
+    "batch_size": integer(1),
+    "device": DEVICE,
+    "n_boot": integer(100).because("fewer resamples make the 2.5 % and 97.5 % percentiles meaningless"),
+    "seed": SEED,
+    "progress": boolean(),
+}
+
+
 def evaluate(cfg: DictConfig) -> dict:
     """Every checkpoint of ``cfg.ckpt`` on every set of ``cfg.eval``; everything is checked before work starts."""
-    check_config(cfg, EVALUATE)  # every option, before any checkpoint or image is read
+    check_config(cfg, EVALUATE, ConfigError)  # every option, before any checkpoint or image is read
     sets_cfg = cfg.get("eval") or {}
     if not sets_cfg:
         raise EvalError("No set to evaluate on: pass eval=[covid_ct_md,semiseg] (names of conf/eval/*.yaml).")

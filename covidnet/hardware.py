@@ -19,12 +19,30 @@ from dataclasses import asdict, dataclass
 import torch
 
 from covidnet.errors import ConfigError
+from covidnet.options import Rule, integer, optional
 
 # CPU instruction sets with native bf16 arithmetic (Linux /proc/cpuinfo flag names)
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 AUTO = "auto"
 # what Lightning 2.x accepts for Trainer(precision=...), plus auto
 PRECISIONS = ("auto", "64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine", "64", "32", "16", "bf16")
+# what precision_plugin computes with outside a Trainer (evaluate.py), plus the short names Lightning also accepts
+EVAL_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+_UNIFIED = {"64": "64-true", "32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+
+# the speed settings of train.py (covidnet.options); resolve() checks with these rules
+OPTIONS: dict[str, Rule] = {
+    "trainer.precision": Rule("one of " + ", ".join(PRECISIONS), lambda v: str(v) in PRECISIONS,
+                              "auto picks the fastest safe one for this machine; e.g. 32-true, bf16-mixed, 16-mixed"),
+    "channels_last": Rule("auto, true or false", lambda v: isinstance(v, bool) or v == AUTO),
+    "threads": optional(integer(1)).because("torch intra-op threads of this process; null for torch's default"),
+}
+# evaluate.py's: run = the training run's own
+EVAL_PRECISION = Rule("run (the training run's) or one of " + ", ".join(EVAL_PRECISIONS),
+                      lambda v: str(v) == "run" or _UNIFIED.get(str(v), str(v)) in EVAL_PRECISIONS)
+# where visualize.py and evaluate.py compute
+DEVICE = Rule("cpu, cuda, cuda:<index> or auto",
+              lambda v: isinstance(v, str) and (v in ("cpu", "cuda", "auto") or (v.startswith("cuda:") and v[5:].isdigit())))
 
 
 class HardwareConfigError(ConfigError):
@@ -82,12 +100,8 @@ class HardwareChoice:
 
 
 def _check(precision, channels_last, threads) -> None:
-    if str(precision) not in PRECISIONS:
-        raise HardwareConfigError(f"trainer.precision={precision!r} is not a precision; choose auto, 32-true, bf16-mixed or 16-mixed.")
-    if not (isinstance(channels_last, bool) or channels_last == AUTO):
-        raise HardwareConfigError(f"channels_last={channels_last!r}: choose auto, true or false.")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise HardwareConfigError(f"threads={threads!r}: give a positive number of torch threads per process, or null for torch's default.")
+    for key, value in (("trainer.precision", precision), ("channels_last", channels_last), ("threads", threads)):
+        OPTIONS[key].check(key, value, HardwareConfigError)
 
 
 def resolve(precision="auto", channels_last="auto", accelerator: str = "auto", threads: int | None = None) -> HardwareChoice:
@@ -128,10 +142,6 @@ def apply_threads(threads: int | None) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
-# the short names Lightning also accepts, as the unified ones
-_UNIFIED = {"64": "64-true", "32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
-
-
 def precision_plugin(precision: str, device: str = "cpu"):
     """Lightning's precision plugin for ``precision`` on ``device``, for predicting outside a Trainer: the same
     autocast or dtype a Trainer with that precision uses (on the CPU ``16-mixed`` becomes ``bf16-mixed``, as
@@ -150,4 +160,4 @@ def precision_plugin(precision: str, device: str = "cpu"):
         return HalfPrecision(name)
     if name == "64-true":
         return DoublePrecision()
-    raise HardwareConfigError(f"precision={precision!r} cannot be used for evaluation; choose 32-true, bf16-mixed, 16-mixed, 16-true, bf16-true or 64-true.")
+    raise HardwareConfigError(f"precision={precision!r} cannot be used for evaluation; choose one of {', '.join(EVAL_PRECISIONS)}.")

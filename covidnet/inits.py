@@ -9,10 +9,15 @@ configs read the rest from here through the ``${covidnet.init:<name>,<field>[,<a
 unless an override or an experiment sets them.
 
 Layering (no cycle): weights_io <- ct_weights <- inits <- backbones <- model.
+
+This module also registers the resolver, the one place it is registered: every path that composes or reads a
+config imports it (the apps' option tables name ``INITS``; covidnet.resume reads saved configs with it).
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
 import sys
 from collections.abc import Callable
@@ -22,6 +27,7 @@ from pathlib import Path
 import torch
 from torchvision import models
 
+from covidnet.options import Rule, one_of
 from covidnet.weights_io import WeightsError, read_state_dict
 
 DEFAULT_ARCH = "resnet18"  # for inits whose weights fit any architecture
@@ -114,9 +120,12 @@ INITS: dict[str, Init] = {
 }
 
 
+# conf/model's init key (covidnet.options); get_init names it as the command line does (init=<name>)
+OPTIONS: dict[str, Rule] = {"model.init": one_of(INITS)}
+
+
 def get_init(name: str) -> Init:
-    if name not in INITS:
-        raise ValueError(f"Unknown init={name!r}; choose one of {', '.join(INITS)}.")
+    OPTIONS["model.init"].check("init", name)
     return INITS[name]
 
 
@@ -137,25 +146,63 @@ def config_default(name: str, field: str, arch: str | None = None):
     return getattr(init, field)
 
 
+RESOLVER = "covidnet.init"
+
+
 def register_resolver() -> None:
-    """``${covidnet.init:...}`` for the configs (registered in covidnet.config_check, which imports no torch)."""
-    from covidnet.config_check import register_init_resolver
+    """Register ``${covidnet.init:<init>,<field>[,<arch>]}`` (read by conf/model/*.yaml, conf/data/covid_ct.yaml);
+    idempotent. omegaconf is imported here, not at the top: the model and the data module import this module
+    where the config stack is absent (benchmarks/throughput.py on a GPU box without Hydra)."""
+    from omegaconf import OmegaConf
 
-    register_init_resolver()
+    if not OmegaConf.has_resolver(RESOLVER):
+        OmegaConf.register_new_resolver(RESOLVER, config_default)
 
 
-# omegaconf stays unimported here (benchmarks/throughput.py imports the model without the config stack);
-# where it is already loaded, the configs can read the registry at once.
+class _ThenRegister(importlib.abc.Loader):
+    """omegaconf's own loader, then :func:`register_resolver` once the package is loaded."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __getattr__(self, name):  # anything else a loader is asked (is_package, get_resource_reader, ...)
+        if name == "loader":  # not set yet (a copy): no recursion
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self.loader.exec_module(module)
+        register_resolver()
+
+
+class _OnOmegaconfImport(importlib.abc.MetaPathFinder):
+    """A process that imports this module before any config (the model alone, then Hydra's compose) gets the
+    resolver when omegaconf is first imported: the registration stays here, and the import order free."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "omegaconf":
+            return None
+        sys.meta_path.remove(self)  # once; and the ordinary finders find the package
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ThenRegister(spec.loader)
+        return spec
+
+
 if "omegaconf" in sys.modules:
     register_resolver()
+elif not any(isinstance(f, _OnOmegaconfImport) for f in sys.meta_path):
+    sys.meta_path.insert(0, _OnOmegaconfImport())
 
 
 def resolve_init_defaults(config: dict) -> dict:
     """A saved, unresolved job config (``.hydra/config.yaml`` as a dict) with every ``${covidnet.init:...}``
     value replaced by what it stood for in that job, for readers that show settings (the sweep report)."""
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf  # as in register_resolver
 
-    register_resolver()
     cfg = OmegaConf.create(config)
 
     def walk(node) -> None:

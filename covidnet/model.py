@@ -18,8 +18,19 @@ from torchmetrics.classification import (
     BinarySpecificity,
 )
 
-from covidnet.backbones import FREEZE_MODES, build_backbone, get_arch
+from covidnet.backbones import OPTIONS as BACKBONE_OPTIONS
+from covidnet.backbones import build_backbone, get_arch
 from covidnet.bn_calibration import batchnorm_layers, estimate_batchnorm_statistics, training_batches
+from covidnet.options import Rule, boolean, number, optional, text
+
+# the model's own conf/model keys (covidnet.options); backbones (arch, freeze) and inits (init) own the others
+OPTIONS: dict[str, Rule] = {
+    "model.weights_path": optional(text()),
+    "model.backbone_lr_scale": number(0),
+    "model.calibrate_bn": boolean().because("estimate frozen layers' BatchNorm statistics on the training images (docs/transfer.md)"),
+    "model.optimizer.lr": number(0, lo_open=True),
+    "model.optimizer.weight_decay": number(0),
+}
 
 
 def binary_metrics(prefix: str) -> MetricCollection:
@@ -70,8 +81,7 @@ class CovidClassifier(L.LightningModule):
         # field, intensity): a checkpoint describes its own input; None in checkpoints from before it existed
         if input_spec is not None:
             input_spec = {k: (v.item() if hasattr(v, "item") else v) for k, v in dict(input_spec).items()}
-        if freeze not in FREEZE_MODES:
-            raise ValueError(f"Unknown model.freeze={freeze!r}; choose one of {', '.join(FREEZE_MODES)}.")
+        BACKBONE_OPTIONS["model.freeze"].check("model.freeze", freeze)
         self.arch = get_arch(arch)
         self.trained_modules = self.arch.trained_in(freeze)  # None: all; raises for a mode the arch lacks
         # optimizer/scheduler are Hydra partials: needed to train, not to rebuild the model

@@ -30,11 +30,24 @@ from dataclasses import dataclass
 import numpy as np
 
 from covidnet import set_metrics as set_stats
+from covidnet.options import Rule, integer, names, one_of, optional
 from covidnet.sources import Record, SourceError
 
 MAIN_SOURCE = "covid_ct"
 SLICE_POLICIES = ("infected_only", "patient", "uninfected_negative")
 BALANCE_MODES = ("none", "source_class")
+
+# conf/data keys of training on several sources (covidnet.options); the functions below check with these rules
+OPTIONS: dict[str, Rule] = {
+    "data.sources": Rule(f"a non-empty list of source names that includes {MAIN_SOURCE}",
+                         lambda v: names(v) is not None and MAIN_SOURCE in names(v)
+                         ).because("COVID-CT is always trained on: its validation split selects the model"),
+    "data.test_sources": optional(Rule("a non-empty list of source names", lambda v: bool(names(v)))),
+    "data.fold": integer(0).because("the patient fold tested (0 .. data.n_folds - 1)"),
+    "data.n_folds": integer(2).because("one fold of each source's patients tested, the rest trained on"),
+    "data.slice_labels": one_of(SLICE_POLICIES),
+    "data.balance": one_of(BALANCE_MODES),
+}
 
 
 @dataclass(frozen=True)
@@ -59,8 +72,7 @@ def patient_folds(records: list[Record], n_folds: int, where: str) -> dict[str, 
 
     Every diagnosis needs at least ``n_folds`` patients, so that each fold tests every diagnosis.
     """
-    if n_folds < 2:
-        raise SourceError(f"{where}: data.n_folds={n_folds} must be at least 2 (one fold to test, the rest to train).")
+    OPTIONS["data.n_folds"].check(f"{where}: data.n_folds", n_folds, SourceError)
     missing = [r.key for r in records if r.patient is None]
     if missing:
         raise SourceError(f"{where}: {len(missing)} image(s) have no patient (e.g. {missing[0]}); a training source is split by patient.")
@@ -104,8 +116,7 @@ def training_label(r: Record, policy: str) -> int | None:
 
 def source_items(source: str, records: list[Record], split: str, policy: str) -> list[tuple[SourceItem, Record]]:
     """Items of one split of a source: training slices labelled by ``policy``, test slices by patient."""
-    if policy not in SLICE_POLICIES:
-        raise SourceError(f"data.slice_labels={policy!r}; choose one of {', '.join(SLICE_POLICIES)}.")
+    OPTIONS["data.slice_labels"].check("data.slice_labels", policy, SourceError)
     out = []
     for r in records:
         label = training_label(r, policy) if split == "train" else r.label
@@ -116,8 +127,7 @@ def source_items(source: str, records: list[Record], split: str, policy: str) ->
 
 def sampling_weights(items: list[SourceItem], mode: str) -> np.ndarray | None:
     """Per-image sampling weights: ``source_class`` gives every (source, class) cell the same share of draws."""
-    if mode not in BALANCE_MODES:
-        raise ValueError(f"data.balance={mode!r}; choose one of {', '.join(BALANCE_MODES)}.")
+    OPTIONS["data.balance"].check("data.balance", mode)
     if mode == "none":
         return None
     cells = [(it.source, it.label) for it in items]

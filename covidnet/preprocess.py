@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from covidnet.options import Rule, integer, number, one_of
+
 # Mean/std of the ImageNet training set, the statistics torchvision's pretrained ResNets expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,8 +37,7 @@ class Preprocess:
     """uint8 grey 1xSxS -> float 3xSxS as the network expects; its inverse recovers the grey image."""
 
     def __init__(self, normalization: str):
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"Unknown data.normalization={normalization!r}; choose one of {sorted(NORMALIZATIONS)}.")
+        OPTIONS["data.normalization"].check("data.normalization", normalization)
         mean, std = NORMALIZATIONS[normalization]
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
@@ -60,6 +61,15 @@ FIELDS = ("full", "lung_crop", "lung_only")
 INTENSITIES = ("none", "lung_percentile", "image_percentile")
 PERCENTILES = (1.0, 99.0)
 
+# the keys of conf/data that decide the input (covidnet.options); InputSpec and Preprocess check with these rules
+OPTIONS: dict[str, Rule] = {
+    "data.image_size": integer(32, 2048).because("the side in pixels; ResNet downsamples by 32"),
+    "data.normalization": one_of(sorted(NORMALIZATIONS)),
+    "data.field": one_of(FIELDS),
+    "data.intensity": one_of(INTENSITIES),
+    "data.crop_margin": number(0, 1).because("the share of the lung box's size added on each side"),
+}
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -73,14 +83,8 @@ class InputSpec:
     crop_margin: float = 0.05
 
     def __post_init__(self):
-        if self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"Unknown data.normalization={self.normalization!r}; choose one of {sorted(NORMALIZATIONS)}.")
-        if self.field not in FIELDS:
-            raise ValueError(f"Unknown data.field={self.field!r}; choose one of {', '.join(FIELDS)}.")
-        if self.intensity not in INTENSITIES:
-            raise ValueError(f"Unknown data.intensity={self.intensity!r}; choose one of {', '.join(INTENSITIES)}.")
-        if not 0 <= self.crop_margin <= 1:
-            raise ValueError(f"data.crop_margin={self.crop_margin} must be in [0, 1] (share of the lung box's size added on each side).")
+        for name in ("normalization", "field", "intensity", "crop_margin"):  # image_size: the config check's alone
+            OPTIONS[f"data.{name}"].check(f"data.{name}", getattr(self, name))
 
     @classmethod
     def from_dict(cls, d: dict | None) -> InputSpec:

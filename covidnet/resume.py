@@ -37,9 +37,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from covidnet import inits  # noqa: F401 - registers ${covidnet.init:...}, which saved configs hold
 from covidnet.cli import debugging
-from covidnet.config_check import interpolated_key, register_init_resolver
 from covidnet.errors import ConfigError, UserError
+from covidnet.options import interpolated_key
 from covidnet.run_files import CHECKPOINT_DIR, HYDRA_DIR, LAST_CHECKPOINT, METRICS_FILE, read_metrics
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,6 @@ if not OmegaConf.has_resolver(RESOLVER):
     OmegaConf.register_new_resolver(RESOLVER, record_subdir)
 if not OmegaConf.has_resolver(JOB_DIR_RESOLVER):
     OmegaConf.register_new_resolver(JOB_DIR_RESOLVER, job_dir_name)
-register_init_resolver()  # saved configs hold ${covidnet.init:...}
 
 
 # --- output folders -------------------------------------------------------------------------------------

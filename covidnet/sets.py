@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from covidnet.configs import config_dir
 from covidnet.errors import EvalError
 from covidnet.multisource import MAIN_SOURCE, split_by_patient
+from covidnet.options import Rule, text
 from covidnet.sources import Record, SourceError, read_source
 
 SETS_FOLDER = "eval"  # conf/eval/<name>.yaml
@@ -39,6 +40,18 @@ class EvalSet:
 def known_sets() -> list[str]:
     """Names of the sets in conf/eval/."""
     return sorted(p.stem for p in (config_dir() / SETS_FOLDER).glob("*.yaml"))
+
+
+def _set_list(v) -> bool:
+    names = [i.strip() for i in v.split(",") if i.strip()] if isinstance(v, str) else list(v) if isinstance(v, (list, tuple)) else None
+    return names is not None and all(isinstance(i, str) and i in known_sets() for i in names)
+
+
+# the set catalogue's keys of train.py and evaluate.py (covidnet.options)
+SET_OPTIONS: dict[str, Rule] = {
+    "eval_sets": Rule(lambda: "a list of eval sets among " + ", ".join(known_sets()) + " (conf/eval/), or []", _set_list),
+    "eval_data": text(),
+}
 
 
 def set_names(value) -> list[str]:

@@ -17,21 +17,52 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from covidnet import inits  # noqa: F401 - registers ${covidnet.init:...}, which the configs use
+from covidnet.augment import OPTIONS as AUGMENT_OPTIONS
+from covidnet.backbones import OPTIONS as BACKBONE_OPTIONS
 from covidnet.checkpoint import check_weights_fit
-from covidnet.config_check import TRAIN, check_config
+from covidnet.data import OPTIONS as DATA_OPTIONS
+from covidnet.errors import ConfigError
 from covidnet.evaluate import evaluate_run, load_sets_for_training
+from covidnet.hardware import OPTIONS as HARDWARE_OPTIONS
 from covidnet.hardware import HardwareChoice, apply_threads, resolve
+from covidnet.inits import OPTIONS as INIT_OPTIONS
+from covidnet.model import OPTIONS as MODEL_OPTIONS
+from covidnet.multisource import OPTIONS as SOURCE_OPTIONS
 from covidnet.multisource import scalars as source_scalars
 from covidnet.multisource import source_metrics
+from covidnet.options import SEED, Rule, Table, boolean, check_config, integer, optional
+from covidnet.preprocess import OPTIONS as PREPROCESS_OPTIONS
 from covidnet.predict import predict_probs
 from covidnet.resume import accepted_record, check_resume, check_writable
 from covidnet.run_files import LAST_CHECKPOINT
 from covidnet.runs import RunDir
+from covidnet.selection import OPTIONS as SELECTION_OPTIONS
+from covidnet.sets import SET_OPTIONS
 from covidnet.stats import binary_metrics
 from covidnet.timing import EpochTimes
 
 log = logging.getLogger(__name__)
+
+# train.py (conf/train.yaml and its groups): every option, checked before any data is read or model built.
+# Each module declares its own keys (covidnet.options); ``seed`` first: data.seed=${seed} is then reported once.
+TRAIN: Table = {
+    "seed": SEED,
+    "test": boolean(),
+    **DATA_OPTIONS,
+    **SELECTION_OPTIONS,
+    **PREPROCESS_OPTIONS,
+    **AUGMENT_OPTIONS,
+    **SOURCE_OPTIONS,
+    **BACKBONE_OPTIONS,
+    **INIT_OPTIONS,
+    **MODEL_OPTIONS,
+    "trainer.max_epochs": integer(1).because("a run of 0 epochs trains nothing and has no result"),
+    "trainer.check_val_every_n_epoch": optional(integer(1)),
+    "trainer.log_every_n_steps": integer(1),
+    "trainer.deterministic": Rule("true, false or warn", lambda v: isinstance(v, bool) or v == "warn"),
+    **SET_OPTIONS,
+    **HARDWARE_OPTIONS,  # speed settings resolved for the machine (auto) or forced
+}
 
 __all__ = ["train", "check_run_dir", "instantiate_all"]
 
@@ -117,7 +148,7 @@ def choose_hardware(cfg: DictConfig) -> HardwareChoice:
 
 def train(cfg: DictConfig) -> dict:
     """Train and test one model as configured; return the metrics also written to metrics.json."""
-    check_config(cfg, TRAIN)  # every option, before any data is read or model built
+    check_config(cfg, TRAIN, ConfigError)  # every option, before any data is read or model built
     prepare_multirun_job_for_ddp()
     out = Path(cfg.paths.output_dir)
     check_writable(out, "run directory")

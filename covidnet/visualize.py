@@ -17,12 +17,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from covidnet.cam import OPTIONS as CAM_OPTIONS
 from covidnet.cam import (
     METHODS,
     caption,
     categories_for,
     check_methods,
-    check_target,
     compute_cams,
     grey_rgb,
     overlay,
@@ -42,14 +42,33 @@ from covidnet.cam_metrics import (
 )
 from covidnet.predict import predict_batch
 from covidnet.sampling import draw_per_class
+from covidnet.checkpoint import OPTIONS as CHECKPOINT_OPTIONS
 from covidnet.checkpoint import LoadedModel, load_models
-from covidnet.config_check import VISUALIZE, check_config
-from covidnet.dataset import CLASS_NAMES, DatasetError, Sample, load_grey, read_split
-from covidnet.errors import UserError
+from covidnet.data import OPTIONS as DATA_OPTIONS
+from covidnet.dataset import CLASS_NAMES, SPLITS, DatasetError, Sample, load_grey, read_split
+from covidnet.errors import ConfigError, UserError
+from covidnet.hardware import DEVICE
+from covidnet.options import SEED, Table, boolean, check_config, integer, number, one_of
 from covidnet.run_checkpoints import NoCheckpointError, resolve_checkpoints
 
 OUTPUT_FILES = ("figure.png", "images.csv", "results.json")
 SCORE_IMAGES = ("figure", "split")
+
+# visualize.py (conf/visualize.yaml): every option, checked before any checkpoint or image is read
+VISUALIZE: Table = {
+    **CHECKPOINT_OPTIONS,
+    "seed": SEED,
+    "data.root": DATA_OPTIONS["data.root"],
+    "split": one_of(SPLITS),
+    "n_per_class": integer(1),
+    **CAM_OPTIONS,
+    "score_images": one_of(SCORE_IMAGES).because("figure: the drawn images; split: every image of the split"),
+    "faithfulness_fraction": number(0, 1, lo_open=True, hi_open=True),
+    "batch_size": integer(1),
+    "device": DEVICE,
+    "tensorboard": boolean(),
+    "include_unfinished": boolean(),
+}
 
 
 class VisualizeError(UserError, ValueError):
@@ -223,11 +242,8 @@ def column_labels(names: list[str], width: int = 24) -> list[str]:
 def visualize(cfg: DictConfig) -> dict:
     """Draw the figure and compute the numbers; returns the written paths and the results."""
     start = time.time()
-    check_config(cfg, VISUALIZE)  # every option, before any checkpoint or image is read
-    methods = check_methods(list(cfg.methods))
-    target = check_target(cfg.target)
-    if cfg.score_images not in SCORE_IMAGES:
-        raise VisualizeError(f"score_images={cfg.score_images!r}: choose figure (the drawn images) or split (every image of the split).")
+    check_config(cfg, VISUALIZE, ConfigError)  # every option, before any checkpoint or image is read
+    methods, target = check_methods(cfg.methods), cfg.target  # (as a list)
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
     root = str(Path(str(cfg.data.root)).expanduser().resolve())
     try:

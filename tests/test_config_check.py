@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -11,9 +12,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from covidnet.cli import EXIT_USER_ERROR
-from covidnet.config_check import TRAIN, VISUALIZE, check_config, problems
 from covidnet.errors import ConfigError
-from covidnet.train import train
+from covidnet.options import check_config as check_table
+from covidnet.options import problems
+from covidnet.train import TRAIN, train
+from covidnet.visualize import VISUALIZE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,6 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def compose_cfg(name: str, overrides: list[str]):
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         return compose(name, overrides=overrides)
+
+
+def check_config(cfg, table) -> None:
+    check_table(cfg, table, ConfigError)  # what the entry points do
 
 
 def run_entry(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -97,6 +104,28 @@ def test_missing_ckpt_is_named():
         check_config(compose_cfg("visualize", []), VISUALIZE)
 
 
+def test_the_rule_engine_imports_no_covidnet_module():
+    """covidnet/options.py is the bottom of the config layer: the owners of the keys import it, never it them."""
+    tree = ast.parse((ROOT / "covidnet" / "options.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not [m for m in imported if m and m.split(".")[0] == "covidnet"], imported
+
+
+@pytest.mark.parametrize("freeze", ["none", "backbone"])
+def test_freeze_modes_of_efficientnet_lite0_pass(freeze):
+    assert problems(compose_cfg("train", ["model.arch=efficientnet_lite0", f"model.freeze={freeze}"]), TRAIN) == []
+
+
+def test_freeze_mode_the_arch_lacks_is_one_problem():
+    """A rule across keys: EfficientNet-Lite0 has no up_to_layer4; refused by the check, not by the model's constructor."""
+    found = problems(compose_cfg("train", ["model.arch=efficientnet_lite0", "model.freeze=up_to_layer4"]), TRAIN)
+    assert found == ["model.freeze=up_to_layer4: must be one of none, backbone for model.arch=efficientnet_lite0 (the modes it defines)"]
+    assert problems(compose_cfg("train", ["model.arch=resnet18", "model.freeze=up_to_layer4"]), TRAIN) == []
+    # an unknown mode is named once, by its own rule (the rule across keys is not asked)
+    assert len(problems(compose_cfg("train", ["model.arch=efficientnet_lite0", "model.freeze=bogus"]), TRAIN)) == 1
+
+
 def test_train_checks_before_reading_any_data(tmp_path):
     """The data root does not exist: had anything been read, the error would be about the data."""
     cfg = compose_cfg("train", ["data.batch_size=1", f"data.root={tmp_path / 'nowhere'}", f"paths.output_dir={tmp_path / 'out'}"])
@@ -117,6 +146,16 @@ def test_train_py_bad_option_is_one_message_without_traceback(tmp_path):
 
     full = run_entry("train.py", *args[:-1], f"hydra.run.dir={tmp_path / 'run2'}", env={"HYDRA_FULL_ERROR": "1"})
     assert full.returncode != 0 and "Traceback" in full.stderr and "ConfigError" in full.stderr
+
+
+@pytest.mark.slow
+def test_train_py_refuses_a_freeze_mode_the_arch_lacks_before_any_work(tmp_path):
+    args = ["model.arch=efficientnet_lite0", "model.freeze=up_to_layer4", f"data.root={tmp_path / 'nowhere'}",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    result = run_entry("train.py", *args)
+    assert result.returncode == EXIT_USER_ERROR, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "Invalid option (nothing was started):\n  model.freeze=up_to_layer4: must be one of none, backbone" in result.stderr
 
 
 @pytest.mark.slow

@@ -208,7 +208,7 @@ def test_multirun_runs_every_job_and_names_the_failed_one(tiny_root, tmp_path):
     assert len(done) == 1
     failed = SweepDir(sweep).failed_jobs()
     assert len(failed) == 1 and "model.freeze=bogus" in failed[0]["job"] and failed[0]["num"] == 0
-    assert "model.freeze=bogus" in failed[0]["error"]  # the error the job raised (config_check names key and value)
+    assert "model.freeze=bogus" in failed[0]["error"]  # the error the job raised (the option check names key and value)
     assert f"1 job(s) of the sweep in {sweep} FAILED" in output
     assert f"{failed[0]['job']}: " in output  # named in the summary
 

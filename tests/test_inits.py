@@ -72,6 +72,21 @@ def test_saved_configs_are_read_with_the_values_the_job_used():
     assert out["paths"]["output_dir"] == "${hydra:runtime.output_dir}" and out["data"]["root"] == "${oc.env:NOT_SET_HERE,data}"
 
 
+def test_configs_composed_after_the_model_alone_resolve_the_init():
+    """The resolver is registered by covidnet.inits alone, also in a process that imported it before omegaconf."""
+    code = (
+        "import sys\n"
+        "import covidnet.model\n"
+        "assert 'omegaconf' not in sys.modules\n"
+        "from hydra import compose, initialize_config_dir\n"
+        f"with initialize_config_dir({str(ROOT / 'conf')!r}, version_base='1.3'):\n"
+        "    cfg = compose('train', overrides=['init=ct'])\n"
+        "assert (cfg.model.arch, cfg.data.normalization) == ('resnet152', 'unit'), (cfg.model.arch, cfg.data.normalization)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env)
+
+
 def test_weights_modules_import_without_a_cycle():
     """weights_io is the bottom (of covidnet only covidnet.errors); ct_weights and inits never import backbones."""
     code = (

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from covidnet.atomic import atomic_path, partial_name, remove_stale
-from covidnet.data import stratified_subset
+from covidnet.selection import stratified_subset
 from covidnet.dataset import Sample
 from covidnet.predict import eval_mode, predict_batch
 from covidnet.sampling import draw_per_class
