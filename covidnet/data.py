@@ -23,7 +23,7 @@ from covidnet.near_duplicates import summary as near_duplicate_summary
 from covidnet.preprocess import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS, InputSpec, Prepared, Preprocess, prepare, resize_grey  # noqa: F401 (re-exported)
 from covidnet.multisource import MAIN_SOURCE, SLICE_POLICIES, SourceItem, sampling_weights, source_items, split_by_patient
 from covidnet.sampling import EpochSampler, draw_per_class
-from covidnet.sources import Record
+from covidnet.sources.base import Record, SourceError
 
 log = logging.getLogger(__name__)
 # (file, size, mtime, InputSpec) -> Prepared, for specs that segment the lungs (see prepare_file)
@@ -84,7 +84,6 @@ def check_sources(sources: list[str], test_sources: list[str] | None, fold: int,
     """Refuse, before COVID-CT is decoded, a fold out of range and a source that cannot be split by patient (a set
     without patients, or of one class): otherwise the error came only after the whole dataset was read."""
     from covidnet.evaluate import EvalError, set_config  # lazy: evaluate imports this module
-    from covidnet.sources import SourceError
 
     others = [n for n in dict.fromkeys([*sources, *(test_sources or [])]) if n != MAIN_SOURCE]
     if not others:

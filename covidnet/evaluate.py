@@ -42,7 +42,8 @@ from covidnet.multisource import MAIN_SOURCE, split_by_patient
 from covidnet.predict import predict_batch
 from covidnet.hardware import precision_plugin
 from covidnet.preprocess import InputSpec, prepare
-from covidnet.sources import Record, SourceError, read_source
+from covidnet.sources import read_source
+from covidnet.sources.base import Record, SourceError
 
 OUTPUT_FILES = ("metrics.json", "predictions.csv")
 EVAL_AREA = "eval"  # <run dir>/eval/<set>/

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from covidnet.sources import Record, SourceError
+from covidnet.sources.base import Record, SourceError
 
 MAIN_SOURCE = "covid_ct"
 SLICE_POLICIES = ("infected_only", "patient", "uninfected_negative")

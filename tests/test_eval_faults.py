@@ -118,7 +118,8 @@ def test_every_file_of_a_set_is_read_or_named(tmp_path):
 
     from PIL import Image
 
-    from covidnet.sources import SourceError, read_source
+    from covidnet.sources import read_source
+    from covidnet.sources.base import SourceError
 
     folder = tmp_path / "folder"
     for cls in ("COVID", "Normal"):
@@ -260,7 +261,7 @@ def test_an_unreadable_eval_image_fails_training_before_it_starts(synthetic_root
 def test_bad_training_sources_are_refused_before_any_image_is_read(tmp_path, sources, fold, match):
     """The data module refuses them when it is built: before COVID-CT is decoded (here it does not even exist)."""
     from covidnet.data import CovidCTDataModule
-    from covidnet.sources import SourceError
+    from covidnet.sources.base import SourceError
 
     with pytest.raises(SourceError, match=match):
         CovidCTDataModule(root=str(tmp_path / "no-data"), sources=sources, fold=fold, sets_root=str(tmp_path))
@@ -294,7 +295,8 @@ def test_dicom_faults_get_their_own_message(tmp_path):
     for what it is, before any image is decoded, never a traceback or another fault's message."""
     import pydicom
 
-    from covidnet.sources import SourceError, read_source
+    from covidnet.sources import read_source
+    from covidnet.sources.base import SourceError
 
     classes = {"COVID": 1, "Normal": 0}
     root = write_scans(tmp_path / "scans", {"COVID": ["p1"], "Normal": ["n1"]})
@@ -346,7 +348,7 @@ def test_an_expected_error_in_a_multirun_job_is_raised_alone(monkeypatch, wrappe
     import traceback
 
     from covidnet import cli
-    from covidnet.sources import SourceError
+    from covidnet.sources.base import SourceError
 
     monkeypatch.setattr(cli, "_in_multirun", lambda: True)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
