@@ -12,6 +12,9 @@ directories) before the first prediction; outputs go to a fresh directory and ar
 With ``into_runs=true`` (checkpoints given as run or sweep directories) each run's results also go to
 ``<run dir>/eval/<set>/``, where ``python -m covidnet.report`` picks them up (training with ``eval_sets``
 writes there directly).
+
+``main`` is the command line of both ``python evaluate.py`` and ``covidnet-evaluate``:
+``python evaluate.py ckpt=<sweep dir> eval=[covid_ct_md,semiseg]``, where ``eval=a,b`` also means a list of sets.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import csv
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -34,6 +38,7 @@ from covidnet import stats
 from covidnet.atomic import atomic_path, write_json
 from covidnet.checkpoint import CheckpointError
 from covidnet.config_check import EVALUATE, check_config
+from covidnet.entry import hydra_app
 from covidnet.errors import UserError
 from covidnet.processes import pid_alive
 from covidnet.run_record import check_writable
@@ -611,3 +616,23 @@ def print_summary(rows: list[dict]) -> None:
     for r in rows:
         print(f"{r['model'][:28]:28} {r['set'][:14]:14} {r['level'][:20]:20} {r['subset'][:18]:18} {r['n']:>4}  {fmt(r, 'auroc'):22} "
               f"{fmt(r, 'sensitivity'):22} {fmt(r, 'specificity'):22} {r['mean_prob_covid']:.3f}")
+
+
+def list_overrides(argv: list[str]) -> list[str]:
+    """``eval=a,b`` -> ``eval=[a,b]``: a list of sets, not a sweep (Hydra would ask for --multirun)."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    return [f"eval=[{a[5:]}]" if not multirun and re.fullmatch(r"eval=[\w,]+,[\w]+", a) else a for a in argv]
+
+
+@hydra_app("evaluate")
+def _main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+def main(cfg: DictConfig | None = None) -> None:
+    """``evaluate.py`` / ``covidnet-evaluate``: the command line with ``eval=a,b`` read as a list of sets, then
+    Hydra; ``main(cfg)`` evaluates a composed config (no command line), like the other apps' ``main``."""
+    if cfg is not None:
+        return _main(cfg)
+    sys.argv = list_overrides(sys.argv)
+    _main()

@@ -37,7 +37,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from covidnet.config_check import interpolated_key, register_init_resolver
-from covidnet.errors import ConfigError, UserError
+from covidnet.errors import ConfigError, UserError, debugging
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,6 @@ class RunRecord(Callback):
         try:
             check_writable(directory, "output directory")
         except UserError as err:
-            from covidnet.cli import debugging
-
             if debugging():
                 raise
             print(f"Error: {err}", file=sys.stderr)

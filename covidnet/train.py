@@ -1,4 +1,7 @@
-"""`train(cfg)`: fit, test the best-on-validation checkpoint, write metrics.json and test predictions."""
+"""`train(cfg)`: fit, test the best-on-validation checkpoint, write metrics.json and test predictions.
+
+``main`` is the command line of both ``python train.py`` (a checkout) and ``covidnet-train`` (an installed
+package): ``python train.py -m init=scratch,imagenet`` (see README.md)."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from covidnet import inits  # noqa: F401 - registers ${covidnet.init:...}, which the configs use
 from covidnet.checkpoint import check_weights_fit
 from covidnet.config_check import TRAIN, check_config
+from covidnet.entry import hydra_app
 from covidnet.evaluate import EVAL_AREA, evaluate_run, load_sets_for_training
 from covidnet.hardware import HardwareChoice, apply_threads, resolve
 from covidnet.multisource import scalars as source_scalars
@@ -32,7 +36,7 @@ from covidnet.timing import EpochTimes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "check_run_dir", "RunDirError", "instantiate_all"]
+__all__ = ["main", "train", "check_run_dir", "RunDirError", "instantiate_all"]
 
 
 def instantiate_all(group: DictConfig | None) -> list:
@@ -216,3 +220,11 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         run_dir.write_metrics(metrics)
     return metrics
+
+
+@hydra_app("train")
+def main(cfg: DictConfig) -> float | None:
+    """Train as configured; the test AUROC is what a Hydra sweeper would optimise (None: nothing was tested,
+    e.g. fast_dev_run, where metrics.json records ``"test": null``)."""
+    metrics = train(cfg)
+    return (metrics.get("test") or {}).get("test/auroc")

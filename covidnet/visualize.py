@@ -2,6 +2,8 @@
 
 Each model is rebuilt from its checkpoint alone, with the preprocessing it was trained with (the
 data-module hyperparameters stored in the checkpoint; only the data location comes from the config).
+``main`` is the command line of both ``python visualize.py`` and ``covidnet-visualize``:
+``python visualize.py ckpt=[a.ckpt,b.ckpt]``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from covidnet.checkpoint import CheckpointError, load_checkpoint
 from covidnet.config_check import VISUALIZE, check_config
 from covidnet.data import CovidCTDataModule
 from covidnet.dataset import CLASS_NAMES, DatasetError, Sample, load_grey, read_split
+from covidnet.entry import hydra_app
 from covidnet.errors import UserError
 from covidnet.preprocess import InputSpec
 from covidnet.run_dir import CHECKPOINT_DIR, INTERRUPTED, LAST_CHECKPOINT, NOT_TRAINED, TRAINED, RunDir, SweepDir
@@ -500,4 +503,9 @@ def print_summary(results: dict, written: dict, methods: list[str]) -> None:
         print(f"Wrote {path}")
 
 
-__all__ = ["visualize", "visualize_runs", "default_settings", "VisualizeError", "METHODS"]
+@hydra_app("visualize")
+def main(cfg: DictConfig) -> None:
+    visualize(cfg)
+
+
+__all__ = ["main", "visualize", "visualize_runs", "default_settings", "VisualizeError", "METHODS"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from covidnet.cli import EXIT_USER_ERROR
+from covidnet.entry import EXIT_USER_ERROR
 from covidnet.config_check import TRAIN, VISUALIZE, check_config, problems
 from covidnet.errors import ConfigError
 from covidnet.train import train

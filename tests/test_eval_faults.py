@@ -347,10 +347,10 @@ def test_an_expected_error_in_a_multirun_job_is_raised_alone(monkeypatch, wrappe
     chain and no library frames for Hydra to print at the end of the sweep."""
     import traceback
 
-    from covidnet import cli
+    from covidnet import entry
     from covidnet.sources.base import SourceError
 
-    monkeypatch.setattr(cli, "_in_multirun", lambda: True)
+    monkeypatch.setattr(entry, "_in_multirun", lambda: True)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.delenv("COVIDNET_DEBUG", raising=False)
 
@@ -363,9 +363,9 @@ def test_an_expected_error_in_a_multirun_job_is_raised_alone(monkeypatch, wrappe
             raise
 
     with pytest.raises(SourceError) as caught:
-        with cli.user_errors():
+        with entry.user_errors():
             deep()
     printed = "".join(traceback.format_exception(caught.value))
     assert str(caught.value) == "data.fold=2 must be in 0..1 (data.n_folds=2)."
     assert "RuntimeError" not in printed and "in deep" not in printed and "direct cause" not in printed
-    assert len(traceback.extract_tb(caught.value.__traceback__)) <= 3, printed  # this test, contextlib, cli.user_errors
+    assert len(traceback.extract_tb(caught.value.__traceback__)) <= 3, printed  # this test, contextlib, entry.user_errors

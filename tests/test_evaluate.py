@@ -213,11 +213,8 @@ def test_set_configs_resolve_their_root_below_eval_data(monkeypatch):
 
 
 def test_eval_list_without_brackets():
-    import importlib.util
+    from covidnet import evaluate as entry  # evaluate.py and covidnet-evaluate both run covidnet.evaluate.main
 
-    spec = importlib.util.spec_from_file_location("evaluate_entry", ROOT / "evaluate.py")
-    entry = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(entry)
     assert entry.list_overrides(["evaluate.py", "ckpt=x", "eval=covid_ct_md,semiseg"]) == ["evaluate.py", "ckpt=x", "eval=[covid_ct_md,semiseg]"]
     assert entry.list_overrides(["evaluate.py", "-m", "eval=a,b"]) == ["evaluate.py", "-m", "eval=a,b"]
     assert entry.list_overrides(["evaluate.py", "eval=semiseg"]) == ["evaluate.py", "eval=semiseg"]
