@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from synthetic import make_dataset
 from synthetic_dicom import write_scans
 
-from covidnet import stats
+from covidnet import arm_stats, stats
 from covidnet.checkpoint import CheckpointError
 from covidnet.data import CovidCTDataModule
 from covidnet.preprocess import Preprocess, resize_grey
@@ -98,7 +98,7 @@ def test_resampling_patients_widens_the_interval_when_slices_of_a_patient_agree(
     by_patient = stats.bootstrap_metrics(labels, probs, n_boot=1000, seed=0, groups=groups)["acc"]
     assert by_image.estimate == by_patient.estimate == pytest.approx(0.5)
     assert by_patient.high - by_patient.low > 2 * (by_image.high - by_image.low)
-    same = stats.paired_difference(labels, probs[None], probs[None].copy(), n_boot=100, groups=groups)
+    same = arm_stats.paired_difference(labels, probs[None], probs[None].copy(), n_boot=100, groups=groups)
     assert same["auroc"].estimate == 0 and same["auroc"].low == 0 and same["auroc"].high == 0
 
 
