@@ -98,7 +98,8 @@ def shortcut(m: ScoredModel, maps: Maps) -> tuple[dict, np.ndarray]:
 
 
 def lesion_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
-    """covid-semiseg layout: images/N.jpg with masks/N.png."""
+    """covid-semiseg layout: images/N.jpg with masks/N.png. A folder not so laid out is a SourceError (an image set
+    on disk that cannot be read as asked; visualize.py reports it as its own setting error)."""
     folder = Path(folder).expanduser()
     images, masks = folder / "images", folder / "masks"
     if not images.is_dir() or not masks.is_dir():
