@@ -38,6 +38,7 @@ from covidnet import stats
 from covidnet.atomic import atomic_path, write_json
 from covidnet.checkpoint import CheckpointError
 from covidnet.config_check import EVALUATE, check_config
+from covidnet.configs import config_dir
 from covidnet.entry import hydra_app
 from covidnet.errors import UserError
 from covidnet.processes import pid_alive
@@ -52,7 +53,7 @@ from covidnet.sources.base import Record, SourceError
 
 OUTPUT_FILES = ("metrics.json", "predictions.csv")
 EVAL_AREA = "eval"  # <run dir>/eval/<set>/
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = config_dir()  # conf/ of a checkout, or covidnet/conf of an installed package (the eval sets: conf/eval/)
 # preprocessing keys a user may state (evaluate.yaml `data:`); the checkpoint's values always win
 STATED_PREPROCESSING = ("image_size", "normalization", "field", "intensity", "crop_margin")
 
