@@ -1,17 +1,6 @@
-"""Draw and measure GradCAM/EigenCAM maps: `python visualize.py ckpt=[a.ckpt,b.ckpt]` (see docs/cam.md)."""
+"""Draw and measure GradCAM/EigenCAM maps: `python visualize.py ckpt=[a.ckpt,b.ckpt]` (docs/cam.md; the app: covidnet/visualize.py)."""
 
-import hydra
-from omegaconf import DictConfig
-
-from covidnet.cli import user_errors
-from covidnet.visualize import visualize
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="visualize")
-def main(cfg: DictConfig) -> None:
-    with user_errors():  # a bad option, data or checkpoint: its message alone, exit status 2
-        visualize(cfg)
-
+from covidnet.visualize import main  # the same main as the installed covidnet-visualize (pyproject.toml)
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,5 @@
 """Paired comparison of two sweeps' test predictions (issue 12): arm A minus arm B, seed-mean metrics,
-percentile bootstrap over the test images (covidnet.stats.paired_difference). Only runs present in both arms
+percentile bootstrap over the test images (covidnet.arm_stats.paired_difference). Only runs present in both arms
 by seed are paired; each arm's run list is printed.
 
     python benchmarks/lungs_compare.py --a '/work/runs/h12_lungcrop/**/predictions_test.csv' \
@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from covidnet import stats
+from covidnet import arm_stats, stats
 from covidnet.run_files import read_prediction_rows
 
 
@@ -45,7 +45,7 @@ def main() -> None:
     for name, p in (("A", pa), ("B", pb)):
         per = [stats.binary_metrics(labels, row) for row in p]
         out[name] = {m: [round(float(r[m]), 4) for r in per] for m in ("auroc", "acc")}
-    diff = stats.paired_difference(labels, pa, pb)
+    diff = arm_stats.paired_difference(labels, pa, pb)
     out["A_minus_B"] = {m: {"estimate": round(iv.estimate, 4), "low": round(iv.low, 4), "high": round(iv.high, 4)} for m, iv in diff.items()}
     print(json.dumps(out, indent=1))
 

@@ -5,7 +5,7 @@ same images with the same labels, and prints the paired percentile-bootstrap int
 2000 resamples over the test images, seed 0) of test AUROC and accuracy, arm A minus arm B:
   1. pre-registered (COORD.md, 05:52 UTC, before any result was read): on the seed-averaged P(COVID) of each
      arm; equivalent if the AUROC interval lies inside +-0.05 and the accuracy interval inside +-0.06;
-  2. the mean over seeds of each seed's metric (covidnet.stats.paired_difference, as a sweep report does);
+  2. the mean over seeds of each seed's metric (covidnet.arm_stats.paired_difference, as a sweep report does);
   3. each seed against the same seed of arm B.
 
     python benchmarks/precision_equivalence.py --a /work/runs/h15_default --b /work/runs/precision --b-filter trainer.precision=32-true
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from covidnet.arm_stats import paired_difference
 from covidnet.runs import RunDir
-from covidnet.stats import paired_difference
 
 MARGINS = {"auroc": 0.05, "acc": 0.06}
 

@@ -28,7 +28,7 @@ from covidnet.options import SEED, Rule, boolean, integer, optional, text
 from covidnet.sampling import EpochSampler
 from covidnet.selection import check_fraction, check_sources, stratified_subset
 from covidnet.sets import load_set, set_config
-from covidnet.sources import Record
+from covidnet.sources.base import Record
 
 log = logging.getLogger(__name__)
 # (file, size, mtime, InputSpec) -> Prepared, for specs that segment the lungs (see prepare_file)

@@ -1,4 +1,4 @@
-"""The one base class of mistakes a user can fix; entry points show its message alone (``covidnet.cli``).
+"""The one base class of mistakes a user can fix; entry points show its message alone (``covidnet.entry``).
 
 An option out of range, data that is missing or broken, a checkpoint or weights file that is missing, not
 ours or corrupt: the message names the thing and the fix, so a traceback would only hide it. Exceptions of
@@ -6,6 +6,16 @@ any other type are bugs and keep their traceback.
 """
 
 from __future__ import annotations
+
+import os
+
+# set to anything but "" or "0": an expected error shows its whole traceback (covidnet.entry, covidnet.resume)
+DEBUG_VARS = ("HYDRA_FULL_ERROR", "COVIDNET_DEBUG")
+
+
+def debugging() -> bool:
+    """Whether the user asked for tracebacks of expected errors too (``HYDRA_FULL_ERROR=1``, ``COVIDNET_DEBUG=1``)."""
+    return any(os.environ.get(name, "") not in ("", "0") for name in DEBUG_VARS)
 
 
 class UserError(Exception):

@@ -14,6 +14,9 @@ With ``into_runs=true`` (checkpoints given as run or sweep directories) each run
 writes there directly). Both are written by covidnet.run_files.write_eval and read back by its read_eval; which
 checkpoint stands for a run is covidnet.run_checkpoints' decision, the sets are covidnet.sets', their statistics
 covidnet.set_metrics'.
+
+``main`` is the command line of both ``python evaluate.py`` and ``covidnet-evaluate``:
+``python evaluate.py ckpt=<sweep dir> eval=[covid_ct_md,semiseg]``, where ``eval=a,b`` also means a list of sets.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +39,7 @@ from covidnet.atomic import atomic_path, write_json
 from covidnet.checkpoint import OPTIONS as CHECKPOINT_OPTIONS
 from covidnet.checkpoint import CheckpointError, load_models
 from covidnet.claims import INCOMPLETE, check_fresh, claim, owner_of
+from covidnet.entry import hydra_app
 from covidnet.dataset import DatasetError
 from covidnet.errors import ConfigError, EvalError, UserError
 from covidnet.hardware import DEVICE, EVAL_PRECISION, precision_plugin
@@ -49,7 +54,7 @@ from covidnet.run_files import METRICS_FILE, write_eval
 from covidnet.runs import RunDir
 from covidnet.set_metrics import set_metrics, summary_rows
 from covidnet.sets import SET_OPTIONS, EvalSet, held_out, load_set, set_config, set_names
-from covidnet.sources import SourceError
+from covidnet.sources.base import SourceError
 
 # preprocessing keys a user may state (evaluate.yaml `data:`); the checkpoint's values always win
 STATED_PREPROCESSING = ("image_size", "normalization", "field", "intensity", "crop_margin")
@@ -339,3 +344,23 @@ def print_summary(rows: list[dict]) -> None:
     for r in rows:
         print(f"{r['model'][:28]:28} {r['set'][:14]:14} {r['level'][:20]:20} {r['subset'][:18]:18} {r['n']:>4}  {fmt(r, 'auroc'):22} "
               f"{fmt(r, 'sensitivity'):22} {fmt(r, 'specificity'):22} {r['mean_prob_covid']:.3f}")
+
+
+def list_overrides(argv: list[str]) -> list[str]:
+    """``eval=a,b`` -> ``eval=[a,b]``: a list of sets, not a sweep (Hydra would ask for --multirun)."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    return [f"eval=[{a[5:]}]" if not multirun and re.fullmatch(r"eval=[\w,]+,[\w]+", a) else a for a in argv]
+
+
+@hydra_app("evaluate")
+def _main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+def main(cfg: DictConfig | None = None) -> None:
+    """``evaluate.py`` / ``covidnet-evaluate``: the command line with ``eval=a,b`` read as a list of sets, then
+    Hydra; ``main(cfg)`` evaluates a composed config (no command line), like the other apps' ``main``."""
+    if cfg is not None:
+        return _main(cfg)
+    sys.argv = list_overrides(sys.argv)
+    _main()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidnet import stats
+from covidnet import arm_stats, stats
 from covidnet.runs import RunDir
 SLICE_METRICS = ("auroc", "acc", "sensitivity", "specificity")
 
@@ -106,7 +106,7 @@ def group_row(s: SetRuns) -> dict[str, tuple[float, float]]:
 
 
 def paired(arm: SetRuns, ref: SetRuns, n_boot: int, seed: int
-           ) -> tuple[dict[str, stats.Interval], dict[str, stats.SeedInterval], int]:
+           ) -> tuple[dict[str, stats.Interval], dict[str, arm_stats.SeedInterval], int]:
     """Arm minus reference on the images every run of both has (AUROC, accuracy, sensitivity): the interval for
     these trained models and the one over seeds (paired by seed where both ran the same seeds) and images."""
     keys = sorted(set.intersection(*(set(p) for p in arm.predictions + ref.predictions)))
@@ -116,12 +116,12 @@ def paired(arm: SetRuns, ref: SetRuns, n_boot: int, seed: int
     groups = [ref.patients[k] for k in keys] if all(k in ref.patients for k in keys) else None
     metrics = ("auroc", "acc", "sensitivity") if len(set(labels.tolist())) > 1 else ("sensitivity",)
     known = None not in arm.seeds + ref.seeds
-    fixed, seeded = stats.arm_differences(labels, b, a, metrics, ref.seeds if known else None, arm.seeds if known else None,
+    fixed, seeded = arm_stats.arm_differences(labels, b, a, metrics, ref.seeds if known else None, arm.seeds if known else None,
                                           n_boot, seed, groups=groups)
     return fixed, seeded, len(keys)
 
 
-def difference_line(arm: str, ref: str, n: int, unit: str, fixed: dict[str, stats.Interval], seeded: dict[str, stats.SeedInterval],
+def difference_line(arm: str, ref: str, n: int, unit: str, fixed: dict[str, stats.Interval], seeded: dict[str, arm_stats.SeedInterval],
                     margins: dict[str, float]) -> list[str]:
     """One pair: per metric the seed-aware interval with its verdict, then the one for these trained models."""
     some = next(iter(seeded.values()))
@@ -129,7 +129,7 @@ def difference_line(arm: str, ref: str, n: int, unit: str, fixed: dict[str, stat
     lines = [f"- {arm} − {ref} on the same {n} images ({unit} resampled), {runs}:"]
     for m, si in seeded.items():
         seeds = f" {si.text} over seeds and {unit}" if si.judgeable else f" {si.estimate:+.3f}"
-        lines.append(f"  - Δ {m}{seeds}: {stats.verdict(si, margins.get(m))}; for these trained models {stats.signed(fixed[m])}")
+        lines.append(f"  - Δ {m}{seeds}: {arm_stats.verdict(si, margins.get(m))}; for these trained models {stats.signed(fixed[m])}")
     return lines
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from covidnet import set_metrics as set_stats
 from covidnet.options import Rule, integer, names, one_of, optional
-from covidnet.sources import Record, SourceError
+from covidnet.sources.base import Record, SourceError
 
 MAIN_SOURCE = "covid_ct"
 SLICE_POLICIES = ("infected_only", "patient", "uninfected_negative")

@@ -38,8 +38,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from covidnet import inits  # noqa: F401 - registers ${covidnet.init:...}, which saved configs hold
-from covidnet.cli import debugging
-from covidnet.errors import ConfigError, UserError
+from covidnet.errors import ConfigError, UserError, debugging
 from covidnet.options import interpolated_key
 from covidnet.run_files import CHECKPOINT_DIR, HYDRA_DIR, LAST_CHECKPOINT, METRICS_FILE, read_metrics
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from covidnet.atomic import atomic_path, write_json
-from covidnet.sources import Record
+from covidnet.sources.base import Record
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions_test.csv"

@@ -14,7 +14,7 @@ from covidnet.multisource import OPTIONS as SOURCE_OPTIONS
 from covidnet.options import Rule, number
 from covidnet.sampling import draw_per_class
 from covidnet.sets import set_config
-from covidnet.sources import SourceError
+from covidnet.sources.base import SourceError
 
 OPTIONS: dict[str, Rule] = {
     "data.fraction": number(0, 1, lo_open=True).because("the share of the training split kept"),

@@ -15,7 +15,7 @@ import numpy as np
 
 from covidnet import stats
 from covidnet.errors import EvalError
-from covidnet.sources import Record
+from covidnet.sources.base import Record
 
 SUMMARY_METRICS = ("auroc", "acc", "sensitivity", "specificity", "f1")
 

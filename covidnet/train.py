@@ -1,4 +1,7 @@
-"""`train(cfg)`: fit, test the best-on-validation checkpoint, write metrics.json and test predictions."""
+"""`train(cfg)`: fit, test the best-on-validation checkpoint, write metrics.json and test predictions.
+
+``main`` is the command line of both ``python train.py`` (a checkout) and ``covidnet-train`` (an installed
+package): ``python train.py -m init=scratch,imagenet`` (see README.md)."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from covidnet.augment import OPTIONS as AUGMENT_OPTIONS
 from covidnet.backbones import OPTIONS as BACKBONE_OPTIONS
 from covidnet.checkpoint import check_weights_fit
 from covidnet.data import OPTIONS as DATA_OPTIONS
+from covidnet.entry import hydra_app
 from covidnet.errors import ConfigError
 from covidnet.evaluate import evaluate_run, load_sets_for_training
 from covidnet.hardware import OPTIONS as HARDWARE_OPTIONS
@@ -31,9 +35,9 @@ from covidnet.multisource import OPTIONS as SOURCE_OPTIONS
 from covidnet.multisource import scalars as source_scalars
 from covidnet.multisource import source_metrics
 from covidnet.options import SEED, Rule, Table, boolean, check_config, integer, optional
-from covidnet.preprocess import OPTIONS as PREPROCESS_OPTIONS
 from covidnet.predict import predict_probs
-from covidnet.resume import accepted_record, check_resume, check_writable
+from covidnet.preprocess import OPTIONS as PREPROCESS_OPTIONS
+from covidnet.resume import Resume, accepted_record, check_resume, check_writable
 from covidnet.run_files import LAST_CHECKPOINT
 from covidnet.runs import RunDir
 from covidnet.selection import OPTIONS as SELECTION_OPTIONS
@@ -64,7 +68,7 @@ TRAIN: Table = {
     **HARDWARE_OPTIONS,  # speed settings resolved for the machine (auto) or forced
 }
 
-__all__ = ["train", "check_run_dir", "instantiate_all"]
+__all__ = ["main", "train", "check_run_dir", "instantiate_all"]
 
 
 def instantiate_all(group: DictConfig | None) -> list:
@@ -147,16 +151,11 @@ def choose_hardware(cfg: DictConfig) -> HardwareChoice:
 
 
 def train(cfg: DictConfig) -> dict:
-    """Train and test one model as configured; return the metrics also written to metrics.json."""
-    check_config(cfg, TRAIN, ConfigError)  # every option, before any data is read or model built
-    prepare_multirun_job_for_ddp()
-    out = Path(cfg.paths.output_dir)
-    check_writable(out, "run directory")
-    out.mkdir(parents=True, exist_ok=True)
-    run_dir = RunDir(out)
-    check_run_dir(out, cfg.get("ckpt_path"))
-    # a resume continues the run it resumes: same checkpoint check as everywhere, same settings (covidnet/resume.py)
-    resume = check_resume(cfg, out, record_dir())
+    """Train and test one model as configured; return the metrics also written to metrics.json.
+
+    Each step below is one function: what it checks, builds or writes is said there (the order matters: every
+    check comes before any data is read or trained on)."""
+    out, resume = open_run(cfg)
     if resume and resume.finished is not None:
         log.info(f"{out} already finished (metrics.json); nothing to resume, its results are kept as they are.")
         return resume.finished
@@ -164,29 +163,75 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     # external sets for the best checkpoint (docs/external.md): read and checked now, before any training
     eval_sets = load_sets_for_training(cfg.get("eval_sets"), cfg.get("eval_data")) if cfg.get("eval_sets") else []
-
     datamodule = instantiate(cfg.data)
+    model = build_model(cfg, hardware, resume)
+    trainer, epoch_times = build_trainer(cfg)
+    start = time.time()
+    fit(trainer, model, datamodule, cfg, resume)
+    metrics = fit_record(cfg, hardware, trainer, datamodule, epoch_times, time.time() - start, resume)
+    best_path = metrics["best_checkpoint"] or ""
+    if cfg.get("test"):
+        metrics.update(score_test_split(trainer, model, datamodule, best_path, RunDir(out)))
+    if eval_sets and best_path and trainer.is_global_zero:
+        metrics["eval_sets"] = evaluate_external(best_path, eval_sets, out, cfg, hardware, trainer)
+    metrics["wall_seconds"] = round(time.time() - start, 1)
+    if trainer.is_global_zero:
+        RunDir(out).write_metrics(metrics)
+    return metrics
+
+
+def open_run(cfg: DictConfig) -> tuple[Path, Resume | None]:
+    """Check every option, the run directory (writable, not used by another run) and a resume (it continues the
+    run it resumes: same checkpoint check as everywhere, same settings; covidnet/resume.py), then create the directory."""
+    check_config(cfg, TRAIN, ConfigError)  # every option, before any data is read or model built
+    prepare_multirun_job_for_ddp()
+    out = Path(cfg.paths.output_dir)
+    check_writable(out, "run directory")
+    out.mkdir(parents=True, exist_ok=True)
+    check_run_dir(out, cfg.get("ckpt_path"))
+    return out, check_resume(cfg, out, record_dir())
+
+
+def build_model(cfg: DictConfig, hardware: HardwareChoice, resume: Resume | None) -> L.LightningModule:
+    """The configured model; a resumed run's checkpoint must fit it before training starts (not when Lightning loads it)."""
     model = instantiate(cfg.model)
     if resume and resume.state_dict is not None:
         check_weights_fit(resume.checkpoint, model, resume.state_dict)
     model.set_channels_last(hardware.channels_last)
+    return model
+
+
+def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, EpochTimes]:
+    """The Trainer with the configured callbacks and loggers (the resolved config logged as hyperparameters), and
+    the epoch timer it carries; the checkpoint directory is checked writable before training, not after an epoch."""
     epoch_times = EpochTimes()
     callbacks = [*instantiate_all(cfg.get("callbacks")), epoch_times]
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-
-    ckpt_cb = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
+    ckpt_cb = checkpoints(trainer)
     if ckpt_cb is not None and ckpt_cb.dirpath:
-        check_writable(ckpt_cb.dirpath, "checkpoint directory")  # before training, not after the first epoch
+        check_writable(ckpt_cb.dirpath, "checkpoint directory")
+    return trainer, epoch_times
 
-    start = time.time()
+
+def checkpoints(trainer: L.Trainer) -> ModelCheckpoint | None:
+    """The Trainer's ModelCheckpoint (best on validation, last), if it has one."""
+    return trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
+
+
+def fit(trainer: L.Trainer, model: L.LightningModule, datamodule, cfg: DictConfig, resume: Resume | None) -> None:
+    """Train, from scratch or from the resumed checkpoint (``ckpt_path`` for Lightning's own resume)."""
     # resuming reads tensors and plain values only: a checkpoint cannot run code (docs/reliability.md)
     ckpt_path = str(resume.checkpoint) if resume and resume.checkpoint else cfg.get("ckpt_path")
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    fit_seconds = time.time() - start
 
+
+def fit_record(cfg: DictConfig, hardware: HardwareChoice, trainer: L.Trainer, datamodule, epoch_times: EpochTimes,
+               fit_seconds: float, resume: Resume | None) -> dict:
+    """metrics.json's account of the fit: settings, time, checkpoints, the best validation score, the data seen."""
+    ckpt_cb = checkpoints(trainer)
     best_path = ckpt_cb.best_model_path if ckpt_cb else ""
     last_path = Path(ckpt_cb.dirpath) / LAST_CHECKPOINT if ckpt_cb and ckpt_cb.save_last and ckpt_cb.dirpath else None
     metrics: dict = {
@@ -213,38 +258,52 @@ def train(cfg: DictConfig) -> dict:
     metrics["trained"] = bool(best_path)
     if resume and resume.accepted:
         metrics["resumed_with_changes"] = accepted_record(resume.accepted)
-    if cfg.get("test") and not best_path:
-        metrics["test"] = None
-        metrics["not_tested"] = "no best checkpoint was saved (fast_dev_run, or validation never ran): no test result"
-        log.warning(f"{out}: {metrics['not_tested']}; metrics.json records only what was trained.")
-    elif cfg.get("test"):
-        results = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True)
-        metrics["test"] = {k: float(v) for k, v in results[0].items()} if results else {}
-        if trainer.is_global_zero:
-            # under the run's precision, as trainer.test computed metrics.json's test numbers from the same model
-            with trainer.precision_plugin.forward_context():
-                probs, labels = predict_probs(model, datamodule.test_dataloader())
-            names = datamodule.split_names("test")
-            if len(datamodule.test_source_names()) > 1:
-                # each source on its own as well as pooled (covidnet/multisource.py); never used to select the model
-                metrics["test_by_source"] = source_metrics(datamodule.items["test"], datamodule.records["test"], probs)
-                for logger in trainer.loggers:
-                    logger.log_metrics(source_scalars(metrics["test_by_source"]), step=trainer.global_step)
-            items = datamodule.items["test"]
-            metrics["n_test_predictions"] = len(names)  # what predictions_test.csv holds: a reader refuses a file cut short
-            run_dir.write_predictions(names, labels.tolist(), probs,
-                                      extra={"source": [it.source for it in items], "patient": [it.patient or "" for it in items]})
-            metrics["test_without_near_duplicates"] = without_near_duplicates(
-                names, labels, probs, getattr(datamodule, "test_near_duplicates", set()))
-    if eval_sets and best_path and trainer.is_global_zero:
-        # in the run's precision, memory format and device, as its predictions_test.csv (same images, same numbers)
-        rows = evaluate_run(best_path, eval_sets, out, batch_size=int(cfg.data.batch_size), precision=hardware.precision,
-                            channels_last=hardware.channels_last, device=str(trainer.strategy.root_device))
-        metrics["eval_sets"] = {s.name: str(run_dir.eval_dir(s.name)) for s in eval_sets}
-        for row in rows:
-            if row["level"] == "slices" and row["subset"] == "all":
-                print(f"{row['set']}: AUROC {row['auroc']}, sensitivity {row['sensitivity']}, mean P(COVID) {row['mean_prob_covid']:.3f}")
-    metrics["wall_seconds"] = round(time.time() - start, 1)
-    if trainer.is_global_zero:
-        run_dir.write_metrics(metrics)
     return metrics
+def score_test_split(trainer: L.Trainer, model: L.LightningModule, datamodule, best_path: str, run_dir: RunDir) -> dict:
+    """The test split on the best-on-validation checkpoint: its metrics, per source where there are several, the
+    predictions file (predictions_test.csv) and the metrics without near-duplicates of train/val images."""
+    out: dict = {}
+    if not best_path:
+        out["test"] = None
+        out["not_tested"] = "no best checkpoint was saved (fast_dev_run, or validation never ran): no test result"
+        log.warning(f"{run_dir.path}: {out['not_tested']}; metrics.json records only what was trained.")
+        return out
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=best_path, weights_only=True)
+    out["test"] = {k: float(v) for k, v in results[0].items()} if results else {}
+    if not trainer.is_global_zero:
+        return out
+    # under the run's precision, as trainer.test computed metrics.json's test numbers from the same model
+    with trainer.precision_plugin.forward_context():
+        probs, labels = predict_probs(model, datamodule.test_dataloader())
+    names = datamodule.split_names("test")
+    if len(datamodule.test_source_names()) > 1:
+        # each source on its own as well as pooled (covidnet/multisource.py); never used to select the model
+        out["test_by_source"] = source_metrics(datamodule.items["test"], datamodule.records["test"], probs)
+        for logger in trainer.loggers:
+            logger.log_metrics(source_scalars(out["test_by_source"]), step=trainer.global_step)
+    items = datamodule.items["test"]
+    out["n_test_predictions"] = len(names)  # what predictions_test.csv holds: a reader refuses a file cut short
+    run_dir.write_predictions(names, labels.tolist(), probs,
+                              extra={"source": [it.source for it in items], "patient": [it.patient or "" for it in items]})
+    out["test_without_near_duplicates"] = without_near_duplicates(names, labels, probs, getattr(datamodule, "test_near_duplicates", set()))
+    return out
+
+
+def evaluate_external(best_path: str, eval_sets: list, out: Path, cfg: DictConfig, hardware: HardwareChoice, trainer: L.Trainer) -> dict:
+    """The best checkpoint on each of ``eval_sets`` (written to <run dir>/eval/<set>/, docs/external.md); metrics.json
+    names where each went, and one line per set is printed."""
+    # in the run's precision, memory format and device, as its predictions_test.csv (same images, same numbers)
+    rows = evaluate_run(best_path, eval_sets, out, batch_size=int(cfg.data.batch_size), precision=hardware.precision,
+                        channels_last=hardware.channels_last, device=str(trainer.strategy.root_device))
+    for row in rows:
+        if row["level"] == "slices" and row["subset"] == "all":
+            print(f"{row['set']}: AUROC {row['auroc']}, sensitivity {row['sensitivity']}, mean P(COVID) {row['mean_prob_covid']:.3f}")
+    return {s.name: str(RunDir(out).eval_dir(s.name)) for s in eval_sets}
+
+
+@hydra_app("train")
+def main(cfg: DictConfig) -> float | None:
+    """Train as configured; the test AUROC is what a Hydra sweeper would optimise (None: nothing was tested,
+    e.g. fast_dev_run, where metrics.json records ``"test": null``)."""
+    metrics = train(cfg)
+    return (metrics.get("test") or {}).get("test/auroc")

@@ -2,14 +2,14 @@
 
 Each model is rebuilt from its checkpoint alone, with the preprocessing it was trained with (the
 data-module hyperparameters stored in the checkpoint; only the data location comes from the config).
+``main`` is the command line of both ``python visualize.py`` and ``covidnet-visualize``:
+``python visualize.py ckpt=[a.ckpt,b.ckpt]``.
 """
 
 from __future__ import annotations
 
 import csv
-import textwrap
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,38 +18,23 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from covidnet.cam import OPTIONS as CAM_OPTIONS
-from covidnet.cam import (
-    METHODS,
-    caption,
-    categories_for,
-    check_methods,
-    compute_cams,
-    grey_rgb,
-    overlay,
-    panel_grid,
-    target_text,
-)
+from covidnet.cam import METHODS, check_methods
 from covidnet import configs
 from covidnet.atomic import atomic_path, write_json
-from covidnet.cam_metrics import (
-    LAYER_STRIDES,
-    block_random_cams,
-    confidence_drop,
-    mass_share,
-    pixel_random_cams,
-    pointing_hit,
-    summarize,
-)
-from covidnet.predict import predict_batch
+from covidnet.cam_figure import draw
+from covidnet.cam_metrics import summarize
+from covidnet.cam_scores import compute_maps, faithfulness, lesion_pairs, localisation, shortcut
 from covidnet.sampling import draw_per_class
 from covidnet.checkpoint import OPTIONS as CHECKPOINT_OPTIONS
-from covidnet.checkpoint import LoadedModel, load_models
+from covidnet.checkpoint import load_models
 from covidnet.data import OPTIONS as DATA_OPTIONS
-from covidnet.dataset import CLASS_NAMES, SPLITS, DatasetError, Sample, load_grey, read_split
+from covidnet.dataset import CLASS_NAMES, SPLITS, DatasetError, Sample, read_split
+from covidnet.entry import hydra_app
 from covidnet.errors import ConfigError, UserError
 from covidnet.hardware import DEVICE
 from covidnet.options import SEED, Table, boolean, check_config, integer, number, one_of
 from covidnet.run_checkpoints import NoCheckpointError, resolve_checkpoints
+from covidnet.sources.base import SourceError
 
 OUTPUT_FILES = ("figure.png", "images.csv", "results.json")
 SCORE_IMAGES = ("figure", "split")
@@ -75,18 +60,6 @@ class VisualizeError(UserError, ValueError):
     """A visualize.py setting cannot be honoured; the message says which and what to do."""
 
 
-@dataclass
-class Maps:
-    """One model on a list of images: inputs, P(COVID), target categories and a map per method."""
-
-    x: torch.Tensor
-    probs: np.ndarray
-    categories: list[int]
-    cams: dict[str, np.ndarray] = field(default_factory=dict)
-    lungs: list[np.ndarray | None] = field(default_factory=list)  # lung field in each input (None: not found)
-
-
-# --- images ----------------------------------------------------------------------------------------------
 def select_images(root: str | Path, split: str, n_per_class: int, seed: int) -> list[Sample]:
     """``n_per_class`` seeded random COVID images, then as many non-COVID ones (split-file order within a class)."""
     if n_per_class < 1:
@@ -100,90 +73,13 @@ def select_images(root: str | Path, split: str, n_per_class: int, seed: int) -> 
     return [samples[i] for i in drawn[1] + drawn[0]]
 
 
-def batches(n: int, size: int):
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
-
-
-def compute_maps(m: LoadedModel, paths: list[Path], labels: list[int], methods: list[str], target: str, batch_size: int, layer: str) -> Maps:
-    prepared = [m.datamodule.prepare_file(p, lung_mask=True) for p in paths]
-    x = torch.stack([m.datamodule.preprocess(pp.image) for pp in prepared])
-    probs = torch.cat([predict_batch(m.model, x[s]) for s in batches(len(x), batch_size)]).numpy()
-    categories = categories_for(target, labels, probs.tolist())
-    maps = Maps(x, probs, categories, lungs=[pp.lung_mask.numpy() if pp.lung_mask is not None else None for pp in prepared])
-    for method in methods:
-        maps.cams[method] = np.concatenate([compute_cams(m.model, x[s], method, categories[s], layer) for s in batches(len(x), batch_size)])
-    return maps
-
-
-# --- numbers ----------------------------------------------------------------------------------------------
-def faithfulness(m: LoadedModel, maps: Maps, fraction: float, seed: int, batch_size: int, layer: str = "layer4") -> dict[str, dict[str, np.ndarray]]:
-    """Per map and per control, each image's drop in P(target) and in the target logit when ``fraction`` of
-    the pixels is removed by the map: most relevant first (``prob_drop``, ``logit_drop``) and least relevant
-    first (``lerf_prob_drop``, ``lerf_logit_drop``). Controls: ``block_random`` (random maps on the CAM's
-    own grid, upsampled like a CAM: the chance level) and ``pixel_random`` (pixel-independent noise, which
-    ROAD's imputation undoes; a reference only). docs/cam.md says what each rules out."""
-    shape = next(iter(maps.cams.values())).shape
-    per_map = dict(maps.cams)
-    per_map["block_random"] = block_random_cams(shape, LAYER_STRIDES.get(layer, 32), seed)
-    per_map["pixel_random"] = pixel_random_cams(shape, seed)
-    out = {}
-    for name, cams in per_map.items():
-        out[name] = {}
-        for order, prefix in (("morf", ""), ("lerf", "lerf_")):
-            parts = [confidence_drop(m.model, maps.x[s], cams[s], maps.categories[s], fraction, seed, order) for s in batches(len(maps.x), batch_size)]
-            out[name][f"{prefix}prob_drop"] = np.concatenate([p for p, _ in parts])
-            out[name][f"{prefix}logit_drop"] = np.concatenate([g for _, g in parts])
-    for name in maps.cams:  # paired on the same images: the map minus the structured control
-        for kind in ("prob_drop", "logit_drop", "lerf_prob_drop", "lerf_logit_drop"):
-            out[name][f"{kind}_minus_block_random"] = out[name][kind] - out["block_random"][kind]
-    return out
-
-
-def shortcut(m: LoadedModel, maps: Maps) -> tuple[dict, np.ndarray]:
-    """Per method, each image's share of CAM mass inside the lung field (covidnet/lungs.py, segmented on the
-    file at its own resolution and carried into the network input's frame); and each image's lung-field
-    area share, what a uniform map would give. NaN where no lung field was found."""
-    area = np.array([float(lung.mean()) if lung is not None else np.nan for lung in maps.lungs])
-    shares = {
-        method: np.array([mass_share(c, lung) if lung is not None else np.nan for c, lung in zip(cams, maps.lungs)])
-        for method, cams in maps.cams.items()
-    }
-    return shares, area
-
-
-def lesion_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
-    """covid-semiseg layout: images/N.jpg with masks/N.png."""
-    folder = Path(folder).expanduser()
-    images, masks = folder / "images", folder / "masks"
-    if not images.is_dir() or not masks.is_dir():
-        raise VisualizeError(f"localize={folder}: expected images/ and masks/ folders there (COVID-SemiSeg layout: images/N.jpg, masks/N.png).")
-    by_stem = {p.stem: p for p in masks.iterdir() if p.is_file()}
-    pairs = [(p, by_stem[p.stem]) for p in sorted(images.iterdir(), key=lambda p: p.name) if p.is_file() and p.stem in by_stem]
-    if not pairs:
-        raise VisualizeError(f"localize={folder}: no image in images/ has a mask of the same name in masks/.")
-    return pairs
-
-
-def localisation(m: LoadedModel, pairs, methods: list[str], target: str, batch_size: int, layer: str) -> dict:
-    """Pointing game and CAM mass inside the lesion on COVID slices with infection masks (all label 1)."""
-    maps = compute_maps(m, [p for p, _ in pairs], [1] * len(pairs), methods, target, batch_size, layer)
-    # each lesion mask in its slice's input frame: the same lung crop and resize as the slice
-    size = m.datamodule.spec.image_size
-    lesions = [m.datamodule.prepare_file(img, lung_mask=True).carry(load_grey(mask), size)[0].numpy() >= 128 for img, mask in pairs]
-    chance = [float(les.mean()) for les in lesions]
-    lung_area = [float(lung.mean()) if lung is not None else np.nan for lung in maps.lungs]
-    out = {"n_slices": len(pairs), "lesion_area_share": summarize(chance), "P(COVID)": summarize(maps.probs),
-           "sensitivity": summarize([float(p >= 0.5) for p in maps.probs]), "lung_area": summarize(lung_area),
-           "targets": {"COVID": int(sum(maps.categories)), "non-COVID": int(len(pairs) - sum(maps.categories))}}
-    for method in methods:
-        cams = maps.cams[method]
-        out[method] = {
-            "pointing_game_hit_rate": summarize([float(pointing_hit(c, les)) for c, les in zip(cams, lesions)]),
-            "mass_in_lesion": summarize([mass_share(c, les) for c, les in zip(cams, lesions)]),
-            "mass_in_lungs": summarize([mass_share(c, lung) if lung is not None else np.nan for c, lung in zip(cams, maps.lungs)]),
-        }
-    return out
+def lesion_set(folder: str | Path) -> list[tuple[Path, Path]]:
+    """``localize=``'s (image, lesion mask) pairs (covidnet.cam_scores.lesion_pairs); a folder that is not one is
+    a visualize setting to fix."""
+    try:
+        return lesion_pairs(folder)
+    except SourceError as err:
+        raise VisualizeError(str(err)) from err
 
 
 # --- output -----------------------------------------------------------------------------------------------
@@ -194,49 +90,6 @@ def fresh_out_dir(out_dir: str | Path) -> Path:
         raise VisualizeError(f"{out} already holds {', '.join(clash)}; covidnet never overwrites results: choose another out_dir (or leave it at its default).")
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-
-
-def draw(models: list[LoadedModel], maps: dict[str, Maps], rows: list[int], samples: list[Sample], methods: list[str], target: str, title: str):
-    first = models[0]
-    greys = {m.name: m.datamodule.preprocess.to_grey(maps[m.name].x[rows]).numpy() for m in models}
-    panels = []
-    for r, i in enumerate(rows):
-        s = samples[i]
-        row = [(grey_rgb(greys[first.name][r]), f"{s.name if len(s.name) <= 26 else '...' + s.name[-23:]}\ntrue: {CLASS_NAMES[s.label]}")]
-        for m in models:
-            mp = maps[m.name]
-            for method in methods:
-                text = f"{caption(s.label, float(mp.probs[i]))}\n{target_text(method, mp.categories[i], target)}"
-                row.append((overlay(greys[m.name][r], mp.cams[method][i]), text))
-        panels.append(row)
-    labels = column_labels([m.name for m in models])
-    columns = ["input"] + [f"{label}\n{method}" for label in labels for method in methods]
-    return panel_grid(panels, columns, title=title)
-
-
-def column_labels(names: list[str], width: int = 24) -> list[str]:
-    """Figure column headers: what distinguishes each model within the figure, wrapped to ``width`` characters.
-
-    Sweep job names (``data.image_size=64,init=scratch,trainer.max_epochs=1``) lose the ``key=value`` parts
-    all models share (``init=scratch`` vs ``init=imagenet`` remains); the full names are in images.csv and
-    results.json. ``width`` fits the narrowest panel (160 px) in the default 11 px font.
-    """
-    parts = [name.split(",") if "=" in name else [name] for name in names]
-    common = set.intersection(*(set(p) for p in parts)) if len(parts) > 1 else set()
-    labels = []
-    for name, these in zip(names, parts):
-        kept = [p for p in these if p not in common] or [name]
-        lines: list[str] = []
-        for part in kept:
-            for piece in textwrap.wrap(part, width) or [part]:
-                if lines and len(lines[-1]) + 2 + len(piece) <= width:
-                    lines[-1] += f", {piece}"
-                else:
-                    lines.append(piece)
-        labels.append("\n".join(lines))
-    return labels
 
 
 def visualize(cfg: DictConfig) -> dict:
@@ -251,7 +104,7 @@ def visualize(cfg: DictConfig) -> dict:
     except NoCheckpointError as err:
         raise VisualizeError(str(err)) from err
     models = load_models(chosen, root, device)
-    pairs = lesion_pairs(cfg.localize) if cfg.get("localize") else None
+    pairs = lesion_set(cfg.localize) if cfg.get("localize") else None
     out = fresh_out_dir(cfg.out_dir)
     try:
         chosen = select_images(root, cfg.split, int(cfg.n_per_class), int(cfg.seed))
@@ -380,4 +233,9 @@ def print_summary(results: dict, written: dict, methods: list[str]) -> None:
         print(f"Wrote {path}")
 
 
-__all__ = ["visualize", "visualize_runs", "default_settings", "VisualizeError", "METHODS"]
+@hydra_app("visualize")
+def main(cfg: DictConfig) -> None:
+    visualize(cfg)
+
+
+__all__ = ["main", "visualize", "visualize_runs", "default_settings", "VisualizeError", "METHODS"]

@@ -119,7 +119,8 @@ def test_every_file_of_a_set_is_read_or_named(tmp_path):
 
     from PIL import Image
 
-    from covidnet.sources import SourceError, read_source
+    from covidnet.sources import read_source
+    from covidnet.sources.base import SourceError
 
     folder = tmp_path / "folder"
     for cls in ("COVID", "Normal"):
@@ -262,7 +263,7 @@ def test_an_unreadable_eval_image_fails_training_before_it_starts(synthetic_root
 def test_bad_training_sources_are_refused_before_any_image_is_read(tmp_path, sources, fold, match):
     """The data module refuses them when it is built: before COVID-CT is decoded (here it does not even exist)."""
     from covidnet.data import CovidCTDataModule
-    from covidnet.sources import SourceError
+    from covidnet.sources.base import SourceError
 
     with pytest.raises(SourceError, match=match):
         CovidCTDataModule(root=str(tmp_path / "no-data"), sources=sources, fold=fold, sets_root=str(tmp_path))
@@ -296,7 +297,8 @@ def test_dicom_faults_get_their_own_message(tmp_path):
     for what it is, before any image is decoded, never a traceback or another fault's message."""
     import pydicom
 
-    from covidnet.sources import SourceError, read_source
+    from covidnet.sources import read_source
+    from covidnet.sources.base import SourceError
 
     classes = {"COVID": 1, "Normal": 0}
     root = write_scans(tmp_path / "scans", {"COVID": ["p1"], "Normal": ["n1"]})
@@ -347,10 +349,10 @@ def test_an_expected_error_in_a_multirun_job_is_raised_alone(monkeypatch, wrappe
     chain and no library frames for Hydra to print at the end of the sweep."""
     import traceback
 
-    from covidnet import cli
-    from covidnet.sources import SourceError
+    from covidnet import entry
+    from covidnet.sources.base import SourceError
 
-    monkeypatch.setattr(cli, "_in_multirun", lambda: True)
+    monkeypatch.setattr(entry, "_in_multirun", lambda: True)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.delenv("COVIDNET_DEBUG", raising=False)
 
@@ -363,9 +365,9 @@ def test_an_expected_error_in_a_multirun_job_is_raised_alone(monkeypatch, wrappe
             raise
 
     with pytest.raises(SourceError) as caught:
-        with cli.user_errors():
+        with entry.user_errors():
             deep()
     printed = "".join(traceback.format_exception(caught.value))
     assert str(caught.value) == "data.fold=2 must be in 0..1 (data.n_folds=2)."
     assert "RuntimeError" not in printed and "in deep" not in printed and "direct cause" not in printed
-    assert len(traceback.extract_tb(caught.value.__traceback__)) <= 3, printed  # this test, contextlib, cli.user_errors
+    assert len(traceback.extract_tb(caught.value.__traceback__)) <= 3, printed  # this test, contextlib, entry.user_errors

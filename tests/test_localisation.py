@@ -18,9 +18,9 @@ from PIL import Image
 from torch import nn
 
 from covidnet.data import CovidCTDataModule
+from covidnet.cam_scores import lesion_pairs, localisation
 from covidnet.checkpoint import LoadedModel
 from covidnet.run_checkpoints import Chosen
-from covidnet.visualize import lesion_pairs, localisation
 
 SIDE = 96
 CENTRES = [(0.25, 0.70), (0.70, 0.30), (0.20, 0.45), (0.80, 0.60)]  # (y, x) fractions, off the diagonal

@@ -15,7 +15,7 @@ from covidnet.dataset import load_grey
 from covidnet.lungs import bounding_box, dice, segment_lungs
 from covidnet.model import CovidClassifier
 from covidnet.preprocess import InputSpec, Preprocess, prepare
-from covidnet.visualize import Maps, shortcut
+from covidnet.cam_scores import Maps, shortcut
 from tests.synthetic import make_dataset
 
 

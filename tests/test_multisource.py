@@ -12,7 +12,7 @@ import torch
 from covidnet.data import CovidCTDataModule
 from covidnet.multisource import SourceItem, patient_folds, sampling_weights, source_items, source_metrics, split_by_patient, training_label
 from covidnet.sampling import EpochSampler
-from covidnet.sources import Record, SourceError
+from covidnet.sources.base import Record, SourceError
 
 
 def rec(patient: str, diagnosis: str, label: int, i: int, slice_label: int | None = None) -> Record:

@@ -3,6 +3,7 @@ configs are reachable from an installed (non-editable) package, and CAM defaults
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -60,8 +61,12 @@ def test_visualize_runs_refuses_unknown_settings(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_built_wheel_carries_the_configs_and_finds_them_installed(tmp_path):
-    """pip wheel (no network: the installed setuptools), install into a folder, compose from outside the checkout."""
+def test_the_built_wheel_carries_the_configs_and_trains_installed(tmp_path):
+    """pip wheel (no network: the installed setuptools), install into a folder, compose from outside the checkout;
+    then a real (tiny) training with eval_sets through the installed covidnet-train, from outside the checkout:
+    the configs, the eval-set configs and every module the run imports come from the wheel."""
+    from synthetic import make_dataset
+
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "whl"), str(ROOT)],
                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert built.returncode == 0, built.stderr[-2000:]
@@ -71,11 +76,29 @@ def test_the_built_wheel_carries_the_configs_and_finds_them_installed(tmp_path):
         assert f"covidnet/conf/{cfg.as_posix()}" in names
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True, timeout=600)
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"covidnet-train", "covidnet-evaluate", "covidnet-visualize"} <= set(scripts)
+    for name in scripts:
+        assert (target / "bin" / name).is_file(), name
     code = ("import covidnet.configs as c, covidnet.visualize as v; print(c.config_dir()); print(v.default_settings().methods); "
-            "import sys; sys.argv = ['covidnet-train', '--cfg', 'job', 'experiment=smoke']; from covidnet.console import train; train()")
+            "import sys; sys.argv = ['covidnet-train', '--cfg', 'job', 'experiment=smoke']; from covidnet.train import main; main()")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(target), "HOME": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert Path(lines[0]) == target / "covidnet" / "conf" and "gradcam" in lines[1]
     assert "image_size: 64" in done.stdout  # experiment=smoke composed from the installed configs
+
+    # the smallest training that still selects a best checkpoint, tests it and scores it on an eval set
+    make_dataset(tmp_path / "sets" / "covid-ct", {"train": 4, "val": 2, "test": 2})
+    run = tmp_path / "run"
+    tiny = ["data.image_size=32", "data.batch_size=8", "trainer.max_epochs=1", "trainer.accelerator=cpu", "threads=1",
+            "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", "++callbacks.cam=null"]
+    done = subprocess.run([str(target / "bin" / "covidnet-train"), f"data.root={tmp_path / 'sets' / 'covid-ct'}", *tiny,
+                           "eval_sets=[covid_ct_test]", f"eval_data={tmp_path / 'sets'}", f"hydra.run.dir={run}"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["trained"] and metrics["test"] and set(metrics["eval_sets"]) == {"covid_ct_test"}
+    assert json.loads((run / "eval" / "covid_ct_test" / "metrics.json").read_text())["n_images"] == 4
+    assert (run / ".hydra" / "config.yaml").is_file()  # Hydra's record, written by the installed entry point

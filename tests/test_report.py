@@ -21,7 +21,7 @@ from PIL import Image
 from synthetic import make_dataset
 from torchvision.models import resnet18
 
-from covidnet import stats
+from covidnet import arm_stats, stats
 from reference_metrics import auroc_by_pairs
 from covidnet.hydra_callbacks import SweepReport
 from covidnet.report import load_sweep, main, read_curves, write_report
@@ -82,7 +82,7 @@ def test_paired_difference_matches_a_loop_and_is_zero_for_identical_arms():
     labels = rng.integers(0, 2, 24)
     a = rng.random((2, 24)) * 0.5 + 0.5 * labels  # two seeds, informative
     b = rng.random((3, 24))  # three seeds, uninformative
-    got = stats.paired_difference(labels, a, b, ("auroc", "acc"), n_boot=200, seed=5)
+    got = arm_stats.paired_difference(labels, a, b, ("auroc", "acc"), n_boot=200, seed=5)
     rows = np.random.default_rng(5).integers(0, 24, size=(200, 24))
     diffs = []
     for row in rows:
@@ -93,7 +93,7 @@ def test_paired_difference_matches_a_loop_and_is_zero_for_identical_arms():
     point = np.mean([auroc_by_pairs(labels, p) for p in a]) - np.mean([auroc_by_pairs(labels, p) for p in b])
     assert got["auroc"].estimate == pytest.approx(point, abs=1e-12)
     assert (got["auroc"].low, got["auroc"].high) == pytest.approx((percentile_by_hand(diffs, 2.5), percentile_by_hand(diffs, 97.5)), abs=1e-12)
-    same = stats.paired_difference(labels, a, a.copy(), n_boot=50)
+    same = arm_stats.paired_difference(labels, a, a.copy(), n_boot=50)
     assert (same["auroc"].low, same["auroc"].high, same["acc"].low, same["acc"].high) == (0, 0, 0, 0)
 
 

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from covidnet.configs import config_dir
 from covidnet.run_files import EVAL_COLUMNS, read_eval, write_eval
 from covidnet.runs import INTERRUPTED, NOT_TRAINED, TRAINED, FAILED, RunDir, SweepDir, job_name_of, not_job_keys
-from covidnet.sources import Record
+from covidnet.sources.base import Record
 
 
 def make_run(path: Path, overrides: list[str], best: bool = True, epoch: int = 2) -> RunDir:

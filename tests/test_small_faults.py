@@ -56,7 +56,7 @@ def test_unwritable_checkpoint_dir_is_found_before_training(fresh_synthetic, tmp
 
 
 def test_figure_columns_are_labelled_by_what_distinguishes_the_models():
-    from covidnet.visualize import column_labels
+    from covidnet.cam_figure import column_labels
 
     names = ["data.image_size=64,init=imagenet,trainer.max_epochs=1", "data.image_size=64,init=scratch,trainer.max_epochs=1"]
     assert column_labels(names) == ["init=imagenet", "init=scratch"]

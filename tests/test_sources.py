@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 from synthetic_dicom import ct_slice, write_scans, write_series, write_slice
 
-from covidnet.sources import SourceError, read_source
+from covidnet.sources import read_source
+from covidnet.sources.base import SourceError
 from covidnet.sources.dicom import window_to_unit
 
 pydicom = pytest.importorskip("pydicom")

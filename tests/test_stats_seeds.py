@@ -1,4 +1,4 @@
-"""The seed-aware paired difference (covidnet.stats.seed_paired_difference) and its verdict.
+"""The seed-aware paired difference (covidnet.arm_stats.seed_paired_difference) and its verdict.
 
 The wide-interval, closed-form and pairing tests fail when the runs are not resampled (an image-only
 interval), the reference-loop tests when the documented draw protocol changes."""
@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from covidnet import stats
+from covidnet import arm_stats, stats
 from reference_metrics import auroc_by_pairs
 
 N_BOOT = 400
@@ -56,14 +56,14 @@ def test_seeds_that_disagree_give_a_wide_interval_that_ignoring_seeds_would_make
     labels = np.repeat([0, 1], 300)
     a = runs_of_quality(labels, [0.2, 2.5, 1.0], rng)  # AUROC about 0.6, 0.97, 0.8
     b = runs_of_quality(labels, [2.0, 0.4, 1.6], rng)  # same spread, other order
-    seeds = stats.seed_paired_difference(labels, a, b, "auroc", n_boot=N_BOOT, seed=1, paired=False)
-    images = stats.paired_difference(labels, b, a, ("auroc",), n_boot=N_BOOT, seed=1)["auroc"]  # B minus A, fixed models
+    seeds = arm_stats.seed_paired_difference(labels, a, b, "auroc", n_boot=N_BOOT, seed=1, paired=False)
+    images = arm_stats.paired_difference(labels, b, a, ("auroc",), n_boot=N_BOOT, seed=1)["auroc"]  # B minus A, fixed models
     assert seeds.estimate == pytest.approx(images.estimate, abs=1e-12)
     assert seeds.judgeable and not seeds.paired and (seeds.n_runs_a, seeds.n_runs_b) == (3, 3)
     assert images.high - images.low < 0.05  # 600 images: the fixed models are well measured...
     assert seeds.high - seeds.low > 5 * (images.high - images.low)  # ...the settings are not
     assert seeds.low < 0 < seeds.high
-    assert stats.verdict(seeds, margin=0.05) == "not resolved"
+    assert arm_stats.verdict(seeds, margin=0.05) == "not resolved"
 
 
 def test_matches_a_reference_loop_unpaired_and_paired():
@@ -72,12 +72,12 @@ def test_matches_a_reference_loop_unpaired_and_paired():
     a = runs_of_quality(labels, [0.5, 1.5, 3.0], rng)
     b = runs_of_quality(labels, [1.0, 0.2, 2.0, 2.5], rng)
     for metric in ("auroc", "acc"):
-        got = stats.seed_paired_difference(labels, list(a), list(b), metric, n_boot=150, seed=4)
+        got = arm_stats.seed_paired_difference(labels, list(a), list(b), metric, n_boot=150, seed=4)
         low, high, diffs = reference(labels, a, b, metric, 150, 4, paired=False)
         assert not got.paired and got.n_boot == 150 and got.n_undefined == 150 - len(diffs)
         assert (got.low, got.high) == pytest.approx((low, high), abs=1e-12)
     b3 = b[:3]
-    got = stats.seed_paired_difference(labels, a, b3, "auroc", n_boot=150, seed=4)
+    got = arm_stats.seed_paired_difference(labels, a, b3, "auroc", n_boot=150, seed=4)
     low, high, _ = reference(labels, a, b3, "auroc", 150, 4, paired=True)
     point = np.mean([auroc_by_pairs(labels, p) for p in b3]) - np.mean([auroc_by_pairs(labels, p) for p in a])
     assert got.paired and got.estimate == pytest.approx(point, abs=1e-12)
@@ -90,14 +90,14 @@ def test_matches_a_reference_loop_over_patients():
     rng = np.random.default_rng(5)
     a = runs_of_quality(labels, [0.3, 1.0, 2.0], rng)
     b = runs_of_quality(labels, [1.5, 0.8, 2.5], rng)
-    got = stats.seed_paired_difference(labels, a, b, "auroc", n_boot=120, seed=2, groups=groups)
+    got = arm_stats.seed_paired_difference(labels, a, b, "auroc", n_boot=120, seed=2, groups=groups)
     low, high, diffs = reference(labels, a, b, "auroc", 120, 2, paired=True, groups=groups)
     assert got.n_undefined == 0 == 120 - len(diffs)  # stratified by label: every patient draw has both classes
     assert (got.low, got.high) == pytest.approx((low, high), abs=1e-12)
-    by_image = stats.seed_paired_difference(labels, a, b, "auroc", n_boot=120, seed=2)
+    by_image = arm_stats.seed_paired_difference(labels, a, b, "auroc", n_boot=120, seed=2)
     assert (by_image.low, by_image.high) != (got.low, got.high)
     with pytest.raises(ValueError, match="different labels"):
-        stats.seed_paired_difference(labels, a, b, groups=np.zeros(labels.size))
+        arm_stats.seed_paired_difference(labels, a, b, groups=np.zeros(labels.size))
 
 
 def test_accuracy_interval_matches_the_closed_form_of_a_seed_only_bootstrap():
@@ -110,10 +110,10 @@ def test_accuracy_interval_matches_the_closed_form_of_a_seed_only_bootstrap():
     a = [right, right, wrong, right]
     b = [right] * 4
     for paired in (True, False):
-        got = stats.seed_paired_difference(labels, a, b, "acc", n_boot=2000, seed=0, paired=paired)
+        got = arm_stats.seed_paired_difference(labels, a, b, "acc", n_boot=2000, seed=0, paired=paired)
         assert (got.estimate, got.low, got.high) == pytest.approx((0.25, 0.0, 0.75), abs=1e-12)
-        assert stats.verdict(got) == "not resolved"
-    fixed = stats.paired_difference(labels, b, a, ("acc",), n_boot=200)["acc"]
+        assert arm_stats.verdict(got) == "not resolved"
+    fixed = arm_stats.paired_difference(labels, b, a, ("acc",), n_boot=200)["acc"]
     assert (fixed.low, fixed.high) == pytest.approx((0.25, 0.25))
 
 
@@ -126,32 +126,32 @@ def test_pairing_by_seed_removes_the_seed_effect_both_arms_share():
     noise = rng.normal(size=(4, labels.size))
     a = 1 / (1 + np.exp(-(strengths[:, None] * (2 * labels - 1) + noise)))
     b = 1 / (1 + np.exp(-((strengths[:, None] + 0.4) * (2 * labels - 1) + noise)))
-    paired = stats.seed_paired_difference(labels, a, b, "auroc", n_boot=N_BOOT, seed=0)
-    unpaired = stats.seed_paired_difference(labels, a, b, "auroc", n_boot=N_BOOT, seed=0, paired=False)
+    paired = arm_stats.seed_paired_difference(labels, a, b, "auroc", n_boot=N_BOOT, seed=0)
+    unpaired = arm_stats.seed_paired_difference(labels, a, b, "auroc", n_boot=N_BOOT, seed=0, paired=False)
     assert paired.paired and not unpaired.paired
     assert paired.estimate == unpaired.estimate > 0
-    assert stats.verdict(paired) == "better" and stats.verdict(unpaired) == "not resolved"
-    assert stats.verdict(stats.seed_paired_difference(labels, b, a, "auroc", n_boot=N_BOOT, seed=0)) == "worse"
+    assert arm_stats.verdict(paired) == "better" and arm_stats.verdict(unpaired) == "not resolved"
+    assert arm_stats.verdict(arm_stats.seed_paired_difference(labels, b, a, "auroc", n_boot=N_BOOT, seed=0)) == "worse"
     with pytest.raises(ValueError, match="same runs"):
-        stats.seed_paired_difference(labels, a, b[:3], paired=True)
+        arm_stats.seed_paired_difference(labels, a, b[:3], paired=True)
 
 
 def test_fewer_than_min_runs_is_not_judgeable():
     labels = np.array([0, 1] * 5)
     p = np.where(labels == 1, 0.8, 0.3)
-    got = stats.seed_paired_difference(labels, [p, p, p], [p, 1 - p], "auroc", n_boot=50)
+    got = arm_stats.seed_paired_difference(labels, [p, p, p], [p, 1 - p], "auroc", n_boot=50)
     assert not got.judgeable and got.low is None and got.high is None and got.n_boot == 0
     assert got.estimate == pytest.approx(-0.5)
     assert "not enough seeds to judge" in got.text
-    assert stats.verdict(got, margin=1.0) == "not enough seeds to judge"
-    lowered = stats.seed_paired_difference(labels, [p, p, p], [p, 1 - p], "auroc", n_boot=50, min_runs=2)
+    assert arm_stats.verdict(got, margin=1.0) == "not enough seeds to judge"
+    lowered = arm_stats.seed_paired_difference(labels, [p, p, p], [p, 1 - p], "auroc", n_boot=50, min_runs=2)
     assert lowered.judgeable and lowered.low is not None and "[" in lowered.text
     with pytest.raises(ValueError, match="Unknown metric"):
-        stats.seed_paired_difference(labels, [p] * 3, [p] * 3, "kappa")
+        arm_stats.seed_paired_difference(labels, [p] * 3, [p] * 3, "kappa")
 
 
-def interval(low, high, judgeable=True) -> stats.SeedInterval:
-    return stats.SeedInterval((low + high) / 2, low, high, 100, 0, 3, 3, True, judgeable)
+def interval(low, high, judgeable=True) -> arm_stats.SeedInterval:
+    return arm_stats.SeedInterval((low + high) / 2, low, high, 100, 0, 3, 3, True, judgeable)
 
 
 @pytest.mark.parametrize(
@@ -168,12 +168,12 @@ def interval(low, high, judgeable=True) -> stats.SeedInterval:
     ],
 )
 def test_verdict(low, high, margin, expected):
-    assert stats.verdict(interval(low, high), margin) == expected
+    assert arm_stats.verdict(interval(low, high), margin) == expected
 
 
 def test_verdict_without_enough_seeds():
-    iv = stats.SeedInterval(0.1, None, None, 0, 0, 2, 3, False, False)
-    assert stats.verdict(iv) == stats.verdict(iv, 0.5) == "not enough seeds to judge"
+    iv = arm_stats.SeedInterval(0.1, None, None, 0, 0, 2, 3, False, False)
+    assert arm_stats.verdict(iv) == arm_stats.verdict(iv, 0.5) == "not enough seeds to judge"
 
 
 def test_arm_differences_pair_by_seed_name_and_show_both_intervals():
@@ -184,10 +184,10 @@ def test_arm_differences_pair_by_seed_name_and_show_both_intervals():
     noise = rng.normal(size=(3, labels.size))
     a = 1 / (1 + np.exp(-(strengths[:, None] * (2 * labels - 1) + noise)))
     b = 1 / (1 + np.exp(-((strengths[:, None] + 0.4) * (2 * labels - 1) + noise)))
-    fixed, seeded = stats.arm_differences(labels, a, b[::-1], ("auroc", "acc"), seeds_a=[0, 1, 2], seeds_b=[2, 1, 0], n_boot=200)
-    in_order = stats.seed_paired_difference(labels, a, b, "auroc", n_boot=200, paired=True)
+    fixed, seeded = arm_stats.arm_differences(labels, a, b[::-1], ("auroc", "acc"), seeds_a=[0, 1, 2], seeds_b=[2, 1, 0], n_boot=200)
+    in_order = arm_stats.seed_paired_difference(labels, a, b, "auroc", n_boot=200, paired=True)
     assert seeded["auroc"] == in_order and seeded["auroc"].paired
-    want = stats.paired_difference(labels, b, a, ("auroc",), n_boot=200)["auroc"]  # B minus A as well
+    want = arm_stats.paired_difference(labels, b, a, ("auroc",), n_boot=200)["auroc"]  # B minus A as well
     assert (fixed["auroc"].estimate, fixed["auroc"].low, fixed["auroc"].high) == pytest.approx((want.estimate, want.low, want.high), abs=1e-12)
-    _, other = stats.arm_differences(labels, a, b, ("auroc",), seeds_a=[0, 1, 2], seeds_b=[3, 4, 5], n_boot=200)
+    _, other = arm_stats.arm_differences(labels, a, b, ("auroc",), seeds_a=[0, 1, 2], seeds_b=[3, 4, 5], n_boot=200)
     assert not other["auroc"].paired and other["auroc"].high - other["auroc"].low > in_order.high - in_order.low

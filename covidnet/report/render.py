@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from covidnet import stats
+from covidnet import arm_stats, stats
 from covidnet.report.scoring import Comparison
 from covidnet.report.sweep import Run, Sweep, dig
 
@@ -65,7 +65,7 @@ def with_ci(iv: stats.Interval) -> str:
     return f"{iv.estimate:.3f} [{fmt(iv.low)}, {fmt(iv.high)}]"
 
 
-def diff_ci(iv: stats.Interval | stats.SeedInterval) -> str:
+def diff_ci(iv: stats.Interval | arm_stats.SeedInterval) -> str:
     """A difference in a table cell: ``stats.signed``, or "(not enough seeds)" for a seed-aware one without interval."""
     return stats.signed(iv) if getattr(iv, "judgeable", True) else f"{iv.estimate:+.3f} (not enough seeds)"
 

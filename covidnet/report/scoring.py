@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from covidnet import stats
+from covidnet import arm_stats, stats
 from covidnet.report.sweep import REFERENCE_INIT, ReportError, Run, Sweep
 
 # metrics.json entries shown per run and averaged per group
@@ -77,14 +77,14 @@ def summary_rows(sweep: Sweep) -> list[dict]:
 
 COMPARED = ("auroc", "acc")  # the metrics every comparison reports
 METRIC_NAMES = {"auroc": "AUROC", "acc": "accuracy"}
-MIN_RUNS = 3  # runs per arm below which no seed-aware interval is given (covidnet.stats.seed_paired_difference)
+MIN_RUNS = 3  # runs per arm below which no seed-aware interval is given (covidnet.arm_stats.seed_paired_difference)
 
 
 @dataclass
 class Comparison:
     """One level against its reference, arm minus reference, on the test images all their runs share.
 
-    ``seed_diffs`` (test images and runs resampled, covidnet.stats.seed_paired_difference) is the interval behind
+    ``seed_diffs`` (test images and runs resampled, covidnet.arm_stats.seed_paired_difference) is the interval behind
     the verdict; ``diffs`` (test images only) holds the trained models fixed and is shown labelled "for these
     trained models". ``margins``: equivalence margins per metric, stated before the runs (none: no equivalence claim)."""
 
@@ -96,7 +96,7 @@ class Comparison:
     n_images: int
     n_dropped: int
     diffs: dict[str, stats.Interval]
-    seed_diffs: dict[str, stats.SeedInterval]
+    seed_diffs: dict[str, arm_stats.SeedInterval]
     margins: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -104,7 +104,7 @@ class Comparison:
         return next(iter(self.seed_diffs.values())).paired
 
     def verdict(self, metric: str) -> str:
-        return stats.verdict(self.seed_diffs[metric], self.margins.get(metric))
+        return arm_stats.verdict(self.seed_diffs[metric], self.margins.get(metric))
 
     def sentence(self, metric: str) -> str:
         """What the comparison lets one say, in words: the seed-aware verdict, then the fixed-model interval."""
@@ -171,7 +171,7 @@ def comparisons(sweep: Sweep, n_boot: int, seed: int, margins: dict[str, float] 
         labels = np.array([k[1] for k in common])
         a = np.stack([arrays(r, common)[1] for r in arm])
         b = np.stack([arrays(r, common)[1] for r in ref])
-        diffs, seed_diffs = stats.arm_differences(labels, b, a, COMPARED, [r.seed for r in ref], [r.seed for r in arm], n_boot, seed,
+        diffs, seed_diffs = arm_stats.arm_differences(labels, b, a, COMPARED, [r.seed for r in ref], [r.seed for r in arm], n_boot, seed,
                                                   min_runs=MIN_RUNS)
         out.append(Comparison(context, arm_name, ref_name, len(arm), len(ref), len(common), len(union) - len(common), diffs, seed_diffs,
                               dict(margins or {})))

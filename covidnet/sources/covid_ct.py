@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 
 from covidnet.dataset import SPLITS, DatasetError, load_grey, read_split
-from covidnet.sources import Record, SourceError
+from covidnet.sources.base import Record, SourceError
 
 DIAGNOSIS = {1: "COVID", 0: "non-COVID"}
 

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from covidnet.dataset import MAX_PIXELS, MIN_SIDE
-from covidnet.sources import Record, SourceError, class_folders, dangling_links, parse_class_map
+from covidnet.sources.base import Record, SourceError, class_folders, dangling_links, parse_class_map
 
 EXTRA = 'pip install -e ".[dicom]" (pydicom, pylibjpeg, pylibjpeg-libjpeg)'
 DEFAULT_WINDOW = {"width": 1500.0, "level": -600.0}

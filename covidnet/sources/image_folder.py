@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from covidnet.dataset import load_grey
-from covidnet.sources import Record, SourceError, class_folders, dangling_links, parse_class_map
+from covidnet.sources.base import Record, SourceError, class_folders, dangling_links, parse_class_map
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 

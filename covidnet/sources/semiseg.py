@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 
 from covidnet.dataset import load_grey
-from covidnet.sources import Record, SourceError, dangling_links
+from covidnet.sources.base import Record, SourceError, dangling_links
 from covidnet.sources.image_folder import EXTENSIONS, natural_key
 
 

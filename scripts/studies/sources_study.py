@@ -10,7 +10,7 @@ Reads, does not train:
 
 Writes ``<out>/summary.md`` and ``summary.json``: per arm mean ± std over seeds, and the paired difference
 mixed − baseline with two 95 % bootstrap intervals (COVID-CT test images resampled; COVID-CT-MD patients resampled):
-over seeds and images, paired by seed (covidnet.stats.seed_paired_difference), the one behind the verdict; and for
+over seeds and images, paired by seed (covidnet.arm_stats.seed_paired_difference), the one behind the verdict; and for
 these trained models (images or patients only). ``--margin auroc=0.05`` states an equivalence margin (before the runs).
 
 Also writes ``<out>/predictions.csv``, the P(COVID) of every run on every image the summary uses (no image); the
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidnet import stats
+from covidnet import arm_stats, stats
 from covidnet.external_summary import margin_arg
 from covidnet.run_files import EVAL_PREDICTIONS_FILE, read_eval_rows
 from covidnet.runs import RunDir
@@ -210,7 +210,7 @@ def ms(entry: dict, arm: str, metric: str) -> str:
     return f"{e['mean']:.3f} ± {e['std']:.3f}" if e["std"] is not None else f"{e['mean']:.3f}"
 
 
-def seed_cell(si: stats.SeedInterval) -> str:
+def seed_cell(si: arm_stats.SeedInterval) -> str:
     return si.text if si.judgeable else f"{si.estimate:+.3f} (not enough seeds)"
 
 
@@ -268,13 +268,13 @@ def main(argv: list[str] | None = None) -> None:
         A, B = matrix(mix, keys, seeds), matrix(base, keys, seeds)
         per = {arm: [stats.binary_metrics(labels, p) for p in P] for arm, P in (("mixed", A), ("baseline", B))}
         # runs_a = baseline, runs_b = mixed: B minus A is mixed − baseline; row i of both is seed seeds[i]
-        fixed, seeded = stats.arm_differences(labels, B, A, ("auroc", "acc"), seeds, seeds, n_boot=a.n_boot, groups=groups)
+        fixed, seeded = arm_stats.arm_differences(labels, B, A, ("auroc", "acc"), seeds, seeds, n_boot=a.n_boot, groups=groups)
         entry = {"n": len(keys), "n_covid": int(labels.sum()), "patients": len(set(groups)) if groups else None}
         for arm in ("baseline", "mixed"):
             for m in ("auroc", "acc", "sensitivity", "specificity"):
                 v = [float(r[m]) for r in per[arm]]
                 entry[f"{arm}_{m}"] = {"per_seed": v, "mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else None}
-        entry["delta"] = {m: {"estimate": si.estimate, "low": si.low, "high": si.high, "verdict": stats.verdict(si, margins.get(m)),
+        entry["delta"] = {m: {"estimate": si.estimate, "low": si.low, "high": si.high, "verdict": arm_stats.verdict(si, margins.get(m)),
                               "paired_by_seed": si.paired, "margin": margins.get(m)} for m, si in seeded.items()}
         entry["delta_for_these_trained_models"] = {m: {"estimate": iv.estimate, "low": iv.low, "high": iv.high} for m, iv in fixed.items()}
         result["levels"][name] = entry

@@ -1,4 +1,12 @@
-"""What the entry points (train.py, visualize.py, evaluate.py) share: expected errors shown as one message.
+"""How every command-line app of covidnet starts: one ``main`` per app, wired to Hydra the same way, with
+expected errors shown as one message.
+
+Each app module (covidnet.train, covidnet.evaluate, covidnet.visualize) defines its ``main`` once with
+:func:`hydra_app`; the checkout's scripts (``python train.py``, ``evaluate.py``, ``visualize.py``) and the
+installed console scripts (``covidnet-train``, ``covidnet-evaluate``, ``covidnet-visualize``, pyproject.toml)
+both call that ``main``, so they cannot drift apart. Hydra gets the configs' absolute path
+(:func:`covidnet.configs.config_dir`: ``conf/`` of a checkout, ``covidnet/conf`` of an installed package), so
+neither needs to know which of the two it runs from; the job name Hydra records stays the app's (``train``, ...).
 
 A ``UserError`` (a bad option, bad data, a bad checkpoint or weights file, a used run directory) is the
 user's to fix and its message says how, so it is printed alone on stderr and the process exits with status
@@ -13,14 +21,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
-import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
-from covidnet.errors import UserError
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from covidnet.configs import config_dir
+from covidnet.errors import DEBUG_VARS, UserError, debugging
 
 EXIT_USER_ERROR = 2
-DEBUG_VARS = ("HYDRA_FULL_ERROR", "COVIDNET_DEBUG")
 
 
 def find_user_error(err: BaseException) -> UserError | None:
@@ -34,14 +49,7 @@ def find_user_error(err: BaseException) -> UserError | None:
     return None
 
 
-def debugging() -> bool:
-    return any(os.environ.get(name, "") not in ("", "0") for name in DEBUG_VARS)
-
-
 def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
@@ -72,3 +80,22 @@ def user_errors():
         print(message, file=sys.stderr)
         print(f"({DEBUG_VARS[0]}=1 shows the traceback.)", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
+
+
+def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[..., Any]]:
+    """Decorator for an app's ``main(cfg)``: Hydra's command line over ``<config_dir>/<config_name>.yaml``
+    (overrides, ``-m``, ``--cfg job``, output directories), the body run under :func:`user_errors`.
+
+    ``main()`` parses ``sys.argv``; ``main(cfg)`` runs the body on a composed config and returns its value
+    (Hydra's passthrough), which is how a test calls an entry point without a command line."""
+
+    def decorate(body: Callable[[DictConfig], Any]) -> Callable[..., Any]:
+        @functools.wraps(body)  # Hydra names the job after the body's module (covidnet.train -> train)
+        def guarded(cfg: DictConfig) -> Any:
+            with user_errors():  # a bad option, data, set or checkpoint: its message alone, exit status 2
+                return body(cfg)
+
+        # absolute: Hydra then needs no package import to find the configs, from a checkout or a wheel
+        return hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(guarded)
+
+    return decorate
