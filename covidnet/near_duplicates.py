@@ -37,7 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from covidnet.dataset import SPLITS, load_grey, read_split
 from covidnet.run_files import PREDICTIONS_FILE, read_prediction_rows
+from covidnet.stats import binary_metrics, bootstrap_indices, percentile_interval
 
 THUMB = 32
 HASH_SIDE = 8
@@ -153,8 +155,6 @@ def write_csv(pairs: list[Pair], path: Path) -> None:
 
 def dataset_pairs(root: str | Path, review_min: float = REVIEW_MIN, correlation_min: float = CORRELATION_MIN) -> list[Pair]:
     """Decode every image of the official splits (full resolution) and find the pairs."""
-    from covidnet.dataset import SPLITS, load_grey, read_split
-
     items, thumbs = [], []
     for split in SPLITS:
         for s in read_split(root, split):
@@ -168,8 +168,6 @@ def clean_effect(run_dirs: list[Path], excluded: set[str], n_boot: int = 2000, s
     """Seed-averaged P(COVID) of the runs, test metrics on all test images and on the clean subset, and the
     bootstrap interval of (clean - all), resampling test images (the clean value of each resample is its
     images that are not excluded)."""
-    from covidnet.stats import binary_metrics, bootstrap_indices, percentile_interval
-
     tables = [_predictions(d / PREDICTIONS_FILE) for d in run_dirs]
     names = tables[0][0]
     if any(t[0] != names for t in tables):

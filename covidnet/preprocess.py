@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from covidnet.options import Rule, integer, number, one_of
+from covidnet.lungs import bounding_box, segment_lungs
 
 # Mean/std of the ImageNet training set, the statistics torchvision's pretrained ResNets expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -123,8 +124,6 @@ class Prepared:
 
 
 def _segment(grey: np.ndarray) -> np.ndarray | None:
-    from covidnet.lungs import segment_lungs
-
     return segment_lungs(np.asarray(grey, dtype=np.float32))
 
 
@@ -150,8 +149,6 @@ def prepare_grey(grey: np.ndarray, spec: InputSpec, lungs: np.ndarray | None | s
         mask, found = lungs, lungs is not None
     box = None
     if mask is not None and spec.field != "full":
-        from covidnet.lungs import bounding_box
-
         box = top, bottom, left, right = bounding_box(mask, spec.crop_margin)
         grey, mask = grey[top:bottom, left:right], mask[top:bottom, left:right]
         if spec.field == "lung_only":

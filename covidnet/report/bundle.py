@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 
 from covidnet.atomic import atomic_path, write_text
+from covidnet.report.figures import read_curves
 from covidnet.report.render import SETTING_KEYS
 from covidnet.report.sweep import ReportError, Run, Sweep, dig
 
@@ -64,8 +65,6 @@ def _settings(config: dict) -> dict:
 def write_bundle(sweep: Sweep, folder: Path, options: dict) -> None:
     """predictions.csv and jobs.json of ``sweep`` into ``folder``. ``options``: what the report was written with
     (n_boot, seed, margins; a study may add its own), recorded as given."""
-    from covidnet.report.figures import read_curves
-
     columns: dict[tuple[str, str], dict] = {}  # (set, path) -> {"label", "patient", job: prob}
     jobs = []
     for r in sweep.runs:

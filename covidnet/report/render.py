@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from covidnet import arm_stats, stats
-from covidnet.report.scoring import Comparison
+from covidnet.report.scoring import Comparison, ordered_groups
 from covidnet.report.sweep import Run, Sweep, dig
 
 # Settings shown at the top of the report when every job has them (as written in the job's config).
@@ -38,8 +38,6 @@ class Context:
 
     def group_runs(self, keys: list[str] | None = None) -> dict[tuple[str, ...], list[Run]]:
         """Complete runs per group of factor values (default: the summary's rows), in report order."""
-        from covidnet.report.scoring import ordered_groups
-
         return ordered_groups(self.sweep.complete, self.sweep.factors if keys is None else keys)
 
 

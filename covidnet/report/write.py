@@ -60,9 +60,7 @@ def write_report(sweep_dir: str | Path, cam: bool = False, n_boot: int | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from covidnet.report import __doc__ as doc
-
-    parser = argparse.ArgumentParser(prog="python -m covidnet.report", description=(doc or "").split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m covidnet.report", description="Sweep report: does transfer help, by how much, and how sure are we?")
     parser.add_argument("sweep_dir", help="a sweep directory, e.g. logs/train/multiruns/<stamp> (with --from-predictions: a report folder)")
     parser.add_argument("--from-predictions", action="store_true",
                         help="rebuild the report in SWEEP_DIR from its predictions.csv and jobs.json (no job directories needed)")
