@@ -8,7 +8,7 @@ two-class head with CrossEntropyLoss, Adam lr 1e-4, fp32. Here with a ResNet-18 
 covidnet's default), the validation split after every epoch (as covidnet does) and the test split at the end.
 Prints one JSON line with the timings (seconds per epoch include that epoch's validation) and test metrics.
 
-    python benchmarks/baseline_covid_ct.py --data-root /work/shared/data/covid-ct --epochs 3
+    python benchmarks/baseline_covid_ct.py --data-root ../shared/data/covid-ct --epochs 3
 """
 
 from __future__ import annotations

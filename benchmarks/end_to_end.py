@@ -7,7 +7,7 @@ printed by benchmarks/baseline_covid_ct.py), seconds for the full run (process s
 decoding, fit, test, CAMs), peak RSS, test AUROC. Prints one table of the medians over the pairs and the
 ratios baseline / covidnet (> 1: covidnet is faster).
 
-    python benchmarks/end_to_end.py --data-root /work/shared/data/covid-ct --epochs 2 --pairs 2
+    python benchmarks/end_to_end.py --data-root ../shared/data/covid-ct --epochs 2 --pairs 2
     python benchmarks/end_to_end.py --covidnet-args trainer.precision=32-true channels_last=false  # the fp32 default
 """
 

@@ -350,7 +350,7 @@ def test_end_of_sweep_hook_fires_on_a_real_multirun(synthetic_root, tmp_path):
 
 
 def test_a_job_without_a_best_checkpoint_is_not_trained_never_complete(tmp_path):
-    """issue 14.2: metrics.json from a run that selected no checkpoint (max_epochs=0) has no test result."""
+    """metrics.json from a run that selected no checkpoint (max_epochs=0) has no test result."""
     fake_job(tmp_path / "init=scratch,seed=0", ["init=scratch", "seed=0"], [0, 1, 0, 1], [0.2, 0.7, 0.4, 0.9])
     fake_job(tmp_path / "init=scratch,seed=1", ["init=scratch", "seed=1"], [0, 1, 0, 1], [0.6, 0.7, 0.4, 0.9],
              {"best_checkpoint": None, "epochs_trained": 0})

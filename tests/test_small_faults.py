@@ -1,4 +1,4 @@
-"""Smaller faults of issue 14: split files with a byte-order mark, invisible characters, unwritable folders."""
+"""Smaller faults: split files with a byte-order mark, invisible characters, unwritable folders."""
 
 from __future__ import annotations
 

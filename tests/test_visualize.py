@@ -170,7 +170,7 @@ def test_bad_checkpoints_and_settings_get_clear_errors(run, tmp_path):
 
 
 def test_a_copied_sweep_reads_its_own_checkpoints_and_skips_unfinished_jobs(run, tmp_path, capsys):
-    """issue 14.3: checkpoints are found inside the run directory, never through metrics.json's absolute path;
+    """Checkpoints are found inside the run directory, never through metrics.json's absolute path;
     an interrupted job is skipped and named, or drawn from its last checkpoint and labelled when asked."""
     original = tmp_path / "original"
     fake_job(run, original / "init=scratch", ["init=scratch"])

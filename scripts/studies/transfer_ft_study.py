@@ -1,4 +1,4 @@
-"""The full fine-tuning arms of docs/transfer.md (issue 13), run as pre-registered there, one job at a time.
+"""The full fine-tuning arms of docs/transfer.md, run as pre-registered there, one job at a time.
 
 1. **Sizing**: one ResNet-152 training step (64 px, batch 32, bf16-mixed autocast, channels-last, AdamW) timed
    3 times after a warm-up; the epoch budget E = clamp(floor(((32 min - 8 x 30 s) / step / 8 - 4.7) / 14.3), 2, 6)

@@ -1,7 +1,7 @@
 """Measure covidnet/lungs.py: Dice on lung-masks-64 (test), lesion pixels inside the lung field on
 COVID-SemiSeg, failures on COVID-CT. Writes a JSON summary (docs/results/lungs/segmentation.json).
 
-    python benchmarks/lungs.py --data /work/shared/data --out docs/results/lungs/segmentation.json
+    python scripts/studies/lung_segmentation.py --data ../shared/data --out docs/results/lungs/segmentation.json
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Paired comparison of two sweeps' test predictions (issue 12): arm A minus arm B, seed-mean metrics,
+"""Paired comparison of two sweeps' test predictions: arm A minus arm B, seed-mean metrics,
 percentile bootstrap over the test images (covidnet.arm_stats.paired_difference). Only runs present in both arms
 by seed are paired; each arm's run list is printed.
 
-    python benchmarks/lungs_compare.py --a '/work/runs/h12_lungcrop/**/predictions_test.csv' \
-        --b '/work/runs/precision/*bf16-mixed/predictions_test.csv'
+    python scripts/studies/compare_sweeps.py --a 'runs/lungs/data.field=lung_crop,data.source_aug=none,*/predictions_test.csv' \
+        --b 'runs/lungs/data.field=full,data.source_aug=none,*/predictions_test.csv'
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ same images with the same labels, and prints the paired percentile-bootstrap int
   2. the mean over seeds of each seed's metric (covidnet.arm_stats.paired_difference, as a sweep report does);
   3. each seed against the same seed of arm B.
 
-    python benchmarks/precision_equivalence.py --a /work/runs/h15_default --b /work/runs/precision --b-filter trainer.precision=32-true
+    python scripts/studies/precision_equivalence.py --a runs/lungs --a-filter data.field=full,data.source_aug=none --b runs/fp32
 """
 
 from __future__ import annotations
