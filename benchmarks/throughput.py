@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics import MetricCollection
 
 from covidnet.backbones import ARCHS
-from covidnet.data import CovidCTDataModule
+from covidnet.datamodule import CovidCTDataModule
 from covidnet.model import CovidClassifier
 
 PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}

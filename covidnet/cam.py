@@ -18,7 +18,7 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 
 from covidnet.configs import load
-from covidnet.dataset import CLASS_NAMES
+from covidnet.covid_ct_layout import CLASS_NAMES
 from covidnet.options import Rule, items, list_of, one_of
 from covidnet.predict import eval_mode
 

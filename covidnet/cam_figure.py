@@ -9,7 +9,7 @@ from typing import Any
 
 from covidnet.cam import caption, grey_rgb, overlay, panel_grid, target_text
 from covidnet.cam_scores import Maps
-from covidnet.dataset import CLASS_NAMES, Sample
+from covidnet.covid_ct_layout import CLASS_NAMES, Sample
 
 
 def draw(models: list[Any], maps: dict[str, Maps], rows: list[int], samples: list[Sample], methods: list[str], target: str, title: str):

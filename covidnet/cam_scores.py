@@ -19,7 +19,7 @@ import torch
 
 from covidnet.cam import categories_for, compute_cams
 from covidnet.cam_metrics import LAYER_STRIDES, block_random_cams, confidence_drop, mass_share, pixel_random_cams, pointing_hit, summarize
-from covidnet.dataset import load_grey
+from covidnet.covid_ct_layout import load_grey
 from covidnet.predict import predict_batch
 from covidnet.sources.base import SourceError
 

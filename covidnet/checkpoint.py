@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from covidnet.data import CovidCTDataModule
+from covidnet.datamodule import CovidCTDataModule
 from covidnet.errors import UserError
 from covidnet.model import CovidClassifier
 from covidnet.preprocess import InputSpec

@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from covidnet.atomic import atomic_path, remove_stale
-from covidnet.dataset import CLASSES, SPLITS, DatasetError, check_dataset
+from covidnet.covid_ct_layout import CLASSES, SPLITS, DatasetError, check_dataset
 
 BASE_URL = "https://github.com/UCSD-AI4H/COVID-CT/raw/master"
 N_IMAGES = 746

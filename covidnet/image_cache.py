@@ -1,7 +1,7 @@
 """The data module's in-memory image cache: decoded, resized uint8 images, served with the training
-augmentation or, on the device path, as indices and augmentation parameters (covidnet/data.py).
+augmentation or, on the device path, as indices and augmentation parameters (covidnet/datamodule.py).
 
-Apart from covidnet/data.py so that the data module stays short; it imports neither Lightning nor the data module.
+Apart from covidnet/datamodule.py so that the data module stays short; it imports neither Lightning nor the data module.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from covidnet.dataset import SPLITS, load_grey, read_split
+from covidnet.covid_ct_layout import SPLITS, load_grey, read_split
 from covidnet.run_files import PREDICTIONS_FILE, read_prediction_rows
 from covidnet.stats import binary_metrics, bootstrap_indices, percentile_interval
 

@@ -1,13 +1,13 @@
 """What a data module trains on, checked before any image is decoded: the share of COVID-CT's training split
 (``data.fraction``) and the other sources (``data.sources``, split by patient, covidnet/multisource.py).
 
-Apart from covidnet/data.py so that the data module stays one screenful of Lightning hooks; it imports no
+Apart from covidnet/datamodule.py so that the data module stays one screenful of Lightning hooks; it imports no
 Lightning, and the data module imports it (never the other way round).
 """
 
 from __future__ import annotations
 
-from covidnet.dataset import Sample
+from covidnet.covid_ct_layout import Sample
 from covidnet.errors import EvalError
 from covidnet.multisource import MAIN_SOURCE
 from covidnet.multisource import OPTIONS as SOURCE_OPTIONS

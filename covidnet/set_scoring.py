@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from covidnet.dataset import DatasetError
+from covidnet.covid_ct_layout import DatasetError
 from covidnet.errors import EvalError
 from covidnet.hardware import precision_plugin
 from covidnet.predict import predict_batch

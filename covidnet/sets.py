@@ -2,7 +2,7 @@
 
 A set is named once and used three ways: evaluated on (``evaluate.py eval=[<name>]``), evaluated on after
 training (``eval_sets=[<name>]``), and trained on as a second source (``data.sources=[covid_ct,<name>]``,
-covidnet.data). All three read the definition here, so a set means the same folder and read options everywhere.
+covidnet.datamodule). All three read the definition here, so a set means the same folder and read options everywhere.
 
 The catalogue is found through :func:`covidnet.configs.config_dir`, the one place that knows where the configs
 are in a source checkout and in an installed package (a path computed from this file's location is wrong in a

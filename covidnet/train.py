@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from covidnet.augment import OPTIONS as AUGMENT_OPTIONS
 from covidnet.backbones import OPTIONS as BACKBONE_OPTIONS
 from covidnet.checkpoint import check_weights_fit
-from covidnet.data import OPTIONS as DATA_OPTIONS
+from covidnet.datamodule import OPTIONS as DATA_OPTIONS
 from covidnet.entry import hydra_app
 from covidnet.errors import ConfigError
 from covidnet.evaluate import evaluate_run, load_sets_for_training

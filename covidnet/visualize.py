@@ -27,8 +27,8 @@ from covidnet.cam_scores import compute_maps, faithfulness, lesion_pairs, locali
 from covidnet.sampling import draw_per_class
 from covidnet.checkpoint import OPTIONS as CHECKPOINT_OPTIONS
 from covidnet.checkpoint import load_models
-from covidnet.data import OPTIONS as DATA_OPTIONS
-from covidnet.dataset import CLASS_NAMES, SPLITS, DatasetError, Sample, read_split
+from covidnet.datamodule import OPTIONS as DATA_OPTIONS
+from covidnet.covid_ct_layout import CLASS_NAMES, SPLITS, DatasetError, Sample, read_split
 from covidnet.entry import hydra_app
 from covidnet.errors import ConfigError, UserError
 from covidnet.hardware import DEVICE

@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from covidnet.data import CovidCTDataModule
+from covidnet.datamodule import CovidCTDataModule
 from covidnet.model import CovidClassifier
 from synthetic import make_dataset
 

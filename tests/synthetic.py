@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from covidnet.dataset import CLASSES, SPLITS, image_dir, split_file
+from covidnet.covid_ct_layout import CLASSES, SPLITS, image_dir, split_file
 
 MODES = ("RGB", "RGBA", "L")
 SIZES = ((96, 80), (120, 140), (64, 64), (150, 110))

@@ -20,12 +20,12 @@ from hydra.errors import ConfigCompositionException, InstantiationException, Mis
 from hydra.utils import instantiate
 from PIL import Image
 
-import covidnet.dataset as dataset
+import covidnet.covid_ct_layout as dataset
 from covidnet.backbones import build_backbone
 from covidnet.weights_io import WeightsError, read_state_dict
 from covidnet.checkpoint import CheckpointError, load_checkpoint
-from covidnet.data import CovidCTDataModule
-from covidnet.dataset import COVID, NON_COVID, DatasetError, image_dir, load_grey, split_file
+from covidnet.datamodule import CovidCTDataModule
+from covidnet.covid_ct_layout import COVID, NON_COVID, DatasetError, image_dir, load_grey, split_file
 from covidnet.model import CovidClassifier
 from covidnet.train import train
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from covidnet.checkpoint import load_checkpoint
-from covidnet.data import CovidCTDataModule
+from covidnet.datamodule import CovidCTDataModule
 from covidnet.predict import predict_probs
 from covidnet.stats import binary_metrics
 from synthetic import make_dataset

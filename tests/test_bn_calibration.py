@@ -13,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import covidnet.model
 from covidnet.callbacks import FrozenFeatureCache
-from covidnet.data import CovidCTDataModule
+from covidnet.datamodule import CovidCTDataModule
 from covidnet.model import CovidClassifier
 
 QUIET = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from covidnet.checkpoint import CheckpointError, load_model
-from covidnet.data import CovidCTDataModule
+from covidnet.datamodule import CovidCTDataModule
 from covidnet.model import CovidClassifier
 from covidnet.preprocess import InputSpec
 from covidnet.run_checkpoints import NoCheckpointError, best_checkpoint, resolve_checkpoints, run_of

@@ -18,7 +18,7 @@ from torchvision.models import resnet152
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from covidnet.ct_weights import INSTALL_HINT, collapse_depth, export, load_ct_state_dict
-from covidnet.data import CovidCTDataModule
+from covidnet.datamodule import CovidCTDataModule
 from covidnet.backbones import RESNET_FREEZE, build_backbone
 from covidnet.weights_io import WeightsError
 from covidnet.model import CovidClassifier

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-import covidnet.data as data_module
-from covidnet.data import CovidCTDataModule
-from covidnet.dataset import COVID, NON_COVID, SPLITS, image_dir, load_grey, read_names, split_file
+import covidnet.datamodule as data_module
+from covidnet.datamodule import CovidCTDataModule
+from covidnet.covid_ct_layout import COVID, NON_COVID, SPLITS, image_dir, load_grey, read_names, split_file
 from covidnet.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 SIZE = 32

@@ -20,8 +20,8 @@ from torchmetrics.functional.classification import (
 )
 
 from covidnet.checkpoint import load_checkpoint
-from covidnet.data import CovidCTDataModule
-from covidnet.dataset import NON_COVID, split_file
+from covidnet.datamodule import CovidCTDataModule
+from covidnet.covid_ct_layout import NON_COVID, split_file
 from covidnet.predict import predict_probs
 from synthetic import make_dataset
 

@@ -9,7 +9,7 @@ import torch
 from torchvision.transforms import v2
 
 from covidnet.augment import augment_batch, augment_params, train_augment
-from covidnet.data import CovidCTDataModule
+from covidnet.datamodule import CovidCTDataModule
 
 SIZE = 64
 OPTIONS = dict(image_size=SIZE, crop_scale_min=0.7, hflip=True, rotate_degrees=10.0, jitter=0.1)

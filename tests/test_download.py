@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import covidnet.download as download
-from covidnet.dataset import CLASSES, SPLITS, DatasetError, read_split
+from covidnet.covid_ct_layout import CLASSES, SPLITS, DatasetError, read_split
 from covidnet.download import download_covid_ct, fetch
 from synthetic import make_dataset
 
@@ -63,7 +63,7 @@ def test_download_from_a_mirror_gives_the_official_layout(mirror, tmp_path, synt
 
 
 def test_the_data_module_downloads_when_asked(mirror, tmp_path, synthetic_count, monkeypatch):
-    from covidnet.data import CovidCTDataModule
+    from covidnet.datamodule import CovidCTDataModule
 
     monkeypatch.setattr(download, "BASE_URL", mirror.as_uri())
     monkeypatch.setattr(download.download_covid_ct, "__defaults__", (mirror.as_uri(),))

@@ -141,7 +141,7 @@ def test_trained_checkpoint_rebuilds_alone_predicts_as_the_run_and_draws_cams(sy
     from hydra import compose, initialize_config_dir
 
     from covidnet.checkpoint import load_checkpoint
-    from covidnet.data import CovidCTDataModule
+    from covidnet.datamodule import CovidCTDataModule
     from covidnet.predict import predict_probs
     from covidnet.train import train
     from covidnet.visualize import visualize

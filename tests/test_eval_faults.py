@@ -262,7 +262,7 @@ def test_an_unreadable_eval_image_fails_training_before_it_starts(synthetic_root
 ])
 def test_bad_training_sources_are_refused_before_any_image_is_read(tmp_path, sources, fold, match):
     """The data module refuses them when it is built: before COVID-CT is decoded (here it does not even exist)."""
-    from covidnet.data import CovidCTDataModule
+    from covidnet.datamodule import CovidCTDataModule
     from covidnet.sources.base import SourceError
 
     with pytest.raises(SourceError, match=match):
@@ -361,7 +361,7 @@ def test_an_expected_error_in_a_multirun_job_is_raised_alone(monkeypatch, wrappe
             raise SourceError("data.fold=2 must be in 0..1 (data.n_folds=2).")
         except SourceError as err:
             if wrapped:  # as Hydra's instantiate wraps what a constructor raised
-                raise RuntimeError("Error in call to target 'covidnet.data.CovidCTDataModule'") from err
+                raise RuntimeError("Error in call to target 'covidnet.datamodule.CovidCTDataModule'") from err
             raise
 
     with pytest.raises(SourceError) as caught:

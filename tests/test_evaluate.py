@@ -16,7 +16,7 @@ from synthetic_dicom import write_scans
 
 from covidnet import arm_stats, stats
 from covidnet.checkpoint import CheckpointError
-from covidnet.data import CovidCTDataModule
+from covidnet.datamodule import CovidCTDataModule
 from covidnet.preprocess import Preprocess, resize_grey
 from covidnet.errors import EvalError
 from covidnet.evaluate import evaluate

@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 
 import covidnet.download as download
 from covidnet.checkpoint_saving import AtomicCheckpointIO, atomic_torch_save
-from covidnet.dataset import CLASSES, SPLITS, check_dataset, image_dir, is_complete_layout, split_file
+from covidnet.covid_ct_layout import CLASSES, SPLITS, check_dataset, image_dir, is_complete_layout, split_file
 from covidnet.hardware import resolve
 from covidnet.runs import RunDirError, SweepDir
 from covidnet.train import check_run_dir, train

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from covidnet.callbacks import CamLogger
 from covidnet.callbacks.frozen_features import FeatureDataset, FrozenFeatureCache
 from covidnet.checkpoint import load_checkpoint
-from covidnet.data import CovidCTDataModule
+from covidnet.datamodule import CovidCTDataModule
 from covidnet.model import CovidClassifier
 from covidnet.train import train
 

@@ -20,7 +20,7 @@ def normalizations():
     try:
         from covidnet.preprocess import NORMALIZATIONS
     except ImportError:  # before the move to covidnet/preprocess.py
-        from covidnet.data import NORMALIZATIONS
+        from covidnet.datamodule import NORMALIZATIONS
     return NORMALIZATIONS
 
 

@@ -26,13 +26,13 @@ LAYERS = {
     # base: no knowledge of images or models
     "errors": BASE, "atomic": BASE, "options": BASE, "configs": BASE, "timing": BASE, "processes": BASE,
     # domain: one concern each (images, sources, weights, networks, statistics, maps)
-    "dataset": DOMAIN, "sources": DOMAIN, "preprocess": DOMAIN, "lungs": DOMAIN, "augment": DOMAIN,
+    "covid_ct_layout": DOMAIN, "sources": DOMAIN, "preprocess": DOMAIN, "lungs": DOMAIN, "augment": DOMAIN,
     "sampling": DOMAIN, "download": DOMAIN, "hardware": DOMAIN, "weights_io": DOMAIN, "ct_weights": DOMAIN,
     "lite_weights": DOMAIN, "inits": DOMAIN, "backbones": DOMAIN, "bn_calibration": DOMAIN, "model": DOMAIN,
     "predict": DOMAIN, "stats": DOMAIN, "arm_stats": DOMAIN, "cam": DOMAIN, "cam_metrics": DOMAIN,
     "cam_scores": DOMAIN, "cam_figure": DOMAIN,
     # composition: what trains, and what runs leave on disk, built from the domain
-    "image_cache": COMPOSITION, "selection": COMPOSITION, "data": COMPOSITION, "multisource": COMPOSITION,
+    "image_cache": COMPOSITION, "selection": COMPOSITION, "datamodule": COMPOSITION, "multisource": COMPOSITION,
     "near_duplicates": COMPOSITION, "sets": COMPOSITION, "set_metrics": COMPOSITION, "set_scoring": COMPOSITION, "run_files": COMPOSITION,
     "runs": COMPOSITION, "run_checkpoints": COMPOSITION, "checkpoint": COMPOSITION,
     "checkpoint_saving": COMPOSITION, "resume": COMPOSITION, "claims": COMPOSITION, "callbacks": COMPOSITION,
@@ -171,5 +171,5 @@ def test_modules_stay_a_readable_size():
 
 def test_the_walk_sees_a_known_edge_and_a_local_import(graph):
     # the checks above are only as good as the walk: it must see module-level and function-local imports
-    assert any(b == "errors" for b, _, _ in graph["dataset"])
+    assert any(b == "errors" for b, _, _ in graph["covid_ct_layout"])
     assert any(is_local for b, is_local, _ in graph["hydra_callbacks"] if b == "report")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from covidnet.data import CovidCTDataModule
+from covidnet.datamodule import CovidCTDataModule
 from covidnet.cam_scores import lesion_pairs, localisation
 from covidnet.checkpoint import LoadedModel
 from covidnet.run_checkpoints import Chosen

@@ -10,8 +10,8 @@ from PIL import Image
 from scipy import ndimage
 
 from covidnet.augment import SOURCE_AUG_DEFAULTS, SourceAugment
-from covidnet.data import CovidCTDataModule
-from covidnet.dataset import load_grey
+from covidnet.datamodule import CovidCTDataModule
+from covidnet.covid_ct_layout import load_grey
 from covidnet.lungs import bounding_box, dice, segment_lungs
 from covidnet.model import CovidClassifier
 from covidnet.preprocess import InputSpec, Preprocess, prepare

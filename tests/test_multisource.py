@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from covidnet.data import CovidCTDataModule
+from covidnet.datamodule import CovidCTDataModule
 from covidnet.multisource import SourceItem, patient_folds, sampling_weights, source_items, source_metrics, split_by_patient, training_label
 from covidnet.sampling import EpochSampler
 from covidnet.sources.base import Record, SourceError

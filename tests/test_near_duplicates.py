@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covidnet.data import CovidCTDataModule
-from covidnet.dataset import COVID, NON_COVID, image_dir, read_names, split_file
+from covidnet.datamodule import CovidCTDataModule
+from covidnet.covid_ct_layout import COVID, NON_COVID, image_dir, read_names, split_file
 from covidnet.near_duplicates import (
     Item,
     clean_effect,
@@ -61,7 +61,7 @@ def test_data_module_warns_and_remembers_cross_split_copies(fresh_synthetic, cap
     with open(split_file(fresh_synthetic, COVID, "test"), "a") as f:
         f.write("copied.png\n")
     dm = CovidCTDataModule(root=str(fresh_synthetic), image_size=32)
-    with caplog.at_level(logging.WARNING, logger="covidnet.data"):
+    with caplog.at_level(logging.WARNING, logger="covidnet.datamodule"):
         dm.setup("fit")
     assert dm.test_near_duplicates == {"copied.png"}
     assert "1 across splits, 1 with opposite labels" in caplog.text and train_name in caplog.text

@@ -12,7 +12,7 @@ import torch
 
 from covidnet.atomic import atomic_path, partial_name, remove_stale
 from covidnet.selection import stratified_subset
-from covidnet.dataset import Sample
+from covidnet.covid_ct_layout import Sample
 from covidnet.predict import eval_mode, predict_batch
 from covidnet.sampling import draw_per_class
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from covidnet.dataset import COVID, DatasetError, check_dataset, read_split, split_file
+from covidnet.covid_ct_layout import COVID, DatasetError, check_dataset, read_split, split_file
 from covidnet.errors import UserError
 from covidnet.resume import check_writable
 from covidnet.train import train
@@ -70,7 +70,7 @@ def test_figure_columns_are_labelled_by_what_distinguishes_the_models():
 
 def test_train_downloads_by_default_but_only_into_a_missing_or_empty_root(tmp_path, monkeypatch):
     """The README's main command fetches the data on a fresh machine; a folder holding anything is never written to."""
-    import covidnet.data as data
+    import covidnet.datamodule as data
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"data.root={tmp_path / 'covid-ct'}"])

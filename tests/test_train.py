@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from torchvision import models
 
 from covidnet.checkpoint import load_checkpoint
-from covidnet.data import CovidCTDataModule
+from covidnet.datamodule import CovidCTDataModule
 from covidnet.predict import predict_probs
 from covidnet.train import train
 

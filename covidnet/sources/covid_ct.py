@@ -1,6 +1,6 @@
 """``covid_ct``: one split of the official COVID-CT layout, so the in-split test is one more set.
 
-Reuses :mod:`covidnet.dataset` (layout check, split lists, decoding). The official split is by patient
+Reuses :mod:`covidnet.covid_ct_layout` (layout check, split lists, decoding). The official split is by patient
 but does not name the patients, so records carry no patient id and intervals resample images.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from covidnet.dataset import SPLITS, DatasetError, load_grey, read_split
+from covidnet.covid_ct_layout import SPLITS, DatasetError, load_grey, read_split
 from covidnet.sources.base import Record, SourceError
 
 DIAGNOSIS = {1: "COVID", 0: "non-COVID"}

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidnet.dataset import MAX_PIXELS, MIN_SIDE
+from covidnet.covid_ct_layout import MAX_PIXELS, MIN_SIDE
 from covidnet.sources.base import Record, SourceError, class_folders, dangling_links, parse_class_map
 
 EXTRA = 'pip install -e ".[dicom]" (pydicom, pylibjpeg, pylibjpeg-libjpeg)'

@@ -1,7 +1,7 @@
 """``image_folder``: ``<root>/<class folder>/**/<image>`` with a map from class folder to COVID = 1 / non-COVID = 0.
 
 Images: png, jpg/jpeg, tif/tiff, bmp, any mode (RGB, RGBA composited on black, palette, L, 16-bit), decoded by
-:func:`covidnet.dataset.load_grey` like the training images. 16-bit images are scaled by the bit depth their
+:func:`covidnet.covid_ct_layout.load_grey` like the training images. 16-bit images are scaled by the bit depth their
 values use (8, 10, 12 or 16 bits), not windowed: a slice stored in Hounsfield units belongs in a DICOM set.
 Other files under a class folder (e.g. ``.txt``, ``.csv``) are counted and named in a note, never read.
 
@@ -15,7 +15,7 @@ import re
 from functools import partial
 from pathlib import Path
 
-from covidnet.dataset import load_grey
+from covidnet.covid_ct_layout import load_grey
 from covidnet.sources.base import Record, SourceError, class_folders, dangling_links, parse_class_map
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from covidnet.dataset import load_grey
+from covidnet.covid_ct_layout import load_grey
 from covidnet.sources.base import Record, SourceError, dangling_links
 from covidnet.sources.image_folder import EXTENSIONS, natural_key
 

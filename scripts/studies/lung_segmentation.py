@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidnet.dataset import load_grey
+from covidnet.covid_ct_layout import load_grey
 from covidnet.lungs import MIN_AREA, dice, segment_lungs
 
 

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from covidnet.augment import SourceAugment, augment_batch, augment_params, train_augment
-from covidnet.dataset import SPLITS, DatasetError, Sample, check_dataset, is_complete_layout, load_grey
+from covidnet.covid_ct_layout import SPLITS, DatasetError, Sample, check_dataset, is_complete_layout, load_grey
 from covidnet.download import download_covid_ct
 from covidnet.image_cache import CachedImages
 from covidnet.near_duplicates import Item, cross_split_names, find_pairs, thumbnails
