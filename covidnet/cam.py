@@ -75,7 +75,7 @@ LAYERS = ("layer1", "layer2", "layer3", "layer4")
 OPTIONS: dict[str, Rule] = {
     "methods": list_of(METHODS).because("e.g. methods=[gradcam,eigencam]"),
     "layer": one_of(LAYERS),
-    "target": one_of(TARGET_MODES).because("label: the true class; prediction: the model's class"),
+    "target": one_of(TARGET_MODES).because("label (the true class) or prediction (the model's class)"),
 }
 
 
