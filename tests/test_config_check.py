@@ -126,6 +126,14 @@ def test_freeze_mode_the_arch_lacks_is_one_problem():
     assert len(problems(compose_cfg("train", ["model.arch=efficientnet_lite0", "model.freeze=bogus"]), TRAIN)) == 1
 
 
+def test_an_init_whose_weights_exist_for_one_arch_refuses_another():
+    """init=ct has ResNet-152 weights only: refused by the check (one problem), not when the model is built."""
+    found = problems(compose_cfg("train", ["init=ct", "model.arch=resnet18"]), TRAIN)
+    assert found == ["model.arch=resnet18: init=ct provides resnet152 weights only; set model.arch=resnet152 (got resnet18)."]
+    assert problems(compose_cfg("train", ["init=ct"]), TRAIN) == []
+    assert problems(compose_cfg("train", ["init=scratch", "model.arch=resnet50"]), TRAIN) == []
+
+
 def test_train_checks_before_reading_any_data(tmp_path):
     """The data root does not exist: had anything been read, the error would be about the data."""
     cfg = compose_cfg("train", ["data.batch_size=1", f"data.root={tmp_path / 'nowhere'}", f"paths.output_dir={tmp_path / 'out'}"])
