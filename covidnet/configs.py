@@ -11,7 +11,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 @lru_cache(maxsize=1)
@@ -29,6 +32,8 @@ def config_dir() -> Path:
 
 def load(relative: str) -> DictConfig:
     """One config file as written (no defaults list applied, interpolations unresolved), e.g. ``cam/default.yaml``."""
+    from omegaconf import DictConfig, OmegaConf  # here: the data module imports this package where no config is read
+
     cfg = OmegaConf.load(config_dir() / relative)
     if not isinstance(cfg, DictConfig):
         raise ValueError(f"{config_dir() / relative} is not a mapping.")

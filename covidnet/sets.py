@@ -13,14 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from omegaconf import DictConfig, OmegaConf
+from typing import TYPE_CHECKING
 
 from covidnet.configs import config_dir
 from covidnet.errors import EvalError
 from covidnet.multisource import MAIN_SOURCE, split_by_patient
 from covidnet.options import Rule, text
 from covidnet.sources import Record, SourceError, read_source
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 SETS_FOLDER = "eval"  # conf/eval/<name>.yaml
 
@@ -68,6 +70,8 @@ def set_config(name: str, eval_data: str | None = None, overrides: dict | None =
     path = config_dir() / SETS_FOLDER / f"{name}.yaml"
     if not path.is_file():
         raise EvalError(f"Unknown eval set {name!r}: no {path}. Known sets: {', '.join(known_sets())}.")
+    from omegaconf import OmegaConf  # here, not at the top: the data module imports this module where no config is read
+
     base = OmegaConf.create({"eval_data": eval_data if eval_data is not None else "${oc.env:COVIDNET_EVAL_DATA,data}"})
     merged = OmegaConf.merge(base, {"set": OmegaConf.load(path)}, {"set": overrides or {}})
     return OmegaConf.create(OmegaConf.to_container(merged, resolve=True)["set"])
@@ -76,6 +80,8 @@ def set_config(name: str, eval_data: str | None = None, overrides: dict | None =
 def load_set(name: str, cfg: DictConfig | dict) -> EvalSet:
     """The set ``cfg`` defines (kind, root, read options, patient_topk), read by covidnet.sources; every key it
     leaves unset is named at once, with the override that sets it."""
+    from omegaconf import OmegaConf
+
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     unset = sorted(k.removeprefix(f"eval.{name}.") for k in OmegaConf.missing_keys(cfg))  # keys below the set
     if unset:
