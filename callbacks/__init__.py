@@ -5,6 +5,7 @@ part. Keep the two export lists equal (tests/test_packaging.py checks).
 """
 
 from covidnet.callbacks.cam_logger import CamLogger
+from covidnet.callbacks.ema import EMA
 from covidnet.callbacks.frozen_features import FrozenFeatureCache
 
-__all__ = ["CamLogger", "FrozenFeatureCache"]
+__all__ = ["CamLogger", "EMA", "FrozenFeatureCache"]

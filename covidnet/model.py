@@ -21,7 +21,7 @@ from torchmetrics.classification import (
 from covidnet.backbones import OPTIONS as BACKBONE_OPTIONS
 from covidnet.backbones import build_backbone, get_arch
 from covidnet.bn_calibration import batchnorm_layers, estimate_batchnorm_statistics, training_batches
-from covidnet.options import Rule, boolean, number, optional, text
+from covidnet.options import Rule, boolean, integer, number, optional, text
 
 # the model's own conf/model keys (covidnet.options); backbones (arch, freeze) and inits (init) own the others
 OPTIONS: dict[str, Rule] = {
@@ -30,7 +30,14 @@ OPTIONS: dict[str, Rule] = {
     "model.calibrate_bn": boolean().because("estimate frozen layers' BatchNorm statistics on the training images (docs/transfer.md)"),
     "model.optimizer.lr": number(0, lo_open=True),
     "model.optimizer.weight_decay": number(0),
+    "model.label_smoothing": number(0, 1, hi_open=True).because("BCE targets become eps/2 and 1 - eps/2"),
+    "model.warmup_epochs": integer(0).because("epochs of linear learning-rate warm-up before the scheduler"),
+    "model.tta_flip": boolean().because("average the logits of each image and its left-right mirror at evaluation"),
+    "model.select_from_epoch": integer(0).because("the first epoch whose checkpoint may be selected (val/select)"),
 }
+
+# the selection score of an epoch that may not be selected: below any AUROC
+NOT_SELECTABLE = -1.0
 
 
 def binary_metrics(prefix: str) -> MetricCollection:
@@ -75,6 +82,10 @@ class CovidClassifier(L.LightningModule):
         load_pretrained: bool = True,
         calibrate_bn: bool = False,
         input_spec: dict | None = None,
+        label_smoothing: float = 0.0,
+        warmup_epochs: int = 0,
+        tta_flip: bool = False,
+        select_from_epoch: int = 0,
     ):
         super().__init__()
         # what the network's input is (covidnet.preprocess.InputSpec as plain values: image size, normalisation,
@@ -97,11 +108,15 @@ class CovidClassifier(L.LightningModule):
             # checkpoints like any buffer, so a resumed run does not estimate them again
             self.register_buffer("bn_calibrated", torch.zeros((), dtype=torch.bool))
         self.loss_fn = nn.BCEWithLogitsLoss()
+        OPTIONS["model.label_smoothing"].check("model.label_smoothing", label_smoothing)
+        OPTIONS["model.warmup_epochs"].check("model.warmup_epochs", warmup_epochs)
+        OPTIONS["model.select_from_epoch"].check("model.select_from_epoch", select_from_epoch)
         self.train_metrics = binary_metrics("train/")
         self.val_metrics = binary_metrics("val/")
         self.test_metrics = binary_metrics("test/")
         self._train_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # this epoch's, on the device
         self._pending_loss = None  # (finite flag, loss, where) of the last step not yet checked
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []  # this validation epoch's (probs, labels)
 
     # --- model --------------------------------------------------------------------------------------
     # a run setting (covidnet/hardware.py), not a hyperparameter: a checkpoint loads in either format
@@ -202,15 +217,31 @@ class CovidClassifier(L.LightningModule):
         self.feature_inputs = enabled
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N,) of a batch as this model's loaders serve it: images, or frozen features (take_features)."""
-        return self.head(x) if self.feature_inputs else self(x)
+        """Logits (N,) of a batch as this model's loaders serve it: images, or frozen features (take_features).
+
+        With ``tta_flip`` and in eval mode, the mean of the logits of each image and its left-right mirror: every
+        prediction path (validation, test, predictions files, evaluate.py) goes through here, so they all see the
+        same test-time augmentation; training, CAMs (``forward``) and frozen features see single images."""
+        if self.feature_inputs:
+            return self.head(x)
+        if self.hparams.get("tta_flip") and not self.training:
+            return (self(x) + self(torch.flip(x, dims=(-1,)))) / 2
+        return self(x)
 
     # --- steps --------------------------------------------------------------------------------------
+    def smoothed(self, y: torch.Tensor) -> torch.Tensor:
+        """Training targets with label smoothing: 0/1 become eps/2 and 1 - eps/2 (the binary form of timm's and
+        torch's smoothing); evaluation losses use the true labels."""
+        eps = float(self.hparams.get("label_smoothing") or 0.0)
+        return y * (1 - eps) + eps / 2 if eps else y
+
     def _shared_step(self, batch, metrics: MetricCollection, stage: str):
         x, y = batch
         logits = self.logits(x)
-        loss = self.loss_fn(logits, y)
+        loss = self.loss_fn(logits, self.smoothed(y) if stage == "train" else y)
         probs = torch.sigmoid(logits.detach())
+        if stage == "val":
+            self._val_outputs.append((probs, y.long()))
         if stage == "train":
             # no per-step metric work (no host sync, no logging call): outputs stay on the device and are folded
             # into the train metrics once per epoch, in on_train_epoch_end
@@ -267,6 +298,22 @@ class CovidClassifier(L.LightningModule):
     def validation_step(self, batch, batch_idx: int):
         self._shared_step(batch, self.val_metrics, "val")
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_outputs = []
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``val/select``, the score a checkpoint is selected by: the epoch's validation AUROC, or
+        ``NOT_SELECTABLE`` (-1) before ``select_from_epoch`` (during warm-up) or when the epoch calls every
+        validation image one class at the 0.5 threshold. So the rule cannot pick an early checkpoint whose
+        threshold is unusable, whatever its AUROC (monitor it with callbacks.model_checkpoint.monitor=val/select)."""
+        outputs, self._val_outputs = self._val_outputs, []
+        if not outputs:
+            return
+        probs, labels = (torch.cat(t) for t in zip(*outputs))
+        probs, labels = self.all_gather(probs).reshape(-1), self.all_gather(labels).reshape(-1)
+        self.log("val/select", selection_score(probs, labels, self.current_epoch, int(self.hparams.get("select_from_epoch") or 0)),
+                 on_step=False, on_epoch=True, rank_zero_only=False)
+
     def test_step(self, batch, batch_idx: int):
         self._shared_step(batch, self.test_metrics, "test")
 
@@ -286,7 +333,33 @@ class CovidClassifier(L.LightningModule):
         for group in optimizer.param_groups:
             if group.get("name") == "backbone":
                 group["lr"] *= self.hparams.backbone_lr_scale
-        if self.scheduler_factory is None:
+        warmup = int(self.hparams.get("warmup_epochs") or 0)
+        if self.scheduler_factory is None and not warmup:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
+        scheduler = with_warmup(optimizer, self.scheduler_factory, warmup)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def with_warmup(optimizer: torch.optim.Optimizer, scheduler_factory, warmup_epochs: int):
+    """The configured scheduler, preceded by ``warmup_epochs`` epochs of linear warm-up from 1 % of each group's
+    learning rate (torch's LinearLR + SequentialLR, as timm's warm-up). The scheduler then starts at its own
+    epoch 0: a cosine with ``T_max=trainer.max_epochs`` ends at about 1 % of the peak instead of 0 after a short
+    warm-up, which is kept rather than making T_max depend on two keys."""
+    from torch.optim.lr_scheduler import ConstantLR, LinearLR, SequentialLR
+
+    if not warmup_epochs:
+        return scheduler_factory(optimizer=optimizer)
+    warm = LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=warmup_epochs)
+    after = scheduler_factory(optimizer=optimizer) if scheduler_factory is not None else ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return SequentialLR(optimizer, [warm, after], milestones=[warmup_epochs])
+
+
+def selection_score(probs: torch.Tensor, labels: torch.Tensor, epoch: int, select_from_epoch: int) -> torch.Tensor:
+    """Validation AUROC where the epoch may be selected, else ``NOT_SELECTABLE`` (see on_validation_epoch_end)."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    called_covid = int((probs >= 0.5).sum())
+    one_class = called_covid in (0, len(probs)) or int(labels.sum()) in (0, len(labels))
+    if epoch < select_from_epoch or one_class:
+        return torch.tensor(NOT_SELECTABLE)
+    return binary_auroc(probs.float(), labels.long()).detach().cpu()

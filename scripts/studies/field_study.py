@@ -1,0 +1,190 @@
+"""ImageNet vs scratch on EfficientNet-Lite0 at full budget (``experiment=lite224``), as planned in docs/field.md.
+
+One job at a time; every step whose files exist is skipped, so a stopped study resumes where it stopped.
+
+1. **Learning rate per arm on validation only** (seed 0, the full recipe): scratch lr in {3e-3, 1e-2, 3e-2},
+   ImageNet lr in {3e-4, 1e-3, 3e-3}. The best epoch's ``val/select`` (validation AUROC, from epoch 3 on, never an
+   epoch calling every validation image one class) wins, a tie to the first listed. A choice at a grid edge widens
+   the grid by a factor 3 that way (at most twice), so the chosen value lies inside its grid.
+2. **Recipe levers per arm on validation only** (seed 0, the chosen lr): the full recipe, without the weight
+   average (``callbacks.ema=null``), without label smoothing (``model.label_smoothing=0``); the best
+   ``val/select`` wins, a tie to the full recipe. No test number is read in 1-2 (<out>/selection.json).
+3. **Seeds 1-4** of each arm at its choice into <out>/final, beside a copy of its seed-0 run; the chosen keys are
+   left out of job names there, so the report pairs the arms by seed.
+4. **Reports** (``python -m covidnet.report``, margin +-0.03 AUROC and accuracy, stated before the runs): per model
+   and as each arm's 5-seed ensemble, in-split and on COVID-CT-MD and COVID-SemiSeg.
+5. **CAMs at output stride 16** (14 x 14 at 224 px): GradCAM and EigenCAM on the 50 SemiSeg slices for every final
+   run (lesion mass, pointing game, empty maps), and the 10 + 10 test-image figure of both arms' seed-0 models.
+
+    python scripts/studies/field_study.py --out runs/field --data-root <covid-ct> --eval-data <folder of the eval sets>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from covidnet.runs import RunDir, SweepDir
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENT = "lite224"
+LR_GRID = {"scratch": ["3e-3", "1e-2", "3e-2"], "imagenet": ["3e-4", "1e-3", "3e-3"]}
+MAX_WIDENINGS = 2
+# the levers tried at the chosen lr: name -> overrides (the full recipe is experiment=lite224 itself)
+LEVERS = {"full": {}, "no_ema": {"callbacks.ema": "null"}, "no_label_smoothing": {"model.label_smoothing": "0"}}
+SEEDS = (0, 1, 2, 3, 4)
+MARGINS = {"auroc": 0.03, "acc": 0.03}  # equivalence margins, stated in docs/field.md before any run
+NAME_EXCLUDE = ["data.root", "eval_data", "callbacks.cam", "ckpt_path", "paths.log_dir", "hydra.sweep.dir",
+                "model.optimizer.lr", "callbacks.ema", "model.label_smoothing"]
+
+
+RECIPE_KEYS = ("model.optimizer.lr", "callbacks.ema", "model.label_smoothing")
+
+
+def job(sweep: Path, init: str, setting: dict, seed: int) -> Path | None:
+    """The finished job of ``sweep`` for ``init``, ``seed`` and exactly ``setting`` among the recipe keys (a job
+    with a lever switched off is not the full recipe's), found by its Hydra record."""
+    def same(a: str | None, b: str | None) -> bool:  # Hydra records 3e-4 as 0.0003
+        try:
+            return a == b or (a is not None and b is not None and float(a) == float(b))
+        except ValueError:
+            return False
+
+    for run in (SweepDir(sweep).job_dirs() if sweep.is_dir() else []):
+        have = run.override_values()
+        if have.get("init") != init or have.get("seed") != str(seed):
+            continue
+        if all(same(have.get(k), setting.get(k)) for k in RECIPE_KEYS) and run.read_metrics():
+            return run.path
+    return None
+
+
+def train(args, sweep: Path, overrides: list[str]) -> None:
+    cmd = [sys.executable, "train.py", "-m", f"experiment={EXPERIMENT}", f"data.root={args.data_root}", f"eval_data={args.eval_data}",
+           f"hydra.sweep.dir={sweep}", *args.override, *overrides]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def val_score(sweep: Path, init: str, setting: dict) -> float | None:
+    path = job(sweep, init, setting, 0)
+    return RunDir(path).read_metrics()["best_val_score"] if path else None
+
+
+def run_setting(args, sweep: Path, init: str, setting: dict) -> float:
+    """The seed-0 job of ``setting`` (trained unless it finished), and its best ``val/select``."""
+    if job(sweep, init, setting, 0) is None:
+        train(args, sweep, [f"init={init}", "seed=0", *(f"{k}={v}" for k, v in setting.items())])
+    return val_score(sweep, init, setting)
+
+
+def widened(grid: list[str], best: int) -> list[str] | None:
+    """The grid with one more value (x3 or /3) beyond the edge the choice sits on; None: the choice is inside."""
+    values = [float(v) for v in grid]
+    if 0 < best < len(grid) - 1:
+        return None
+    return [f"{values[0] / 3:.0e}", *grid] if best == 0 else [*grid, f"{values[-1] * 3:.0e}"]
+
+
+def choose_lr(args, out: Path, init: str) -> dict:
+    sweep = out / f"grid_{init}"
+    grid = list(LR_GRID[init])
+    for widening in range(MAX_WIDENINGS + 1):
+        scores = [run_setting(args, sweep, init, {"model.optimizer.lr": lr}) for lr in grid]
+        best = max(range(len(grid)), key=lambda i: (scores[i], -i))
+        wider = widened(grid, best)
+        if wider is None or widening == MAX_WIDENINGS:
+            return {"grid": [{"lr": lr, "best_val_select": s} for lr, s in zip(grid, scores)], "lr": grid[best],
+                    "inside_grid": wider is None}
+        grid = wider
+
+
+def choose_levers(args, out: Path, init: str, lr: str) -> dict:
+    sweep = out / f"grid_{init}"
+    scores = {name: run_setting(args, sweep, init, {"model.optimizer.lr": lr, **o}) for name, o in LEVERS.items()}
+    best = max(LEVERS, key=lambda n: (scores[n], -list(LEVERS).index(n)))
+    return {"levers": scores, "recipe": best}
+
+
+def select(args, out: Path) -> dict:
+    selection_file = out / "selection.json"
+    selection = json.loads(selection_file.read_text()) if selection_file.is_file() else {}
+    for init in LR_GRID:
+        if "chosen" in selection.get(init, {}):
+            continue
+        lr = choose_lr(args, out, init)
+        levers = choose_levers(args, out, init, lr["lr"])
+        selection[init] = {**lr, **levers, "chosen": {"model.optimizer.lr": lr["lr"], **LEVERS[levers["recipe"]]}}
+        selection_file.write_text(json.dumps(selection, indent=2) + "\n")
+    print(f"selection: {json.dumps(selection)}", flush=True)
+    return selection
+
+
+def train_seeds(args, out: Path, selection: dict) -> Path:
+    final = out / "final"
+    exclude = "hydra.job.config.override_dirname.exclude_keys=[" + ",".join(NAME_EXCLUDE) + "]"
+    for seed in SEEDS:  # one job per call, seeds interleaved: a stopped study has both arms equally far
+        for init in LR_GRID:
+            chosen = selection[init]["chosen"]
+            if job(final, init, chosen, seed) is not None:
+                continue
+            if seed == 0:
+                final.mkdir(exist_ok=True)
+                shutil.copytree(job(out / f"grid_{init}", init, chosen, 0), final / f"init={init},seed=0")
+            else:
+                train(args, final, [f"init={init}", f"seed={seed}", *(f"{k}={v}" for k, v in chosen.items()), exclude])
+    return final
+
+
+def report(final: Path) -> None:
+    margins = [f"--margin={m}={v}" for m, v in MARGINS.items()]
+    subprocess.run([sys.executable, "-m", "covidnet.report", str(final), *margins, "--ensemble"], cwd=ROOT, check=True)
+
+
+def cams(args, out: Path, final: Path) -> None:
+    """CAM numbers on SemiSeg for every final run, and the 10 + 10 figure of both arms' seed-0 models (stride 16)."""
+    runs = sorted(p for p in final.iterdir() if (p / "metrics.json").is_file())
+    lesion = out / "cams"
+    if not (lesion / "results.json").is_file():
+        ckpts = "[" + ",".join(f"'{p}'" for p in runs) + "]"
+        subprocess.run([sys.executable, "visualize.py", f"ckpt={ckpts}", f"localize={args.eval_data}/covid-semiseg",
+                        "layer=layer3", f"out_dir={lesion}", "n_per_class=0"], cwd=ROOT, check=True)
+    figure = out / "cam_figure"
+    if not (figure / "results.json").is_file():
+        seed0 = "[" + ",".join(f"'{final / f'init={i},seed=0'}'" for i in LR_GRID) + "]"
+        subprocess.run([sys.executable, "visualize.py", f"ckpt={seed0}", f"data.root={args.data_root}", "layer=layer3",
+                        "n_per_class=10", f"out_dir={figure}"], cwd=ROOT, check=True)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--data-root", default="data/covid-ct")
+    p.add_argument("--eval-data", default="data")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="added to every training job (a smoke test of the study: data.image_size=32 trainer.max_epochs=2)")
+    p.add_argument("--until", choices=["select", "train", "report", "cams"], default="cams",
+                   help="stop after this step (the later ones resume from the files the earlier ones left)")
+    args = p.parse_args(argv)
+    out = args.out.expanduser().absolute()
+    args.data_root = str(Path(args.data_root).expanduser().absolute())
+    args.eval_data = str(Path(args.eval_data).expanduser().absolute())
+    out.mkdir(parents=True, exist_ok=True)
+    selection = select(args, out)
+    if args.until == "select":
+        return
+    final = train_seeds(args, out, selection)
+    if args.until == "train":
+        return
+    report(final)
+    if args.until == "report":
+        return
+    cams(args, out, final)
+
+
+if __name__ == "__main__":
+    main()
