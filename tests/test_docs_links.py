@@ -1,6 +1,6 @@
 """The documentation's links resolve, and it names no machine path and no issue number.
 
-Checked: README.md and every docs/**/*.md. A relative link (``[text](path)``, ``![alt](path)``) must name
+Checked: README.md, CONTRIBUTING.md and every docs/**/*.md. A relative link (``[text](path)``, ``![alt](path)``) must name
 a file or folder that exists, relative to the page; ``path#anchor`` and ``#anchor`` must name a heading
 of the target page (GitHub's anchor rule: lower case, punctuation dropped, spaces to hyphens, repeats
 numbered ``-1``, ``-2``). Links inside code (fenced blocks, inline ``code``) are not links and are skipped;
@@ -31,7 +31,7 @@ WEB = ("http://", "https://", "mailto:", "ftp://")
 
 
 def doc_pages() -> list[Path]:
-    pages = [ROOT / "README.md"]
+    pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md"]
     pages += sorted((ROOT / "docs").rglob("*.md"))
     return [p for p in pages if p.is_file()]
 

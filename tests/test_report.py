@@ -387,11 +387,12 @@ def test_a_section_builder_added_to_the_list_writes_its_section_and_columns(tmp_
         raise RuntimeError("this builder has a bug")
 
     # right after the summary (the built-in per-source and external sections write nothing for this sweep)
-    monkeypatch.setattr(sections, "SECTIONS", [sections.SECTIONS[0], external, broken, *sections.SECTIONS[1:]])
+    at = sections.SECTIONS.index(sections.summary_section) + 1
+    monkeypatch.setattr(sections, "SECTIONS", [*sections.SECTIONS[:at], external, broken, *sections.SECTIONS[at:]])
     fake_job(tmp_path / "init=scratch,seed=0", ["init=scratch", "seed=0"], [0, 1, 0, 1], [0.2, 0.7, 0.4, 0.9])
     text = write_report(tmp_path, n_boot=50).read_text()
     titles = [line for line in text.splitlines() if line.startswith("## ")]
-    assert titles[1:3] == ["## External sets", "## Broken"] and titles[0].startswith("## Summary")
+    assert titles[0] == "## What ran" and titles[1].startswith("## Summary") and titles[2:4] == ["## External sets", "## Broken"]
     assert "Not written: RuntimeError: this builder has a bug" in text  # costs its own section only
     assert float(read_rows(tmp_path / "summary.csv")[0]["ext_auroc_mean"]) == 1.0
     assert "ext_sets" in read_rows(tmp_path / "runs.csv")[0]
@@ -559,16 +560,24 @@ def test_a_report_folder_rebuilds_from_its_predictions_alone(tmp_path):
 
     assert main([str(copy), "--from-predictions"]) == 0
     original, rebuilt = (sweep / "report.md").read_text(), (copy / "report.md").read_text()
-    assert f"`python -m covidnet.report --from-predictions {copy}`" in rebuilt
     assert f"`python -m covidnet.report {sweep} --n-boot 150 --seed 3 --margin auroc=0.05`" in original
-    assert without_stamp(rebuilt) == without_stamp(original)  # every table, interval and verdict
+    # byte for byte: every table, interval and verdict, and the line saying when and how it was first written
+    assert rebuilt == original
     assert "better" in rebuilt.split("## Paired differences")[1] and "Equivalence margins: AUROC ±0.05." in rebuilt
-    for name in REPORT_FILES[1:]:
+    for name in (*REPORT_FILES[1:], "report.json"):
         assert (copy / name).read_text() == (sweep / name).read_text(), name  # and the bundle rewrites itself unchanged
     assert (copy / "roc.png").is_file()
-    # asked for other settings, it uses them
+    # what ran: one command per distinct setting (seeds joined), the settings that differ, the machine and versions
+    what_ran = rebuilt.split("## What ran")[1].split("\n## ")[0]
+    assert "Training commands, one per distinct job setting" in what_ran and "seed=0,1,2" in what_ran
+    assert "Versions (the environment that wrote the report from the job directories): python " in what_ran
+    numbers = json.loads((copy / "report.json").read_text())
+    assert numbers["comparisons"][0]["metrics"]["auroc"]["verdict"] in ("better", "worse", "equivalent", "not resolved")
+    assert [row["runs"] for row in numbers["summary"]] == [int(r["runs"]) for r in read_rows(sweep / "summary.csv")]
+    # asked for other settings, it uses them, and says it was written again
     assert main([str(copy), "--from-predictions", "--n-boot", "60"]) == 0
-    assert "on each of 60 draws" in (copy / "report.md").read_text()
+    again = (copy / "report.md").read_text()
+    assert "on each of 60 draws" in again and f"`python -m covidnet.report --from-predictions {copy}`" in again
 
 
 def test_rebuilding_needs_the_predictions(tmp_path, capsys):

@@ -96,21 +96,22 @@ def test_set_line(sweep: Sweep) -> str:
 def header(ctx: Context) -> list[str]:
     """Title, provenance, the sweep command, job counts, the test set and the shared settings."""
     sweep = ctx.sweep
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    args = [sweep.source or str(sweep.path)]
-    if not sweep.source:  # a rebuild from predictions reuses the recorded settings
-        args += [f"--n-boot {ctx.n_boot}"] * (ctx.n_boot != stats.DEFAULT_BOOT) + [f"--seed {ctx.seed}"] * (ctx.seed != stats.DEFAULT_SEED)
-        args += [f"--margin {m}={v}" for m, v in (ctx.options.get("margins") or {}).items()]
+    written = ctx.options.get("written")
+    if not written:  # a rebuild from predictions keeps the line the report was first written with
+        args = [sweep.source or str(sweep.path)]
+        if not sweep.source:
+            args += [f"--n-boot {ctx.n_boot}"] * (ctx.n_boot != stats.DEFAULT_BOOT) + [f"--seed {ctx.seed}"] * (ctx.seed != stats.DEFAULT_SEED)
+            args += [f"--margin {m}={v}" for m, v in (ctx.options.get("margins") or {}).items()]
+        written = {"stamp": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": f"python -m covidnet.report {' '.join(args)}"}
+        ctx.options["written"] = written
     lines = [
         f"# Sweep report: {sweep.name or sweep.path.name}",
         "",
-        f"Written {stamp} by `python -m covidnet.report {' '.join(args)}`. This file, summary.csv, runs.csv and the "
+        f"Written {written['stamp']} by `{written['command']}`. This file, report.json, summary.csv, runs.csv and the "
         "figures are derived data: they are rewritten from the job directories every time the report runs, or from "
         "predictions.csv and jobs.json beside them (`python -m covidnet.report --from-predictions <this folder>`).",
         "",
     ]
-    if sweep.command:
-        lines += [f"Sweep command (from multirun.yaml): `{sweep.command}`", ""]
     counts: dict[str, int] = defaultdict(int)
     for r in sweep.runs:
         counts[r.status] += 1

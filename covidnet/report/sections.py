@@ -26,6 +26,7 @@ from covidnet import stats
 from covidnet.report.cam import cam_section
 from covidnet.report.external import external_section
 from covidnet.report.figures import figures_section
+from covidnet.report.provenance import provenance_section
 from covidnet.report.render import Context, Section, diff_ci, fmt, md_table, pm, with_ci
 from covidnet.report.scoring import COMPARED, METRIC_NAMES, MIN_RUNS, group_key, sort_value
 from covidnet.report.sources import sources_section
@@ -126,6 +127,7 @@ def problems_section(ctx: Context) -> Section:
 
 # The report's sections, in the order they appear in report.md (see the module docstring to add one).
 SECTIONS: list[SectionBuilder] = [
+    provenance_section,
     summary_section,
     sources_section,
     external_section,

@@ -12,6 +12,8 @@ from covidnet import stats
 from covidnet.atomic import atomic_path, write_text
 from covidnet.external_summary import margin_arg
 from covidnet.report.bundle import load_bundle, read_options, write_bundle
+from covidnet.report.numbers import write_record
+from covidnet.report.provenance import PROVENANCE, collect, environment_versions
 from covidnet.report.render import Context, render
 from covidnet.report.scoring import comparisons, run_rows, score_runs, summary_rows
 from covidnet.report.sections import build_sections
@@ -34,28 +36,39 @@ def write_report(sweep_dir: str | Path, cam: bool = False, n_boot: int | None = 
 
     ``margins``: equivalence margins per metric (``{"auroc": 0.05}``), stated before the runs; without one no
     comparison is called equivalent. ``from_predictions``: ``sweep_dir`` is a report folder; rebuild it from its
-    predictions.csv and jobs.json, with the bootstrap settings and margins recorded there unless given."""
+    predictions.csv and jobs.json, with the bootstrap settings, margins, provenance and first-written line recorded
+    there (the settings unless given), so that a rebuild with the recorded settings rewrites the folder unchanged."""
+    recorded = read_options(sweep_dir)
+    written = None
     if from_predictions:
         if cam:
             raise ReportError("--cam needs the runs' checkpoints; a report rebuilt from its predictions has none.")
-        recorded = read_options(sweep_dir)
         sweep = load_bundle(sweep_dir)
+        same = n_boot in (None, recorded.get("n_boot")) and seed in (None, recorded.get("seed")) and margins in (None, recorded.get("margins"))
+        written = recorded.get("written") if same else None
         n_boot, seed = recorded.get("n_boot") if n_boot is None else n_boot, recorded.get("seed") if seed is None else seed
         margins = recorded.get("margins") if margins is None else margins
+        prov = dict(recorded.get(PROVENANCE) or {})
     else:
         sweep = load_sweep(sweep_dir, failures)
+        prov = collect(sweep.runs, recorded.get(PROVENANCE))
+        prov.setdefault("versions", environment_versions())
     n_boot = stats.DEFAULT_BOOT if n_boot is None else n_boot
     seed = stats.DEFAULT_SEED if seed is None else seed
     margins = dict(margins or {})
     score_runs(sweep, n_boot, seed)
     ctx = Context(sweep, summary_rows(sweep), run_rows(sweep), comparisons(sweep, n_boot, seed, margins), n_boot, seed,
-                  {"cam": cam, "cam_overrides": list(cam_overrides or []), "margins": margins})
+                  {"cam": cam, "cam_overrides": list(cam_overrides or []), "margins": margins, PROVENANCE: prov,
+                   "written": written})
     sections = build_sections(ctx)  # may add columns to ctx.summary / ctx.runs
     write_csv(sweep.path / "summary.csv", ctx.summary)
     write_csv(sweep.path / "runs.csv", ctx.runs)
-    write_bundle(sweep, sweep.path, {"n_boot": n_boot, "seed": seed, "margins": margins})
+    text = render(ctx, sections)  # fixes ctx.options["written"], recorded in jobs.json
+    write_record(ctx, sweep.path)
+    write_bundle(sweep, sweep.path, {"n_boot": n_boot, "seed": seed, "margins": margins, "written": ctx.options["written"],
+                                     PROVENANCE: prov})
     path = sweep.path / "report.md"
-    write_text(path, render(ctx, sections) + "\n")
+    write_text(path, text + "\n")
     return path
 
 

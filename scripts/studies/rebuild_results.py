@@ -9,7 +9,22 @@
 - Any other folder holding a report (a ``.md`` file other than a README) has no committed predictions: it is listed as not
   recomputable, and nothing in it is changed.
 
-    python scripts/studies/rebuild_results.py                 # docs/results
+
+Then it rewrites every **marked table** of README.md, CONTRIBUTING.md and docs/**/*.md from the report.json of the
+report it names, so that a number quoted in the docs has one source:
+
+    <!-- table:lite/final:answer -->        the answer box: one comparison, its interval, verdict and budget
+    <!-- table:lite/final+lite/reference:arms -->   mean ± std over seeds per row of one or more reports
+    <!-- table:lite/final:diffs -->         every paired difference of a report (test split and external sets)
+    ... generated text, never edited by hand ...
+    <!-- /table -->
+
+The report is a folder under docs/results/ (``+`` joins several). Pointing a block at another report (a new study)
+and running this script regenerates it; tests/test_docs_tables.py fails when a block and its report disagree.
+
+    python scripts/studies/rebuild_results.py                 # docs/results, then the marked tables
+    python scripts/studies/rebuild_results.py --tables        # only the marked tables (seconds)
+    python scripts/studies/rebuild_results.py --check         # change nothing; exit 1 if a marked table is stale
     python scripts/studies/rebuild_results.py --list          # only say what would be rebuilt and what cannot be
 """
 
@@ -20,6 +35,9 @@ import contextlib
 import importlib.util
 import io
 import json
+import math
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -71,11 +89,196 @@ def rebuild(folder: Path, kind: str) -> None:
             study("external_study").main(["--from-predictions", str(folder), "--out", str(folder.with_suffix(".md"))])
 
 
+# --- marked tables -----------------------------------------------------------------------------------------------
+
+MARK = re.compile(r"(^<!-- table:(?P<reports>[\w./+-]+):(?P<kind>\w+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S | re.M)
+DEFAULT_RECIPE = {"data.image_size": "224", "trainer.max_epochs": "30"}  # conf/data, conf/trainer: the full budget
+ARCH_NAMES = {"efficientnet_lite0": "EfficientNet-Lite0", "resnet18": "ResNet-18", "resnet50": "ResNet-50", "resnet152": "ResNet-152"}
+INIT_NAMES = {"imagenet": "ImageNet weights", "scratch": "from scratch", "ct": "CT encoder weights"}
+METRIC_NAMES = {"auroc": "AUROC", "acc": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity", "f1": "F1"}
+SET_NAMES = {"test": "COVID-CT test split", "covid_ct_md": "COVID-CT-MD slices", "semiseg": "COVID-SemiSeg slices"}
+
+
+class TableError(ValueError):
+    """A marked table names a report or a kind that does not exist."""
+
+
+def doc_pages(root: Path) -> list[Path]:
+    pages = [root / "README.md", root / "CONTRIBUTING.md", *sorted((root / "docs").rglob("*.md"))]
+    return [p for p in pages if p.is_file()]
+
+
+def read_report(results: Path, name: str) -> dict:
+    path = results / name / "report.json"
+    if not path.is_file():
+        raise TableError(f"{path} does not exist: a marked table names a report folder under docs/results/ written by covidnet.report")
+    return json.loads(path.read_text())
+
+
+def num(x, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:+.3f}" if signed else f"{x:.3f}"
+
+
+def pm(pair) -> str:
+    mean, std = pair if pair else (None, None)
+    return num(mean) + ("" if std is None else f" ± {num(std)}")
+
+
+def interval(iv) -> str:
+    return "–" if not iv else f"{num(iv[0], True)} to {num(iv[1], True)}"
+
+
+def setting(report: dict, row: str, key: str, default: str = "?") -> str:
+    return str(report["settings_by_row"].get(row, {}).get(key) or report["settings"].get(key) or default)
+
+
+def model_name(report: dict, row: dict) -> str:
+    arch = setting(report, row["row"], "model.arch")
+    parts = [ARCH_NAMES.get(arch, arch)]
+    for factor in report["factors"]:
+        value = str(row[factor])
+        parts.append(INIT_NAMES.get(value, value) if factor == "init" else f"{factor}={value}")
+    return ", ".join(parts)
+
+
+def budget(report: dict, row: str) -> str:
+    size, epochs = setting(report, row, "data.image_size"), setting(report, row, "trainer.max_epochs")
+    reduced = any(setting(report, row, k) != v for k, v in DEFAULT_RECIPE.items())
+    return f"{size} px, {epochs} epochs" + (" (a reduced budget)" if reduced else "")
+
+
+def arms_table(reports: list[tuple[str, dict]]) -> list[str]:
+    externals = []
+    for _, rep in reports:
+        externals += [s for s in rep["external"] if s not in externals]
+    header = ["model", "budget", "lr", "seeds", "test AUROC", "test accuracy", "sensitivity", "specificity"]
+    header += [f"{SET_NAMES.get(s, s)}: AUROC" if rep_has_auroc(reports, s) else f"{SET_NAMES.get(s, s)}: sensitivity" for s in externals]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, rep in reports:
+        for row in rep["summary"]:
+            label = row["row"]
+            cells = [model_name(rep, row), budget(rep, label), setting(rep, label, "model.optimizer.lr"), str(row["runs"]),
+                     pm(row["auroc"]), pm(row["acc"]), pm(row["sensitivity"]), pm(row["specificity"])]
+            for s in externals:
+                ext = rep["external"].get(s, {}).get("rows", {}).get(",".join(label.split(", ")))
+                key = "slice auroc" if rep_has_auroc(reports, s) else "slice sensitivity"
+                cells.append(pm(ext.get(key)) if ext else "not run")
+            lines.append("| " + " | ".join(cells) + " |")
+    sources = ", ".join(f"[{n}](docs/results/{n}/report.md)" for n, _ in reports)
+    lines += ["", f"Mean ± std over seeds; P(COVID) > 0.5 is a COVID call. From report.json of {sources}."]
+    return lines
+
+
+def rep_has_auroc(reports: list[tuple[str, dict]], set_name: str) -> bool:
+    return any(any((r.get("slice auroc") or [None])[0] is not None for r in rep["external"].get(set_name, {}).get("rows", {}).values())
+               for _, rep in reports)
+
+
+def units(c: dict) -> str:
+    """``203 images`` or ``297 slices of 6 patients, patients resampled``."""
+    return f"{c['n']} slices of {c['n_patients']} patients, patients resampled" if c.get("n_patients") else f"{c['n']} images"
+
+
+def diffs_table(reports: list[tuple[str, dict]]) -> list[str]:
+    header = ["difference", "on", "metric", "estimate", "95 % interval over seeds and images", "verdict", "for these trained models (images only)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, rep in reports:
+        for c in rep["comparisons"]:
+            where = f"{SET_NAMES.get(c['set'], c['set'])} ({units(c)})"
+            context = "" if c["context"] == "all runs" else f" ({c['context']})"
+            for metric, d in c["metrics"].items():
+                lines.append("| " + " | ".join([f"{c['arm']} − {c['reference']}{context}", where, METRIC_NAMES.get(metric, metric),
+                                                 num(d["estimate"], True), interval(d["seeds_and_images"]), d["verdict"],
+                                                 interval(d["images_only"])]) + " |")
+    return lines
+
+
+def answer_box(reports: list[tuple[str, dict]]) -> list[str]:
+    (name, rep), = reports
+    test = [c for c in rep["comparisons"] if c["set"] == "test"]
+    if len(test) != 1:
+        raise TableError(f"{name}: an answer box needs a report with exactly one in-split comparison, it has {len(test)}")
+    c = test[0]
+    arm_row = next(r for r in rep["summary"] if r["row"].endswith(f"={c['arm']}") or r["row"] == c["arm"])
+    ref_row = next(r for r in rep["summary"] if r["row"].endswith(f"={c['reference']}") or r["row"] == c["reference"])
+    arch = ARCH_NAMES.get(setting(rep, arm_row["row"], "model.arch"), setting(rep, arm_row["row"], "model.arch"))
+    arm, ref = INIT_NAMES.get(c["arm"], c["arm"]), INIT_NAMES.get(c["reference"], c["reference"])
+    a = c["metrics"]["auroc"]
+    out = [
+        f"> **{arch}, {arm} minus {ref}, COVID-CT test split ({c['n']} images): "
+        f"{num(a['estimate'], True)} test AUROC**, 95 % interval over seeds and test images {interval(a['seeds_and_images'])}: "
+        f"**{a['verdict']}** (AUROC {pm(arm_row['auroc'])} against {pm(ref_row['auroc'])}, mean ± std over seeds).",
+    ]
+    outside = [x for x in rep["comparisons"] if x["set"] != "test" and x["arm"].endswith(c["arm"]) and x["reference"].endswith(c["reference"])]
+    if outside:
+        parts = []
+        for x in outside:
+            metric = "auroc" if "auroc" in x["metrics"] else next(iter(x["metrics"]))
+            d = x["metrics"][metric]
+            parts.append(f"{SET_NAMES.get(x['set'], x['set'])} ({units(x)}) {METRIC_NAMES.get(metric, metric)} "
+                         f"{num(d['estimate'], True)} ({interval(d['seeds_and_images'])}: {d['verdict']})")
+        out += [">", "> Other CT sources: " + "; ".join(parts) + "."]
+    lrs = []
+    for r in (arm_row, ref_row):
+        lr = f"{INIT_NAMES.get(r[rep['factors'][0]], r['row'])} lr {setting(rep, r['row'], 'model.optimizer.lr')}"
+        scale = setting(rep, r["row"], "model.backbone_lr_scale", "")
+        lrs.append(lr + (f" (backbone at x{scale} of it)" if scale and r is arm_row else ""))
+    lrs = "; ".join(lrs)
+    out += [">", f"> Holds for: {arch} at {budget(rep, arm_row['row'])}, {arm_row['runs']} / {ref_row['runs']} seeds per arm, "
+                 f"{lrs} (chosen per arm on validation AUROC). Report: [docs/results/{name}](docs/results/{name}/report.md)."]
+    return out
+
+
+KINDS = {"answer": answer_box, "arms": arms_table, "diffs": diffs_table}
+
+
+def render_table(results: Path, reports: str, kind: str) -> str:
+    if kind not in KINDS:
+        raise TableError(f"unknown table kind {kind!r} (known: {', '.join(KINDS)})")
+    loaded = [(name, read_report(results, name)) for name in reports.split("+")]
+    return "\n".join(KINDS[kind](loaded)) + "\n"
+
+
+def relink(text: str, page: Path, root: Path) -> str:
+    """Links in a generated block are written from the repository root; rewrite them relative to ``page``."""
+    if page.parent == root:
+        return text
+    return re.sub(r"\]\((docs/[^)]*)\)", lambda m: f"]({Path(os.path.relpath(root / m.group(1), page.parent)).as_posix()})", text)
+
+
+def update_tables(root: Path, check: bool = False) -> list[str]:
+    """Rewrite (or with ``check`` only compare) every marked table under ``root``; return the stale ones."""
+    results = root / "docs" / "results"
+    stale = []
+    for page in doc_pages(root):
+        text = page.read_text()
+
+        def fill(m: re.Match, page: Path = page) -> str:
+            body = relink(render_table(results, m["reports"], m["kind"]), page, root)
+            if body != m["body"]:
+                stale.append(f"{page.relative_to(root)}: table:{m['reports']}:{m['kind']}")
+            return m.group(1) + body + m.group(5)
+
+        new = MARK.sub(fill, text)
+        if new != text and not check:
+            page.write_text(new)
+    return stale
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", nargs="?", type=Path, default=ROOT / "docs" / "results")
     p.add_argument("--list", action="store_true", help="rebuild nothing; list what would be rebuilt and what cannot be")
+    p.add_argument("--tables", action="store_true", help="only rewrite the marked tables of the docs from the committed report.json files")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 when a marked table differs from its report")
     args = p.parse_args(argv)
+    if args.check or args.tables:
+        stale = update_tables(ROOT, check=args.check)
+        for line in stale:
+            print(f"{'stale' if args.check else 'rewritten'}: {line}")
+        return 1 if (args.check and stale) else 0
     rebuildable, missing = survey(args.root)
     for folder, kind in rebuildable.items():
         if not args.list:
@@ -83,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'would rebuild' if args.list else 'rebuilt'} ({kind}): {folder}")
     for report in missing:
         print(f"not recomputable (no predictions committed beside it): {report}")
+    if not args.list and args.root.resolve() == (ROOT / "docs" / "results").resolve():
+        for line in update_tables(ROOT):
+            print(f"rewritten: {line}")
     return 0
 
 
