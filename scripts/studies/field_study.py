@@ -83,7 +83,8 @@ def run_setting(args, sweep: Path, init: str, setting: dict) -> float:
 
 
 def widened(grid: list[str], best: int) -> list[str] | None:
-    """The grid with one more value (x3 or /3) beyond the edge the choice sits on; None: the choice is inside."""
+    """The grid with one more value (x3 or /3, rounded to one significant figure: 3e-2 -> 9e-2 -> 3e-1) beyond the
+    edge the choice sits on; None: the choice is inside."""
     values = [float(v) for v in grid]
     if 0 < best < len(grid) - 1:
         return None

@@ -1,0 +1,154 @@
+"""The recipe's levers (model options and the EMA callback), experiment=lite224, and the field study's choices."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from covidnet.checkpoint import load_checkpoint
+from covidnet.model import NOT_SELECTABLE, CovidClassifier, selection_score, with_warmup
+from covidnet.train import train
+from test_train import compose_cfg, tiny_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_model(**kw) -> CovidClassifier:
+    torch.manual_seed(0)
+    return CovidClassifier(arch="resnet18", init="scratch", **kw)
+
+
+def test_label_smoothing_moves_training_targets_only():
+    model = small_model(label_smoothing=0.2)
+    y = torch.tensor([0.0, 1.0])
+    assert torch.allclose(model.smoothed(y), torch.tensor([0.1, 0.9]))
+    assert torch.equal(small_model().smoothed(y), y)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        small_model(label_smoothing=1.0)
+
+
+def test_warmup_rises_linearly_then_hands_over_to_the_scheduler():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = with_warmup(opt, lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10), 2)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.01)
+    assert 0.01 < lrs[1] < 1.0
+    assert lrs[2] == pytest.approx(1.0)  # the cosine's epoch 0: the peak
+    assert lrs[3] < lrs[2] and lrs[4] < lrs[3]
+
+
+def test_flip_tta_averages_an_image_and_its_mirror_in_eval_only():
+    model = small_model(tta_flip=True).eval()
+    x = torch.rand(2, 3, 32, 32)
+    both = (model(x) + model(torch.flip(x, dims=(-1,)))) / 2
+    assert torch.allclose(model.logits(x), both, atol=1e-6)
+    assert not torch.allclose(model.logits(x), model(x), atol=1e-6)
+    plain = small_model().eval()
+    assert torch.equal(plain.logits(x), plain(x))
+    model.train()
+    torch.manual_seed(1)
+    a = model.logits(x)
+    torch.manual_seed(1)
+    assert torch.allclose(a, model(x))
+
+
+def test_selection_score_refuses_warmup_epochs_and_one_class_epochs():
+    labels = torch.tensor([0, 0, 1, 1])
+    good = torch.tensor([0.2, 0.6, 0.4, 0.9])  # both classes called, AUROC 0.75
+    assert selection_score(good, labels, epoch=3, select_from_epoch=3).item() == pytest.approx(0.75)
+    assert selection_score(good, labels, epoch=2, select_from_epoch=3).item() == NOT_SELECTABLE
+    all_non_covid = torch.tensor([0.1, 0.2, 0.3, 0.4])  # AUROC 1.0, but every image called non-COVID at 0.5
+    assert selection_score(all_non_covid, labels, epoch=5, select_from_epoch=0).item() == NOT_SELECTABLE
+    all_covid = torch.tensor([0.6, 0.7, 0.8, 0.9])
+    assert selection_score(all_covid, labels, epoch=5, select_from_epoch=0).item() == NOT_SELECTABLE
+
+
+def test_lite224_sets_each_arms_chosen_values_and_the_selection_rule():
+    arms = yaml.safe_load((ROOT / "conf" / "experiment" / "lite224.yaml").read_text())["arms"]
+    for init in ("scratch", "imagenet"):
+        cfg = compose_cfg(["experiment=lite224", f"init={init}"])
+        assert cfg.model.optimizer.lr == pytest.approx(float(arms[init]["lr"]))
+        assert cfg.model.backbone_lr_scale == pytest.approx(float(arms[init]["backbone_lr_scale"]))
+        assert cfg.model.arch == "efficientnet_lite0" and cfg.data.image_size == 224
+        assert cfg.callbacks.model_checkpoint.monitor == "val/select"
+        assert cfg.model.select_from_epoch > cfg.model.warmup_epochs
+        assert cfg.callbacks.ema._target_ == "covidnet.callbacks.EMA"
+
+
+def test_ema_checkpoints_hold_the_average_and_the_test_uses_it(synthetic_root, tmp_path):
+    """Validation selects the averaged weights; the test split must be scored on the same weights (Lightning's own
+    callback would restore the raw weights of the best epoch for trainer.test)."""
+    out = tmp_path / "run"
+    cfg = tiny_cfg(synthetic_root, out, "trainer.max_epochs=3", "callbacks.ema={_target_:covidnet.callbacks.EMA,decay:0.5}",
+                   "callbacks.model_checkpoint.monitor=val/select", "model.tta_flip=true")
+    metrics = train(cfg)
+    ckpt = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert "current_model_state" in ckpt  # EMA was on: the raw weights kept beside the average
+    raw, avg = ckpt["current_model_state"], ckpt["state_dict"]
+    assert any(not torch.equal(raw[k], avg[k]) for k in avg if avg[k].is_floating_point())
+    model, _ = load_checkpoint(metrics["best_checkpoint"])
+    with open(out / "predictions_test.csv") as f:
+        rows = list(csv.DictReader(f))
+    from covidnet.datamodule import CovidCTDataModule
+    from covidnet.predict import predict_probs
+
+    dm = CovidCTDataModule(root=str(synthetic_root), image_size=32, batch_size=8, normalization="imagenet")
+    dm.setup("test")
+    probs, _ = predict_probs(model, dm.test_dataloader())
+    assert [float(r["prob_covid"]) for r in rows] == pytest.approx(probs.tolist(), abs=2e-2)  # bf16 run vs fp32 here
+    assert metrics["test"]["test/auroc"] is not None
+
+
+# --- the field study's choices (scripts/studies/field_study.py), without training -----------------------------
+@pytest.fixture
+def study(monkeypatch):
+    sys.path.insert(0, str(ROOT / "scripts" / "studies"))
+    import field_study
+
+    return field_study
+
+
+def fake_trainer(study, scores):
+    """A stand-in for train(): writes a finished job whose best val/select is ``scores(init, overrides)``."""
+    counter = {"n": 0}
+
+    def fake(args, sweep: Path, overrides: list[str]) -> None:
+        counter["n"] += 1
+        job = sweep / f"job{counter['n']}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
+        values = dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith("hydra."))
+        (job / "metrics.json").write_text(json.dumps({"best_val_score": scores(values["init"], values)}))
+
+    return fake, counter
+
+
+def test_field_study_widens_an_edge_choice_and_picks_levers_on_validation(study, monkeypatch, tmp_path):
+    def scores(init, v):
+        lr = float(v["model.optimizer.lr"])
+        base = {"scratch": 1 - abs(lr - 1e-1), "imagenet": 1 - abs(lr - 1e-3)}[init]  # scratch peaks beyond its grid
+        return base - (0.01 if v.get("callbacks.ema") == "null" else 0) + (0.02 if v.get("model.label_smoothing") == "0" else 0)
+
+    fake, counter = fake_trainer(study, scores)
+    monkeypatch.setattr(study, "train", fake)
+    args = type("A", (), {"data_root": "d", "eval_data": "e", "override": []})()
+    selection = study.select(args, tmp_path)
+    assert selection["imagenet"]["lr"] == "1e-3" and selection["imagenet"]["inside_grid"]
+    # widened twice, x3 rounded to one significant figure: 3e-2 -> 9e-2 -> 3e-1; 9e-2 now lies inside
+    assert [float(g["lr"]) for g in selection["scratch"]["grid"]] == pytest.approx([3e-3, 1e-2, 3e-2, 9e-2, 3e-1])
+    assert float(selection["scratch"]["lr"]) == pytest.approx(9e-2) and selection["scratch"]["inside_grid"]
+    assert selection["imagenet"]["recipe"] == "no_label_smoothing"
+    assert selection["scratch"]["chosen"] == {"model.optimizer.lr": selection["scratch"]["lr"], "model.label_smoothing": "0"}
+    n = counter["n"]
+    assert study.select(args, tmp_path) == selection and counter["n"] == n  # resumed: nothing trained again
