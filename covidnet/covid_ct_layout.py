@@ -168,9 +168,7 @@ def load_grey(path: Path | str) -> np.ndarray:
                 top = next((float(t) for t in (255, 1023, 4095, 65535) if arr.max() <= t), float(arr.max()))
                 return np.clip(arr / top, 0.0, 1.0)
             if im.mode == "F":
-                arr = np.asarray(im, dtype=np.float32)
-                span = float(arr.max() - arr.min()) or 1.0
-                return (arr - arr.min()) / span
+                return float_grey(path, np.asarray(im, dtype=np.float32))
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
                 black = Image.new("RGBA", im.size, (0, 0, 0, 255))
@@ -183,6 +181,18 @@ def load_grey(path: Path | str) -> np.ndarray:
         raise DatasetError(f"{path}: larger than any CT slice ({err}); remove it from the split.") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DatasetError(f"{path}: cannot be decoded as an image ({err}). Replace the file or remove it from its split file.") from err
+
+
+def float_grey(path: Path, arr: np.ndarray) -> np.ndarray:
+    """A floating-point image whose values are grey levels in [0, 1], as it is. Other values (Hounsfield units, most
+    often) are refused rather than stretched to their own minimum and maximum, which would give every image a window
+    of its own without a word."""
+    if np.isfinite(arr).all() and arr.min() >= 0.0 and arr.max() <= 1.0:
+        return arr
+    raise DatasetError(
+        f"{path}: floating-point pixel values from {np.nanmin(arr):g} to {np.nanmax(arr):g}, not grey levels in [0, 1] (Hounsfield "
+        "units?). Evaluate such images as an image_folder set, which reads them through a stated window, or save them as 8/16-bit images."
+    )
 
 
 def check_dataset(root: Path | str, load: Callable[[Path], T] | None = None, workers: int = 4) -> tuple[dict[str, list[Sample]], dict[Path, T]]:
