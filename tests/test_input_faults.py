@@ -74,3 +74,71 @@ def test_a_float_tiff_of_hounsfield_units_is_windowed_and_said_not_stretched(tmp
     np.testing.assert_allclose(got["covid/grey.tif"], 0.25)  # grey levels already: as they are
     with pytest.raises(DatasetError, match="floating-point pixel values from -1000 to 40"):
         load_grey(tmp_path / "covid" / "hu.tif")
+
+
+# --- DICOM series -----------------------------------------------------------------------------------------
+DICOM_CLASSES = {"COVID": 1, "Normal": 0}
+
+
+def _scans(root):
+    pytest.importorskip("pydicom")
+    from synthetic_dicom import write_scans
+
+    return write_scans(root, {"COVID": ["p1"], "Normal": ["n1"]})
+
+
+def test_a_localizer_in_the_series_is_left_out_and_named(tmp_path):
+    from pydicom.uid import generate_uid
+    from synthetic_dicom import ct_slice, write_slice
+
+    scans = _scans(tmp_path)
+    series = str(__import__("pydicom").dcmread(scans / "COVID" / "p1" / "000.dcm").SeriesInstanceUID)
+    p1 = scans / "COVID" / "p1"
+    write_slice(p1 / "scout.dcm", ct_slice(), 1.5, 90, series, image_type=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    write_slice(p1 / "side.dcm", ct_slice(), 2.5, 91, series, orientation=[0, 1, 0, 0, 0, -1])  # sagittal
+    write_slice(scans / "Normal" / "n1" / "scout2.dcm", ct_slice(), 9.0, 92, generate_uid(), image_type=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    records, notes = read_source("dicom", scans, classes=DICOM_CLASSES)
+    keys = [r.key for r in records]
+    assert len(keys) == 8 and not any(k.endswith(("scout.dcm", "side.dcm", "scout2.dcm")) for k in keys)
+    note = next(n for n in notes if n.startswith("COVID/p1: 2 file(s) left out"))
+    assert "scout.dcm (ImageType LOCALIZER" in note and "side.dcm (sagittal, while 4 slices of the series are axial)" in note
+    # a localizer of its own series no longer reads as "2 series mixed in one patient folder"
+    assert any(n.startswith("Normal/n1: 1 file(s) left out") for n in notes)
+
+
+def test_a_series_without_rescale_says_what_was_assumed_and_uses_pydicoms_modality_lut(tmp_path):
+    from synthetic_dicom import ct_slice, write_series
+
+    hu = ct_slice()
+    write_series(tmp_path / "COVID" / "p1", [0.0, 1.0], rescale=())
+    write_series(tmp_path / "Normal" / "n1", [0.0, 1.0], rescale=("RescaleIntercept",), slope=1.0)
+    write_series(tmp_path / "Normal" / "n2", [0.0, 1.0])
+    records, notes = read_source("dicom", tmp_path, classes=DICOM_CLASSES)
+    stored = next(n for n in notes if "no RescaleSlope/RescaleIntercept: values taken as stored" in n)
+    assert stored.startswith(f"dicom set at {tmp_path}: 2 of 6 slices (e.g. COVID/p1/") and "HU would be off by 1024" in stored
+    assert "unsigned values" in stored
+    assert any("2 of 6 slices" in n and "no RescaleSlope: taken as 1" in n for n in notes)
+    from covidnet.sources.dicom_files import read_hu
+
+    by_key = {r.key: r for r in records}
+    body = hu[24, 24]  # 40 HU of soft tissue, stored as 40 + 1024
+    assert read_hu(by_key["Normal/n2/000.dcm"].path)[24, 24] == pytest.approx(body)
+    assert read_hu(by_key["Normal/n1/000.dcm"].path)[24, 24] == pytest.approx(body)  # the intercept kept, slope taken as 1
+    assert read_hu(by_key["COVID/p1/000.dcm"].path)[24, 24] == pytest.approx(body + 1024)  # as stored, and said so
+
+
+def test_the_extension_hint_is_a_setting_hydra_takes(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from covidnet.configs import config_dir
+    from covidnet.sets import load_set
+
+    scans = _scans(tmp_path)
+    (scans / "COVID" / "p1" / "IM0001").write_bytes((scans / "COVID" / "p1" / "000.dcm").read_bytes())
+    loaded = load_set("covid_ct_md", {"kind": "dicom", "root": str(scans), "read": {"classes": DICOM_CLASSES}})
+    note = next(n for n in loaded.notes if "without an extension" in n)
+    override = note.split('read with "')[1].split('"')[0]
+    assert override == "++eval.covid_ct_md.read.extensions=['.dcm','']"
+    with initialize_config_dir(str(config_dir()), version_base=None):
+        cfg = compose("evaluate", overrides=["eval=covid_ct_md", "ckpt=x", override])
+    assert list(cfg.eval.covid_ct_md.read.extensions) == [".dcm", ""]
