@@ -142,3 +142,28 @@ def test_the_extension_hint_is_a_setting_hydra_takes(tmp_path):
     with initialize_config_dir(str(config_dir()), version_base=None):
         cfg = compose("evaluate", overrides=["eval=covid_ct_md", "ckpt=x", override])
     assert list(cfg.eval.covid_ct_md.read.extensions) == [".dcm", ""]
+
+
+# --- intervals from too few units -------------------------------------------------------------------------
+def test_one_patient_per_class_gives_no_interval_instead_of_a_zero_width_one():
+    from covidnet import arm_stats, stats
+    from covidnet.set_metrics import block
+
+    labels = np.array([1] * 6 + [0] * 6)
+    probs = np.linspace(0.2, 0.9, 12)
+    groups = ["a"] * 6 + ["b"] * 6  # one patient per class: every patient resample is the set itself
+    ivs = stats.bootstrap_metrics(labels, probs, n_boot=200, groups=groups)
+    assert all(np.isnan(iv.low) and iv.n_boot == 0 for iv in ivs.values())
+    assert ivs["acc"].note == "n/a: too few patients per class (1 COVID, 1 non-COVID; an interval needs at least 5 of each)"
+    assert stats.signed(ivs["acc"]).endswith("(n/a: too few patients per class (1 COVID, 1 non-COVID; an interval needs at least 5 of each))")
+    b = block(labels, probs, groups, 200, 0)
+    assert b["metrics"]["auroc"]["low"] is None and b["metrics"]["auroc"]["note"].startswith("n/a: too few patients")
+    assert b["intervals"].startswith("n/a: too few patients") and b["mean_prob_covid"]["note"].startswith("n/a: too few patients (2;")
+    # images: 4 COVID images are too few, 5 of each are enough
+    assert stats.bootstrap_metrics(labels[2:], probs[2:], n_boot=200)["acc"].note.startswith("n/a: too few images per class (4 COVID")
+    assert np.isfinite(stats.bootstrap_metrics(labels[1:11], probs[1:11], n_boot=200)["acc"].low)
+    runs = np.tile(probs, (3, 1))
+    fixed, seeded = arm_stats.arm_differences(labels, runs, runs + 0.01, n_boot=100, groups=groups)
+    assert fixed["auroc"].note and seeded["auroc"].low is None and "too few patients" in seeded["auroc"].text
+    assert arm_stats.verdict(seeded["auroc"]) == "not resolved"
+    assert arm_stats.paired_difference(labels, runs, runs, groups=groups, n_boot=50)["acc"].note
