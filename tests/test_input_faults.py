@@ -167,3 +167,58 @@ def test_one_patient_per_class_gives_no_interval_instead_of_a_zero_width_one():
     assert fixed["auroc"].note and seeded["auroc"].low is None and "too few patients" in seeded["auroc"].text
     assert arm_stats.verdict(seeded["auroc"]) == "not resolved"
     assert arm_stats.paired_difference(labels, runs, runs, groups=groups, n_boot=50)["acc"].note
+
+
+# --- CAMs that cannot localise ----------------------------------------------------------------------------
+def _tiny_checkpoint(root, path):
+    """resnet18 trained one step at 32 px: its layer4 map is 1 x 1 (output stride 32)."""
+    import functools
+
+    import lightning as L
+    import torch
+
+    from covidnet.datamodule import CovidCTDataModule
+    from covidnet.model import CovidClassifier
+
+    L.seed_everything(0)
+    dm = CovidCTDataModule(root=str(root), image_size=32, batch_size=4, num_workers=0)
+    model = CovidClassifier(arch="resnet18", init="scratch", optimizer=functools.partial(torch.optim.AdamW, lr=1e-3))
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(path)
+    return model, dm
+
+
+def test_a_one_by_one_cam_map_gives_no_cam_numbers_and_says_so(fresh_synthetic, tmp_path, capsys):
+    import json
+
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from covidnet.callbacks import CamLogger
+    from covidnet.cam import cam_grid, grid_problem
+    from covidnet.configs import config_dir
+    from covidnet.visualize import visualize
+
+    model, dm = _tiny_checkpoint(fresh_synthetic, tmp_path / "tiny.ckpt")
+    x = torch.zeros(2, 3, 32, 32)
+    assert cam_grid(model, x, "layer4") == (1, 1) and cam_grid(model, x, "layer3") == (2, 2)
+    assert "gives a 1x1 map" in grid_problem((1, 1), "layer4") and grid_problem((2, 2), "layer3") is None
+    with pytest.warns(UserWarning, match="CamLogger: the CAM layer layer4 gives a 1x1 map"):
+        assert CamLogger(k=1, layer="layer4").coarse_maps(model, x)
+    with initialize_config_dir(str(config_dir()), version_base=None):
+        cfg = compose("visualize", overrides=[f"ckpt={tmp_path / 'tiny.ckpt'}", f"data.root={fresh_synthetic}", "n_per_class=2",
+                                              "score_images=figure", f"out_dir={tmp_path / 'out'}", "methods=[gradcam]"])
+    with pytest.warns(UserWarning, match="cannot localise, so no CAM numbers are computed"):
+        visualize(cfg)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    (name,) = results["models"]
+    assert results["cam_grid"][name] == [1, 1] and "1x1 map" in results["not_computed"][name]
+    assert list(results["faithfulness"][name]) == ["not_computed"] and list(results["shortcut"][name]) == ["not_computed"]
+    assert "CAM numbers not computed: the CAM layer layer4 gives a 1x1 map" in capsys.readouterr().out
+    rows = (tmp_path / "out" / "images.csv").read_text().splitlines()
+    assert rows[1].endswith("n/a,n/a,n/a,n/a")  # lung area, then drop P, drop logit, mass in lungs: not computed
+    with pytest.raises(ValueError, match="callbacks.cam.layer='layer9'; choose one of layer1"):
+        CamLogger(layer="layer9")
+
