@@ -222,3 +222,64 @@ def test_a_one_by_one_cam_map_gives_no_cam_numbers_and_says_so(fresh_synthetic, 
     with pytest.raises(ValueError, match="callbacks.cam.layer='layer9'; choose one of layer1"):
         CamLogger(layer="layer9")
 
+
+# --- options refused before training ----------------------------------------------------------------------
+def _train_problems(*overrides: str) -> list[str]:
+    from hydra import compose, initialize_config_dir
+
+    from covidnet.configs import config_dir
+    from covidnet.options import problems
+    from covidnet.train import TRAIN
+
+    with initialize_config_dir(str(config_dir()), version_base=None):
+        return problems(compose("train", overrides=list(overrides)), TRAIN)
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["callbacks.cam.layer=layer9"], "callbacks.cam.layer=layer9: must be one of layer1, layer2, layer3, layer4"),
+    (["callbacks.cam.methods=[gradcam,bogus]"], "callbacks.cam.methods=['gradcam', 'bogus']: must be a non-empty list of gradcam, eigencam"),
+    (["callbacks.cam.target=truth"], "callbacks.cam.target=truth: must be one of label, prediction"),
+    (["callbacks.cam.k=0"], "callbacks.cam.k=0: must be an integer >= 1"),
+    (["callbacks.cam.every_n_epochs=0"], "callbacks.cam.every_n_epochs=0: must be an integer >= 1"),
+    (["trainer.devices=0"], "trainer.devices=0: must be a count >= 1, -1 (all), auto, or a list of device indices (0 devices"),
+    (["trainer.check_val_every_n_epoch=5", "trainer.max_epochs=3"],
+     "trainer.check_val_every_n_epoch=5 with trainer.max_epochs=3: validation would never run"),
+])
+def test_late_options_are_refused_before_training(overrides, expected):
+    found = _train_problems(*overrides)
+    assert len(found) == 1 and found[0].startswith(expected), found
+
+
+def test_gpu_without_a_gpu_is_refused_before_training():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    (found,) = _train_problems("trainer.accelerator=gpu")
+    assert found.startswith("trainer.accelerator=gpu: must be one of auto, cpu") and "CUDA GPU" in found
+    assert _train_problems("trainer.accelerator=cpu", "trainer.devices=2", "callbacks.cam=null") == []
+
+
+def test_a_single_source_name_is_a_list_of_one_and_a_bad_test_source_is_named(fresh_synthetic):
+    from covidnet.datamodule import CovidCTDataModule
+
+    assert _train_problems("data.sources=covid_ct") == []
+    assert CovidCTDataModule(root=str(fresh_synthetic), sources="covid_ct").hparams.sources == ["covid_ct"]
+    with pytest.raises(SourceError, match=r"^data.test_sources: Unknown eval set 'bogus'"):
+        CovidCTDataModule(root=str(fresh_synthetic), test_sources=["bogus"])
+
+
+@pytest.mark.slow
+def test_train_py_gives_one_message_and_exit_2_for_the_late_options(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from covidnet.entry import EXIT_USER_ERROR
+
+    root = Path(__file__).resolve().parents[1]
+    args = ["trainer.devices=0", "callbacks.cam.layer=layer9", "callbacks.cam.k=0", "trainer.check_val_every_n_epoch=5",
+            "trainer.max_epochs=2", f"data.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    done = subprocess.run([sys.executable, "train.py", *args], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == EXIT_USER_ERROR and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "4 invalid options (nothing was started)" in done.stderr and "callbacks.cam.layer=layer9" in done.stderr
