@@ -12,13 +12,16 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from covidnet.cam_metrics import mass_share
 from covidnet.lungs import segment_lungs
+from covidnet.cam import OPTIONS as CAM_OPTIONS
 from covidnet.cam import (
     cam_defaults,
+    cam_grid,
     caption,
     categories_for,
     check_methods,
     check_target,
     compute_cams,
+    grid_problem,
     overlay,
     panel_grid,
     target_text,
@@ -47,12 +50,14 @@ class CamLogger(L.Callback):
         layer = defaults["layer"] if layer is None else layer
         if k < 1 or every_n_epochs < 1:
             raise ValueError(f"callbacks.cam: k={k} and every_n_epochs={every_n_epochs} must be at least 1.")
-        self.k, self.every_n_epochs, self.seed, self.log_test, self.layer = k, every_n_epochs, seed, log_test, layer
+        self.k, self.every_n_epochs, self.seed, self.log_test = k, every_n_epochs, seed, log_test
+        self.layer = CAM_OPTIONS["layer"].check("callbacks.cam.layer", layer)  # a bad layer now, not after the first epoch
         self.methods = check_methods(methods)
         self.target = check_target(target)
         self._chosen: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
         self._lungs: dict[str, list[np.ndarray | None]] = {}
         self._warned = False
+        self._coarse: str | None = None  # why the maps cannot localise (covidnet.cam.grid_problem), once found
 
     # --- Lightning hooks ---------------------------------------------------------------------------------
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -81,6 +86,7 @@ class CamLogger(L.Callback):
         categories = categories_for(self.target, labels, probs.tolist())
         greys = self.to_grey(trainer, x)
         lungs = self.lung_fields(split, greys)
+        coarse = self.coarse_maps(pl_module, x)
         area = [float(lung.mean()) for lung in lungs if lung is not None]
         for writer in writers:
             if area:
@@ -88,7 +94,7 @@ class CamLogger(L.Callback):
         for method in self.methods:
             cams = compute_cams(pl_module, x, method, categories, self.layer)
             inside = [mass_share(c, lung) for c, lung in zip(cams, lungs) if lung is not None]
-            inside = [v for v in inside if np.isfinite(v)]
+            inside = [v for v in inside if np.isfinite(v)] if not coarse else []  # a constant map's share means nothing
             for writer in writers:
                 if inside:
                     # CAM mass in the lung field; compare with cam_<split>/lung_area (a uniform map's share)
@@ -98,9 +104,19 @@ class CamLogger(L.Callback):
                 text = f"{caption(labels[i], float(probs[i]))}\n{target_text(method, categories[i], self.target)}"
                 panels[0 if labels[i] == 1 else 1].append((overlay(greys[i], cams[i]), text))
             panels = [row for row in panels if row]
-            image = panel_grid(panels, title=f"{method}, {split} images, epoch {trainer.current_epoch}, step {trainer.global_step}")
+            title = f"{method}, {split} images, epoch {trainer.current_epoch}, step {trainer.global_step}"
+            image = panel_grid(panels, title=title + (f"\nmaps cannot localise: {coarse.split(':')[0]}" if coarse else ""))
             for writer in writers:
                 writer.add_image(f"cam_{split}/{method}", image, global_step=trainer.global_step, dataformats="HWC")
+
+    def coarse_maps(self, pl_module: L.LightningModule, x: torch.Tensor) -> str | None:
+        """Why this model's maps cannot localise at this input size (a 1 x 1 map at 32 px), warned about once; the
+        lung-share scalar is then not logged, and the panels' title says so."""
+        if self._coarse is None:
+            self._coarse = grid_problem(cam_grid(pl_module, x, self.layer), self.layer) or ""
+            if self._coarse:
+                warnings.warn(f"CamLogger: {self._coarse}.", stacklevel=2)
+        return self._coarse or None
 
     def chosen(self, trainer: L.Trainer, split: str) -> tuple[torch.Tensor, np.ndarray]:
         """The fixed images of a split: (network inputs, labels), COVID first; drawn on first use."""

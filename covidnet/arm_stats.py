@@ -7,6 +7,8 @@ in advance) / not resolved. ``arm_differences`` gives both for every metric from
 
 The image (or patient) resamples, the metrics and the percentile interval are those of :mod:`covidnet.stats`
 (its docstring states the bootstrap protocol); run resamples draw from a stream of their own (``_run_draws``).
+With too few images (or patients) per class for an interval (``covidnet.stats.too_few_units``), neither comparison
+gives one: the estimate comes with the reason instead.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from covidnet.stats import (
     Interval,
     binary_metrics,
     metrics_on_resamples,
+    no_interval,
     percentile_interval,
     resample,
     signed,
+    too_few_units,
 )
 
 
@@ -51,7 +55,8 @@ def paired_difference(
     interval; for a claim about the settings use ``seed_paired_difference`` (B minus A).
     """
     point_a, point_b, boot_a, boot_b = _arm_metrics(labels, probs_a, probs_b, n_boot, seed, groups)
-    return {m: _fixed_interval(point_a[m], point_b[m], boot_a[m], boot_b[m], alpha) for m in metrics}
+    note = too_few_units(labels, groups)
+    return {m: _fixed_interval(point_a[m], point_b[m], boot_a[m], boot_b[m], alpha, note) for m in metrics}
 
 
 def _arms(labels: Sequence[int], runs_a, runs_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -71,8 +76,12 @@ def _arm_metrics(labels, runs_a, runs_b, n_boot: int, seed: int, groups) -> tupl
     return _run_metrics(labels, a, None), _run_metrics(labels, b, None), _run_metrics(labels, a, idx), _run_metrics(labels, b, idx)
 
 
-def _fixed_interval(point_a: np.ndarray, point_b: np.ndarray, boot_a: np.ndarray, boot_b: np.ndarray, alpha: float) -> Interval:
-    """Seed-mean A minus seed-mean B on the same resamples, the runs held fixed (``paired_difference``)."""
+def _fixed_interval(point_a: np.ndarray, point_b: np.ndarray, boot_a: np.ndarray, boot_b: np.ndarray, alpha: float,
+                    note: str | None = None) -> Interval:
+    """Seed-mean A minus seed-mean B on the same resamples, the runs held fixed (``paired_difference``); with ``note``
+    (too few units) the difference alone."""
+    if note:
+        return no_interval(float(point_a.mean() - point_b.mean()), note)
     return percentile_interval(float(point_a.mean() - point_b.mean()), boot_a.mean(0) - boot_b.mean(0), alpha)
 
 
@@ -103,6 +112,7 @@ class SeedInterval:
     paired: bool
     judgeable: bool
     metric: str = ""
+    note: str | None = None  # why there is no interval although there are enough seeds (too few units per class)
 
     @property
     def text(self) -> str:
@@ -153,7 +163,8 @@ def seed_paired_difference(
         return _seed_interval(metric, _run_metrics(labels, a, None)[metric], _run_metrics(labels, b, None)[metric], None, None,
                               paired, n_boot, seed, alpha)
     point_a, point_b, boot_a, boot_b = _arm_metrics(labels, a, b, n_boot, seed, groups)
-    return _seed_interval(metric, point_a[metric], point_b[metric], boot_a[metric], boot_b[metric], paired, n_boot, seed, alpha)
+    return _seed_interval(metric, point_a[metric], point_b[metric], boot_a[metric], boot_b[metric], paired, n_boot, seed, alpha,
+                          too_few_units(labels, groups))
 
 
 def _pairing(n_a: int, n_b: int, paired: bool | None) -> bool:
@@ -165,7 +176,7 @@ def _pairing(n_a: int, n_b: int, paired: bool | None) -> bool:
 
 
 def _seed_interval(metric: str, point_a: np.ndarray, point_b: np.ndarray, boot_a: np.ndarray | None, boot_b: np.ndarray | None,
-                   paired: bool, n_boot: int, seed: int, alpha: float) -> SeedInterval:
+                   paired: bool, n_boot: int, seed: int, alpha: float, note: str | None = None) -> SeedInterval:
     """The seed-aware interval from each run's metric on all images (``point_*``, (runs,)) and on each image draw
     (``boot_*``, (runs, n_boot); None when an arm has too few runs): draw k averages, per arm, the rows of the runs
     that ``_run_draws`` drew for it, at column k."""
@@ -173,6 +184,8 @@ def _seed_interval(metric: str, point_a: np.ndarray, point_b: np.ndarray, boot_a
     estimate = float(point_b.mean() - point_a.mean())
     if boot_a is None or boot_b is None:
         return SeedInterval(estimate, None, None, 0, 0, n_a, n_b, paired, False, metric)
+    if note:  # enough seeds, too few units: no interval (verdict: not resolved), and why
+        return SeedInterval(estimate, None, None, 0, 0, n_a, n_b, paired, True, metric, note)
     draw_a, draw_b = _run_draws(n_a, n_b, paired, n_boot, seed)
     cols = np.arange(n_boot)[:, None]
     iv = percentile_interval(estimate, boot_b[draw_b, cols].mean(-1) - boot_a[draw_a, cols].mean(-1), alpha)
@@ -232,7 +245,8 @@ def arm_differences(
     # what paired_difference and seed_paired_difference compute, once for both intervals and every metric
     point_a, point_b, boot_a, boot_b = _arm_metrics(labels, a, b, n_boot, seed, groups)
     judge = min(len(a), len(b)) >= min_runs
-    fixed = {m: _fixed_interval(point_b[m], point_a[m], boot_b[m], boot_a[m], alpha) for m in metrics}
+    note = too_few_units(labels, groups)
+    fixed = {m: _fixed_interval(point_b[m], point_a[m], boot_b[m], boot_a[m], alpha, note) for m in metrics}
     seeded = {m: _seed_interval(m, point_a[m], point_b[m], boot_a[m] if judge else None, boot_b[m] if judge else None, paired, n_boot,
-                                seed, alpha) for m in metrics}
+                                seed, alpha, note) for m in metrics}
     return fixed, seeded

@@ -105,6 +105,34 @@ def target_layer(model: nn.Module, name: str = "layer4") -> nn.Module:
 
 
 
+# the smallest map (cells a side) a CAM can localise with: a 1 x 1 map is one constant once upsampled; a 2 x 2 map
+# still tells the quadrants apart (the blob model of the tests, layer4 at 64 px, points at its blobs so)
+MIN_GRID = 2
+
+
+def cam_grid(model: nn.Module, x: torch.Tensor, layer: str | nn.Module = "layer4") -> tuple[int, int]:
+    """The (height, width) of the map the CAM layer gives for inputs like ``x``: what a map can resolve at most."""
+    module = target_layer(model, layer) if isinstance(layer, str) else layer
+    found: list[tuple[int, int]] = []
+    hook = module.register_forward_hook(lambda _m, _i, out: found.append(tuple((out[0] if isinstance(out, tuple) else out).shape[-2:])))
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(x[:1].to(next(model.parameters()).device))
+    finally:
+        hook.remove()
+    return found[0]
+
+
+def grid_problem(grid: tuple[int, int], layer: str) -> str | None:
+    """Why maps on a ``grid`` cannot localise (fewer than ``MIN_GRID`` cells a side), with what to change; else None.
+    A 1 x 1 map is one constant: pointing, removal drops and lung shares computed on it would be numbers about nothing."""
+    if min(grid) >= MIN_GRID:
+        return None
+    return (f"the CAM layer {layer} gives a {grid[0]}x{grid[1]} map at this input size (fewer than {MIN_GRID}x{MIN_GRID} cells): "
+            "its maps cannot localise, so no CAM numbers are computed; use larger images (a model trained with a larger "
+            "data.image_size) or an earlier layer (e.g. layer=layer3)")
+
+
 def categories_for(target: str, labels: Sequence[int], probs: Sequence[float]) -> list[int]:
     """Target category per image: the true label (``label``) or the predicted class (``prediction``)."""
     check_target(target)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from covidnet.cam import categories_for, compute_cams
+from covidnet.cam import cam_grid, categories_for, compute_cams, grid_problem
 from covidnet.cam_metrics import LAYER_STRIDES, block_random_cams, confidence_drop, mass_share, pixel_random_cams, pointing_hit, summarize
 from covidnet.covid_ct_layout import load_grey
 from covidnet.predict import predict_batch
@@ -41,6 +41,8 @@ class Maps:
     categories: list[int]
     cams: dict[str, np.ndarray] = field(default_factory=dict)
     lungs: list[np.ndarray | None] = field(default_factory=list)  # lung field in each input (None: not found)
+    grid: tuple[int, int] = (0, 0)  # the CAM layer's map (cells), what a map can resolve
+    not_localisable: str | None = None  # why no CAM number is computed on these maps (covidnet.cam.grid_problem)
 
 
 def batches(n: int, size: int):
@@ -57,6 +59,8 @@ def compute_maps(m: ScoredModel, paths: list[Path], labels: list[int], methods: 
     probs = torch.cat([predict_batch(m.model, x[s]) for s in batches(len(x), batch_size)]).numpy()
     categories = categories_for(target, labels, probs.tolist())
     maps = Maps(x, probs, categories, lungs=[pp.lung_mask.numpy() if pp.lung_mask is not None else None for pp in prepared])
+    maps.grid = cam_grid(m.model, x, layer)
+    maps.not_localisable = grid_problem(maps.grid, layer)
     for method in methods:
         maps.cams[method] = np.concatenate([compute_cams(m.model, x[s], method, categories[s], layer) for s in batches(len(x), batch_size)])
     return maps

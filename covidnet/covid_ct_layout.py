@@ -75,7 +75,7 @@ def is_complete_layout(root: Path) -> bool:
 def read_names(path: Path) -> list[str]:
     """File names listed in a split file (one per line; blank lines ignored). ``utf-8-sig``: a byte-order mark
     that an editor put at the start is not part of the first name."""
-    return [line.strip() for line in Path(path).read_text(encoding="utf-8-sig", errors="replace").splitlines() if line.strip()]
+    return [name for _, name in numbered_names(path)]
 
 
 def escaped(path: Path | str) -> str:
@@ -102,12 +102,37 @@ def check_layout(root: Path) -> None:
 
 
 def listed_samples(root: Path, split: str) -> list[Sample]:
-    """What a split's files list, COVID first (the layout already checked)."""
-    return [
-        Sample(image_dir(root, lab) / name, lab)
-        for lab, *_ in CLASSES
-        for name in read_names(split_file(root, lab, split))
-    ]
+    """What a split's files list, COVID first (the layout already checked). A name that leads out of its class's
+    image folder is refused, with its file and line: a split list must not make a test set of arbitrary files."""
+    samples, outside = [], []
+    for lab, *_ in CLASSES:
+        listing = split_file(root, lab, split)
+        for number, name in numbered_names(listing):
+            if leaves_folder(name):
+                outside.append(f"{listing}, line {number}: {escaped(name)}")
+            else:
+                samples.append(Sample(image_dir(root, lab) / name, lab))
+    if outside:
+        raise DatasetError(
+            f"{len(outside)} name(s) in the split lists lead outside the image folders ({', '.join(f for _, f, _, _ in CLASSES)}):\n  "
+            + "\n  ".join(outside) + "\nA split list names image files of its class folder (e.g. 2020.01.24.919183-p27-132.png); "
+            "remove absolute paths and '..' from those lines."
+        )
+    return samples
+
+
+def numbered_names(path: Path) -> list[tuple[int, str]]:
+    """(line number, name) of each non-blank line of a split file: what :func:`read_names` reads, with the line an
+    error can point at."""
+    text = Path(path).read_text(encoding="utf-8-sig", errors="replace")
+    return [(i, line.strip()) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def leaves_folder(name: str) -> bool:
+    """Whether a listed name is absolute or climbs out of its folder with '..' (either separator): such a name
+    would be read from anywhere on the disk and scored as a COVID-CT image."""
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or Path(name).is_absolute() or ".." in parts or (len(name) > 1 and name[1] == ":")
 
 
 def layout_message(root: Path, missing: list[Path]) -> str:
@@ -143,9 +168,7 @@ def load_grey(path: Path | str) -> np.ndarray:
                 top = next((float(t) for t in (255, 1023, 4095, 65535) if arr.max() <= t), float(arr.max()))
                 return np.clip(arr / top, 0.0, 1.0)
             if im.mode == "F":
-                arr = np.asarray(im, dtype=np.float32)
-                span = float(arr.max() - arr.min()) or 1.0
-                return (arr - arr.min()) / span
+                return float_grey(path, np.asarray(im, dtype=np.float32))
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
                 black = Image.new("RGBA", im.size, (0, 0, 0, 255))
@@ -158,6 +181,18 @@ def load_grey(path: Path | str) -> np.ndarray:
         raise DatasetError(f"{path}: larger than any CT slice ({err}); remove it from the split.") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DatasetError(f"{path}: cannot be decoded as an image ({err}). Replace the file or remove it from its split file.") from err
+
+
+def float_grey(path: Path, arr: np.ndarray) -> np.ndarray:
+    """A floating-point image whose values are grey levels in [0, 1], as it is. Other values (Hounsfield units, most
+    often) are refused rather than stretched to their own minimum and maximum, which would give every image a window
+    of its own without a word."""
+    if np.isfinite(arr).all() and arr.min() >= 0.0 and arr.max() <= 1.0:
+        return arr
+    raise DatasetError(
+        f"{path}: floating-point pixel values from {np.nanmin(arr):g} to {np.nanmax(arr):g}, not grey levels in [0, 1] (Hounsfield "
+        "units?). Evaluate such images as an image_folder set, which reads them through a stated window, or save them as 8/16-bit images."
+    )
 
 
 def check_dataset(root: Path | str, load: Callable[[Path], T] | None = None, workers: int = 4) -> tuple[dict[str, list[Sample]], dict[Path, T]]:

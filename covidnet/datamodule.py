@@ -24,7 +24,7 @@ from covidnet.near_duplicates import summary as near_duplicate_summary
 from covidnet.preprocess import InputSpec, Prepared, Preprocess, prepare
 from covidnet.multisource import MAIN_SOURCE, SourceItem, sampling_weights, source_items, split_by_patient
 from covidnet.multisource import OPTIONS as SOURCE_OPTIONS
-from covidnet.options import SEED, Rule, boolean, integer, optional, text
+from covidnet.options import SEED, Rule, boolean, integer, items, optional, text
 from covidnet.sampling import EpochSampler
 from covidnet.selection import check_fraction, check_sources, stratified_subset
 from covidnet.sets import load_set, set_config
@@ -86,8 +86,9 @@ class CovidCTDataModule(L.LightningDataModule):
     ):
         super().__init__()
         # several sources (covidnet/multisource.py): plain lists, so the checkpoint records what was trained on
-        sources = list(sources or [MAIN_SOURCE])
-        test_sources = list(test_sources) if test_sources is not None else None  # None: the training sources
+        # a single name is a list of one (data.sources=covid_ct), never its letters
+        sources = items(sources) or [MAIN_SOURCE]
+        test_sources = items(test_sources) if test_sources is not None else None  # None: the training sources
         if source_defs is not None and not isinstance(source_defs, dict):  # a DictConfig from Hydra: plain values only
             from omegaconf import OmegaConf
 

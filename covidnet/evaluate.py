@@ -253,7 +253,9 @@ def evaluate_run(best_checkpoint: str | Path, sets: list[EvalSet], run_dir: Path
 
 def print_summary(rows: list[dict]) -> None:
     def fmt(row, m):
-        return "-" if row[m] is None else f"{row[m]:.3f} [{row[m + '_low']:.2f}, {row[m + '_high']:.2f}]"
+        if row[m] is None:
+            return "-"
+        return f"{row[m]:.3f} (n/a)" if row[m + "_low"] is None else f"{row[m]:.3f} [{row[m + '_low']:.2f}, {row[m + '_high']:.2f}]"
 
     print(f"{'model':28} {'set':14} {'level':20} {'subset':18} {'n':>4}  {'AUROC':22} {'sensitivity':22} {'specificity':22} meanP")
     for r in rows:

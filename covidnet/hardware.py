@@ -37,6 +37,36 @@ OPTIONS: dict[str, Rule] = {
     "channels_last": Rule("auto, true or false", lambda v: isinstance(v, bool) or v == AUTO),
     "threads": optional(integer(1)).because("torch intra-op threads of this process; null for torch's default"),
 }
+
+
+def accelerators() -> list[str]:
+    """The Trainer accelerators this machine can run: cpu and auto always, gpu/cuda only where torch sees a CUDA GPU,
+    mps only on Apple silicon. Asked when checked, so the refusal says what this machine has."""
+    found = ["auto", "cpu"] + (["gpu", "cuda"] if torch.cuda.is_available() else [])
+    return found + (["mps"] if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available() else [])
+
+
+def _devices_ok(v) -> bool:
+    """A positive count, -1 (all), auto, a comma-separated string of indices, or a non-empty list of indices."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return v >= 1 or v == -1
+    if isinstance(v, str):
+        return v == AUTO or v.strip() == "-1" or (bool(v.strip(", ")) and all(p.strip().isdigit() for p in v.strip(", ").split(",")))
+    return isinstance(v, (list, tuple)) and bool(v) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
+
+
+# where and on how many devices train.py's Trainer runs (covidnet.options): refused before any data is read, not by
+# Lightning after the data module and model are built
+TRAINER_OPTIONS: dict[str, Rule] = {
+    "trainer.accelerator": Rule(lambda: "one of " + ", ".join(accelerators()) + " on this machine",
+                                lambda v: isinstance(v, str) and v.lower() in accelerators(),
+                                "gpu and cuda need a CUDA GPU that torch can see: torch.cuda.is_available() says whether; "
+                                "trainer.accelerator=auto takes one where there is one"),
+    "trainer.devices": Rule("a count >= 1, -1 (all), auto, or a list of device indices", _devices_ok,
+                            "0 devices would train nothing; e.g. trainer.devices=1"),
+}
 # evaluate.py's: run = the training run's own
 EVAL_PRECISION = Rule("run (the training run's) or one of " + ", ".join(EVAL_PRECISIONS),
                       lambda v: str(v) == "run" or _UNIFIED.get(str(v), str(v)) in EVAL_PRECISIONS)

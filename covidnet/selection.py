@@ -33,17 +33,18 @@ def check_sources(sources: list[str], test_sources: list[str] | None, fold: int,
         raise SourceError(f"data.fold={fold} must be in 0..{n_folds - 1} (data.n_folds={n_folds}).")
     for name in others:
         defs = (source_defs or {}).get(name)
+        key = "data.sources" if name in sources else "data.test_sources"  # the setting that names it
         try:
             cfg = defs if defs is not None else set_config(name, sets_root)
         except EvalError as err:
-            raise SourceError(f"data.sources: {err}") from err
+            raise SourceError(f"{key}: {err}") from err
         kind, read = cfg.get("kind"), cfg.get("read") or {}
         why = {"semiseg": "its slices have no patients and are all COVID",
                "covid_ct": "it is COVID-CT itself (covid_ct, always trained on)"}.get(kind)
         if kind == "image_folder" and read.get("patient_level") is None:
             why = "its images have no patients (set read.patient_level to the folder level that names them)"
         if why:
-            raise SourceError(f"data.sources / data.test_sources: {name} ({kind}) cannot be split by patient for training: {why}. "
+            raise SourceError(f"{key}: {name} ({kind}) cannot be split by patient for training: {why}. "
                               "Evaluate on it instead (eval_sets=[...] or evaluate.py).")
 
 

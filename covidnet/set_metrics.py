@@ -25,7 +25,9 @@ def _num(x: float) -> float | None:
 
 
 def _interval(iv: stats.Interval) -> dict:
-    return {"estimate": _num(iv.estimate), "low": _num(iv.low), "high": _num(iv.high), "n_boot": iv.n_boot, "n_undefined": iv.n_undefined}
+    """An interval as metrics.json holds it; where there is none for too few units, ``low``/``high`` null and ``note`` why."""
+    out = {"estimate": _num(iv.estimate), "low": _num(iv.low), "high": _num(iv.high), "n_boot": iv.n_boot, "n_undefined": iv.n_undefined}
+    return out | ({"note": iv.note} if iv.note else {})
 
 
 def undefined_metrics(labels: np.ndarray) -> set[str]:
@@ -47,6 +49,7 @@ def block(labels: np.ndarray, probs: np.ndarray, groups: list | None, n_boot: in
         "n_covid": int((labels == 1).sum()),
         "n_patients": len(set(groups)) if groups is not None else None,
         "resampled": "patients (stratified by label)" if groups is not None else "images",
+        "intervals": stats.too_few_units(labels, groups) or "95 % percentile bootstrap",
         "metrics": {m: (None if m in skip else _interval(iv)) for m, iv in ivs.items()},
         "mean_prob_covid": _interval(stats.bootstrap_mean(probs, n_boot, seed, groups=groups)),
     }

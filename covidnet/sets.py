@@ -77,6 +77,12 @@ def set_config(name: str, eval_data: str | None = None, overrides: dict | None =
     return OmegaConf.create(OmegaConf.to_container(merged, resolve=True)["set"])
 
 
+def named(text: str, name: str) -> str:
+    """A reader's message with ``<set>`` (in a setting it suggests, e.g. ``++eval.<set>.read.extensions=...``) replaced
+    by the set's name, so the suggestion can be pasted as it is: readers do not know the name they are read under."""
+    return text.replace("eval.<set>.", f"eval.{name}.")
+
+
 def load_set(name: str, cfg: DictConfig | dict) -> EvalSet:
     """The set ``cfg`` defines (kind, root, read options, patient_topk), read by covidnet.sources; every key it
     leaves unset is named at once, with the override that sets it."""
@@ -95,7 +101,8 @@ def load_set(name: str, cfg: DictConfig | dict) -> EvalSet:
     try:
         records, notes = read_source(str(cfg.kind), root, **options)
     except SourceError as err:
-        raise EvalError(f"eval set {name}: {err}") from err
+        raise EvalError(f"eval set {name}: {named(str(err), name)}") from err
+    notes = [named(n, name) for n in notes]
     topk = int(cfg.get("patient_topk", 5))
     if topk < 1:
         raise EvalError(f"eval set {name}: patient_topk={topk} must be at least 1.")

@@ -19,12 +19,18 @@ patients, and likewise for non-COVID), so every resample holds both classes when
 over that label's k patients in order of first appearance; the resample is the concatenation of the drawn
 patients' images (in image order within a patient).
 
+Too few units, no interval: with fewer than ``MIN_UNITS_PER_CLASS`` (5) images per class, or patients per class where
+patients are resampled, no interval is given (``low``/``high`` NaN and ``note`` says why). With one patient per class
+every patient resample is the set itself, and the "95 %" interval would have width zero; a handful of units gives
+intervals that look far more certain than the data allow.
+
 Comparing two arms (settings) on the same test images, with these resamples: :mod:`covidnet.arm_stats`.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,6 +40,8 @@ THRESHOLD = 0.5
 METRICS = ("acc", "auroc", "f1", "sensitivity", "specificity", "precision")
 DEFAULT_BOOT = 2000
 DEFAULT_SEED = 0
+# fewer units (images, or patients where patients are resampled) than this in a class: no interval (module docstring)
+MIN_UNITS_PER_CLASS = 5
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -131,6 +139,19 @@ def metrics_on_resamples(labels: np.ndarray, probs: np.ndarray, resamples) -> di
     return {m: np.asarray([r[m] for r in rows], float) for m in METRICS}
 
 
+def too_few_units(labels: Sequence[int], groups: Sequence | None = None, minimum: int = MIN_UNITS_PER_CLASS) -> str | None:
+    """Why no interval can be given (``n/a: too few patients per class ...``), or None when every class present has
+    at least ``minimum`` units: patients where ``groups`` is given (they are what is resampled), else images."""
+    labels = np.asarray(labels)
+    unit = "patient" if groups is not None else "image"
+    first = dict(zip(groups, labels.tolist())) if groups is not None else None  # one label per patient (checked on resampling)
+    counts = Counter(first.values() if first is not None else labels.tolist())
+    if all(n >= minimum for n in counts.values()):
+        return None
+    have = ", ".join(f"{counts.get(lab, 0)} {name}" for lab, name in ((1, "COVID"), (0, "non-COVID")) if lab in counts)
+    return f"n/a: too few {unit}s per class ({have}; an interval needs at least {minimum} of each)"
+
+
 def resample(n: int, groups: Sequence | None, labels: Sequence[int], n_boot: int, seed: int):
     """Image resamples (an array) or, with ``groups``, patient resamples (a list of arrays)."""
     return bootstrap_indices(n, n_boot, seed) if groups is None else patient_bootstrap_indices(groups, labels, n_boot, seed)
@@ -143,9 +164,15 @@ class Interval:
     high: float
     n_boot: int
     n_undefined: int = 0
+    note: str | None = None  # why there is no interval (too_few_units), where there is none for that reason
 
     def includes(self, value: float) -> bool:
         return self.low <= value <= self.high
+
+
+def no_interval(estimate: float, note: str) -> Interval:
+    """The estimate alone: ``low``/``high`` NaN, nothing resampled, and ``note`` saying why."""
+    return Interval(float(estimate), float("nan"), float("nan"), 0, 0, note)
 
 
 def percentile_interval(estimate: float, samples: np.ndarray, alpha: float = 0.05) -> Interval:
@@ -168,8 +195,11 @@ def bootstrap_metrics(
     """Point value and percentile-bootstrap interval of every metric for one run's test predictions
     (``groups``: one patient id per image, to resample patients)."""
     labels, probs = np.asarray(labels), np.asarray(probs, float)
-    idx = resample(len(labels), groups, labels, n_boot, seed)
     point = binary_metrics(labels, probs)
+    note = too_few_units(labels, groups)
+    if note:
+        return {m: no_interval(float(point[m]), note) for m in METRICS}
+    idx = resample(len(labels), groups, labels, n_boot, seed)
     boot = metrics_on_resamples(labels, probs, idx)
     return {m: percentile_interval(float(point[m]), boot[m], alpha) for m in METRICS}
 
@@ -179,6 +209,10 @@ def bootstrap_mean(
 ) -> Interval:
     """Mean (e.g. of P(COVID)) with its percentile-bootstrap interval, resampling images or patients."""
     v = np.asarray(values, float)
+    units = len(set(groups)) if groups is not None else v.size  # one stratum: the units of the whole set
+    if units < MIN_UNITS_PER_CLASS:
+        unit = "patient" if groups is not None else "image"
+        return no_interval(float(v.mean()), f"n/a: too few {unit}s ({units}; an interval needs at least {MIN_UNITS_PER_CLASS})")
     idx = resample(v.size, groups, np.zeros(v.size, int), n_boot, seed)
     boot = v[idx].mean(-1) if isinstance(idx, np.ndarray) else np.asarray([v[i].mean() for i in idx])
     return percentile_interval(float(v.mean()), boot, alpha)
@@ -187,6 +221,8 @@ def bootstrap_mean(
 def signed(iv) -> str:
     """A difference as text, signed: ``+0.126 [-0.130, +0.380]``; without a finite interval, say so. ``iv``: an
     :class:`Interval` or a :class:`covidnet.arm_stats.SeedInterval` (whose ``low`` may be None)."""
+    if getattr(iv, "note", None):
+        return f"{iv.estimate:+.3f} ({iv.note})"
     if iv.low is None or not (math.isfinite(iv.low) and math.isfinite(iv.high)):
         return f"{iv.estimate:+.3f} (no interval: no resample held both classes)"
     return f"{iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"

@@ -22,19 +22,21 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from covidnet.augment import OPTIONS as AUGMENT_OPTIONS
 from covidnet.backbones import OPTIONS as BACKBONE_OPTIONS
+from covidnet.cam import OPTIONS as CAM_OPTIONS
 from covidnet.checkpoint import check_weights_fit
 from covidnet.datamodule import OPTIONS as DATA_OPTIONS
 from covidnet.entry import hydra_app
 from covidnet.errors import ConfigError
 from covidnet.evaluate import evaluate_run, load_sets_for_training
 from covidnet.hardware import OPTIONS as HARDWARE_OPTIONS
+from covidnet.hardware import TRAINER_OPTIONS
 from covidnet.hardware import HardwareChoice, apply_threads, resolve
 from covidnet.inits import OPTIONS as INIT_OPTIONS
 from covidnet.model import OPTIONS as MODEL_OPTIONS
 from covidnet.multisource import OPTIONS as SOURCE_OPTIONS
 from covidnet.multisource import scalars as source_scalars
 from covidnet.multisource import source_metrics
-from covidnet.options import SEED, Rule, Table, boolean, check_config, integer, optional
+from covidnet.options import SEED, Across, Rule, Table, boolean, check_config, integer, optional
 from covidnet.predict import predict_probs
 from covidnet.preprocess import OPTIONS as PREPROCESS_OPTIONS
 from covidnet.resume import Resume, accepted_record, check_resume, check_writable
@@ -64,11 +66,29 @@ TRAIN: Table = {
     "trainer.check_val_every_n_epoch": optional(integer(1)),
     "trainer.log_every_n_steps": integer(1),
     "trainer.deterministic": Rule("true, false or warn", lambda v: isinstance(v, bool) or v == "warn"),
+    **TRAINER_OPTIONS,
+    "trainer.check_val_every_n_epoch+trainer.max_epochs": Across(("trainer.check_val_every_n_epoch", "trainer.max_epochs"),
+                                                                 lambda values: _validation_runs(values)),
+    # the CAM callback (callbacks.cam; null switches it off): a bad value refused now, not after the first epoch
+    **{f"callbacks.cam.{key}": rule for key, rule in CAM_OPTIONS.items()},
+    "callbacks.cam.k": integer(1).because("images per class whose maps are logged"),
+    "callbacks.cam.every_n_epochs": integer(1),
+    "callbacks.cam.log_test": boolean(),
     **SET_OPTIONS,
     **HARDWARE_OPTIONS,  # speed settings resolved for the machine (auto) or forced
 }
 
 __all__ = ["main", "train", "check_run_dir", "instantiate_all"]
+
+
+def _validation_runs(values: dict) -> list[str]:
+    """Validation every n epochs with fewer epochs than n never validates: no best checkpoint, so no test result,
+    found out only after the training."""
+    every, epochs = values["trainer.check_val_every_n_epoch"], values["trainer.max_epochs"]
+    if every is not None and every > epochs:
+        return [f"trainer.check_val_every_n_epoch={every} with trainer.max_epochs={epochs}: validation would never run, so no "
+                f"checkpoint would be chosen and nothing tested; use trainer.check_val_every_n_epoch <= {epochs}"]
+    return []
 
 
 def instantiate_all(group: DictConfig | None) -> list:

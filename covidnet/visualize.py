@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -126,11 +127,17 @@ def visualize(cfg: DictConfig) -> dict:
                             **m.datamodule.spec.as_dict()}
                    for m in models},
         "skipped": [{"run_dir": str(path), "reason": why} for path, why in skipped],
+        "cam_grid": {name: list(mp.grid) for name, mp in maps.items()},
+        "not_computed": not_localisable(maps),
         "faithfulness": {}, "shortcut": {}, "localisation": {},
     }
-    per_image: dict[str, dict] = {}
+    per_image: dict[str, dict | None] = {}
     for m in models:
         mp = maps[m.name]
+        if mp.not_localisable:  # the figure is still drawn; the numbers would be about a constant map
+            results["faithfulness"][m.name] = results["shortcut"][m.name] = {"not_computed": mp.not_localisable}
+            per_image[m.name] = None
+            continue
         drops = faithfulness(m, mp, float(cfg.faithfulness_fraction), int(cfg.seed), int(cfg.batch_size), cfg.layer)
         shares, area = shortcut(m, mp)
         results["faithfulness"][m.name] = {k: {kind: summarize(d) for kind, d in v.items()} for k, v in drops.items()}
@@ -138,7 +145,8 @@ def visualize(cfg: DictConfig) -> dict:
                                        **{k: summarize(v) for k, v in shares.items()}}
         per_image[m.name] = {"drops": drops, "shares": shares, "area": area}
     if pairs:
-        results["localisation"] = {m.name: localisation(m, pairs, methods, target, int(cfg.batch_size), cfg.layer) for m in models}
+        results["localisation"] = {m.name: {"not_computed": maps[m.name].not_localisable} if maps[m.name].not_localisable
+                                   else localisation(m, pairs, methods, target, int(cfg.batch_size), cfg.layer) for m in models}
     else:
         results["localisation"] = None
 
@@ -153,6 +161,9 @@ def visualize(cfg: DictConfig) -> dict:
         line = [s.name, s.label, figure_row.get(i, "")]
         for m in models:
             mp, pi = maps[m.name], per_image[m.name]
+            if pi is None:
+                line += [f"{mp.probs[i]:.6f}", mp.categories[i], "n/a"] + ["n/a"] * (3 * len(methods))
+                continue
             line += [f"{mp.probs[i]:.6f}", mp.categories[i], f"{pi['area'][i]:.4f}"]
             line += [f"{v:.4f}" for method in methods for v in (pi["drops"][method]["prob_drop"][i], pi["drops"][method]["logit_drop"][i], pi["shares"][method][i])]
         table.append(line)
@@ -175,6 +186,15 @@ def visualize(cfg: DictConfig) -> dict:
     written = {name: str(out / name) for name in OUTPUT_FILES}
     print_summary(results, written, methods)
     return {"out_dir": str(out), "files": written, "results": results, "rows": len(rows)}
+
+
+def not_localisable(maps: dict) -> dict[str, str]:
+    """Models whose CAM layer gives too coarse a map to localise (covidnet.cam.grid_problem), each warned about once:
+    their CAM numbers are marked not computed rather than reported as if they meant something."""
+    found = {name: mp.not_localisable for name, mp in maps.items() if mp.not_localisable}
+    for name, why in found.items():
+        warnings.warn(f"visualize: {name}: {why}.", stacklevel=2)
+    return found
 
 
 def default_settings() -> DictConfig:
@@ -217,6 +237,9 @@ def print_summary(results: dict, written: dict, methods: list[str]) -> None:
 
     print(f"CAM results ({results['n_scored']} {results['split']} images scored, target={results['target']}):")
     for name in results["models"]:
+        if name in results["not_computed"]:
+            print(f"  {name}: CAM numbers not computed: {results['not_computed'][name]}")
+            continue
         f, sc = results["faithfulness"][name], results["shortcut"][name]
         print(f"  {name}: lung-field area {fmt(sc['lung_area'])} (no lungs found in {sc['no_lungs_found']}); removal drops logit, most/least relevant first: "
               f"block-random {fmt(f['block_random']['logit_drop'])}/{fmt(f['block_random']['lerf_logit_drop'])}, "

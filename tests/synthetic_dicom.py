@@ -37,6 +37,9 @@ def write_slice(
     intercept: float = -1024.0,
     syntax=None,
     pixels: bool = True,
+    rescale: tuple[str, ...] = ("RescaleSlope", "RescaleIntercept"),
+    image_type: list[str] | None = None,
+    orientation: list[float] | None = None,
 ) -> Path:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -56,9 +59,13 @@ def write_slice(
         ds.SliceLocation = z
     if position:
         ds.ImagePositionPatient = [0.0, 0.0, z]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.RescaleSlope = slope
-    ds.RescaleIntercept = intercept
+        ds.ImageOrientationPatient = orientation or [1, 0, 0, 0, 1, 0]
+    if image_type:
+        ds.ImageType = image_type
+    if "RescaleSlope" in rescale:  # the stored values are computed with both either way: a file may leave one out
+        ds.RescaleSlope = slope
+    if "RescaleIntercept" in rescale:
+        ds.RescaleIntercept = intercept
     if pixels:
         stored = np.round((hu - intercept) / slope).astype(np.uint16)
         ds.Rows, ds.Columns = stored.shape

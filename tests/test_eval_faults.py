@@ -146,7 +146,7 @@ def test_every_file_of_a_set_is_read_or_named(tmp_path):
     shutil.copy(copy / "001.dcm", copy / "README")
     again, notes = read_source("dicom", scans, classes=classes)
     assert len(again) == len(records)
-    assert any("p1: 1 file(s) not read" in n and "read.extensions=['.dcm', '']" in n for n in notes)
+    assert any("p1: 1 file(s) not read" in n and "\"++eval.<set>.read.extensions=['.dcm','']\"" in n for n in notes)
 
 
 # --- nothing lost ----------------------------------------------------------------------------------------------

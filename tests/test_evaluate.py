@@ -94,13 +94,14 @@ def test_patient_bootstrap_draws_whole_patients_stratified_by_label():
 
 
 def test_resampling_patients_widens_the_interval_when_slices_of_a_patient_agree():
-    # four patients of 20 slices each; a patient's slices share one probability: 4 independent units, not 80
-    groups = [g for g in "abcd" for _ in range(20)]
-    labels = np.repeat([1, 1, 0, 0], 20)
-    probs = np.repeat([0.9, 0.3, 0.6, 0.1], 20)
+    # ten patients (5 per class, the fewest with an interval) of 20 slices each; a patient's slices share one
+    # probability: 10 independent units, not 200
+    groups = [g for g in "abcdefghij" for _ in range(20)]
+    labels = np.repeat([1] * 5 + [0] * 5, 20)
+    probs = np.repeat([0.9, 0.3, 0.8, 0.2, 0.7, 0.6, 0.1, 0.4, 0.65, 0.05], 20)
     by_image = stats.bootstrap_metrics(labels, probs, n_boot=1000, seed=0)["acc"]
     by_patient = stats.bootstrap_metrics(labels, probs, n_boot=1000, seed=0, groups=groups)["acc"]
-    assert by_image.estimate == by_patient.estimate == pytest.approx(0.5)
+    assert by_image.estimate == by_patient.estimate == pytest.approx(0.6)
     assert by_patient.high - by_patient.low > 2 * (by_image.high - by_image.low)
     same = arm_stats.paired_difference(labels, probs[None], probs[None].copy(), n_boot=100, groups=groups)
     assert same["auroc"].estimate == 0 and same["auroc"].low == 0 and same["auroc"].high == 0
@@ -185,9 +186,10 @@ def test_sweep_into_runs_writes_each_runs_eval_area_once(tmp_path, scans, semise
     at = next(i for i, line in enumerate(lines) if line.startswith("- init=ct − init=scratch on the same 20 images (patients resampled)"))
     assert "1 / 1 runs, not paired by seed" in lines[at]  # seeds 0 and 1: no common seed
     (diff,) = [line for line in lines[at + 1 : at + 4] if line.startswith("  - Δ auroc ")]
-    # one run per arm: the estimate, no seed-aware interval, and the interval for these two trained models
+    # one run per arm: the estimate, no seed-aware interval; and with 2 COVID and 3 non-COVID patients, no interval
+    # for these two trained models either, and why
     assert diff.startswith(f"  - Δ auroc {auroc[1] - auroc[0]:+.3f}: not enough seeds to judge;")
-    assert f"for these trained models {auroc[1] - auroc[0]:+.3f} [" in diff
+    assert f"for these trained models {auroc[1] - auroc[0]:+.3f} (n/a: too few patients per class (2 COVID, 3 non-COVID;" in diff
     with pytest.raises(EvalError, match="never overwrites"):
         evaluate(config(scans, semiseg, tmp_path / "out2", f"ckpt={sweep}", "into_runs=true"))
     assert not (tmp_path / "out2").exists()

@@ -85,8 +85,8 @@ def test_matches_a_reference_loop_unpaired_and_paired():
 
 
 def test_matches_a_reference_loop_over_patients():
-    labels = np.repeat([0, 1, 0, 1, 1, 0, 1, 0], 3)  # 8 patients, 3 slices each
-    groups = np.repeat(np.arange(8), 3)
+    labels = np.repeat([0, 1, 0, 1, 1, 0, 1, 0, 1, 0], 3)  # 10 patients (5 per class: the fewest with an interval), 3 slices each
+    groups = np.repeat(np.arange(10), 3)
     rng = np.random.default_rng(5)
     a = runs_of_quality(labels, [0.3, 1.0, 2.0], rng)
     b = runs_of_quality(labels, [1.5, 0.8, 2.5], rng)

@@ -144,7 +144,7 @@ def test_external_study_tables_recompute_from_their_predictions(tmp_path):
     patients: the pair's seed-aware verdict, and the same markdown again from the predictions folder alone."""
     rng = np.random.default_rng(4)
     ct_labels = np.repeat([0, 1], 15)
-    patients = [f"{d}{i}" for d in ("c", "n") for i in range(4)]
+    patients = [f"{d}{i}" for d in ("c", "n") for i in range(5)]  # 5 per class: the fewest with an interval
     md = [(f"{p}/s{j}.dcm", p, int(p.startswith("c")), "COVID" if p.startswith("c") else "normal") for p in patients for j in range(3)]
     for sweep, skill in (("a", 0.05), ("b", 0.8)):
         for seed in range(3):
@@ -155,7 +155,7 @@ def test_external_study_tables_recompute_from_their_predictions(tmp_path):
             (j / "metrics.json").write_text(json.dumps({"seed": seed, "test": {"test/auroc": 0.7, "test/acc": 0.6}}))
             out = j / "eval" / "covid_ct_md"
             out.mkdir(parents=True)
-            (out / "metrics.json").write_text(json.dumps({"kind": "dicom", "root": "/somewhere/data", "n_images": len(md), "n_patients": 8,
+            (out / "metrics.json").write_text(json.dumps({"kind": "dicom", "root": "/somewhere/data", "n_images": len(md), "n_patients": 10,
                                                          "images": {"all": block, "COVID vs normal": block},
                                                          "patients": {"mean": {"all": block}, "top5_mean": {"all": block}}}))
             write_csv(out / "predictions.csv", ["path", "patient", "label", "diagnosis", "prob_covid"],
@@ -165,7 +165,7 @@ def test_external_study_tables_recompute_from_their_predictions(tmp_path):
     study.main(["--group", f"scratch={tmp_path / 'a' / '*'}", "--group", f"ct={tmp_path / 'b' / '*'}", "--pair", "ct:scratch",
                 "--margin", "auroc=0.05", "--n-boot", "100", "--out", str(first)])
     text = first.read_text()
-    at = text.index("- ct − scratch on the same 24 images (patients resampled), 3 / 3 runs, paired by seed:")
+    at = text.index("- ct − scratch on the same 30 images (patients resampled), 3 / 3 runs, paired by seed:")
     assert text[at:].splitlines()[1].startswith("  - Δ auroc +") and ": better; for these trained models +" in text[at:].splitlines()[1]
     bundle = tmp_path / "docs" / "external"
     with open(bundle / "predictions.csv", newline="") as f:

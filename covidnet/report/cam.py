@@ -113,4 +113,6 @@ def cam_lines(sweep: Sweep, compute: bool, overrides: list[str] | None = None) -
     ]
     if not local:
         lines += ["", "Lesion localisation not computed: add `--cam-set localize=<COVID-SemiSeg folder>`."]
+    for name, why in (results.get("not_computed") or {}).items():  # a map too coarse to localise: its cells are "–"
+        lines += ["", f"No CAM numbers for {name}: {why}."]
     return lines

@@ -60,6 +60,9 @@ def pm(mean: float, std: float, digits: int = 3) -> str:
 
 
 def with_ci(iv: stats.Interval) -> str:
+    """``0.812 [0.74, 0.88]``, or the estimate with why it has no interval (too few units per class)."""
+    if iv.note:
+        return f"{iv.estimate:.3f} ({iv.note})"
     return f"{iv.estimate:.3f} [{fmt(iv.low)}, {fmt(iv.high)}]"
 
 

@@ -114,6 +114,8 @@ class Comparison:
         if verdict == "not enough seeds to judge":
             claim = (f"not enough seeds to judge ({self.n_arm} / {self.n_reference} runs; a seed-aware interval needs at least "
                      f"{MIN_RUNS} per arm), so no claim about {self.arm} against {self.reference}.")
+        elif si.note:
+            claim = f"no interval ({si.note}), so no claim about {self.arm} against {self.reference}."
         elif si.low is None or not math.isfinite(si.low):
             claim = "no interval (the test resamples never held both classes)."
         else:
@@ -125,9 +127,9 @@ class Comparison:
             }.get(verdict, f"{span}: not resolved (the interval includes zero" + (
                 f" and leaves the ±{margin} equivalence margin)." if margin is not None else
                 "; with no equivalence margin stated before the runs, this is no evidence of equality)."))
-        fixed = ("no interval for these trained models." if not math.isfinite(iv.low) else
+        fixed = ("" if iv.note else "no interval for these trained models." if not math.isfinite(iv.low) else
                  f"For these trained models (test images resampled only): {iv.low:+.3f} to {iv.high:+.3f}.")
-        return f"{head}; {claim} {fixed}"
+        return f"{head}; {claim} {fixed}".rstrip()
 
 
 def level_name(factor: str, value: str) -> str:

@@ -6,7 +6,10 @@ transfer syntaxes need GDCM or another pydicom plugin (the error names what pydi
 
 What a slice becomes:
 
-1. Hounsfield units: ``HU = stored value * RescaleSlope + RescaleIntercept`` (1 and 0 when absent).
+1. Hounsfield units by pydicom's modality LUT (``RescaleSlope``/``RescaleIntercept``, or a Modality LUT Sequence;
+   :mod:`covidnet.sources.dicom_files`). Where a file lacks them, the stored values are taken as they are (a
+   missing one of the two is taken as 1 or 0) and a note says so: raw scanner values would put HU 1024 too high.
+   The file's own display window (VOI LUT) is not used: every set goes through one stated window, below.
 2. A window (default the lung window, width 1500 / level -600, i.e. -1350 to 150 HU) mapped linearly onto
    ``[0, 1]`` and clipped: the float grey image the model's preprocessing expects. Figure-crop training
    images carry whatever window their paper used; a lung window is the common choice for COVID figures.
@@ -29,76 +32,29 @@ files has different ranks than the full scan, so the rank cannot be recomputed f
 
 Checked for every file before anything is decoded, all problems reported together: readable DICOM, pixel
 data present, a single frame, a pydicom decoder installed for its transfer syntax, one series per patient
-folder, and an order key.
+folder, and an order key. Files that are no slice of the series (ImageType LOCALIZER, or another orientation
+than most of the series) are left out before that and named in the notes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from covidnet.covid_ct_layout import MAX_PIXELS, MIN_SIDE
 from covidnet.sources.base import Record, SourceError, class_folders, dangling_links, parse_class_map
+from covidnet.sources.dicom_files import Header, header, localizers, pydicom_module, read_hu
 
-EXTRA = 'pip install -e ".[dicom]" (pydicom, pylibjpeg, pylibjpeg-libjpeg)'
 DEFAULT_WINDOW = {"width": 1500.0, "level": -600.0}
 SLICE_SELECTIONS = ("all", "lungs")
-
-
-def _pydicom():
-    try:
-        import pydicom
-    except ImportError as err:
-        raise SourceError(f"Reading DICOM needs pydicom: {EXTRA}.") from err
-    return pydicom
-
-
-@contextlib.contextmanager
-def _quiet(pydicom):
-    """No warning per file for values that break the DICOM standard but not the image (e.g. UIDs that are UUIDs,
-    as in COVID-CT-MD): pydicom would print one for every slice."""
-    settings = pydicom.config.settings
-    before = settings.reading_validation_mode
-    settings.reading_validation_mode = pydicom.config.IGNORE
-    try:
-        yield
-    finally:
-        settings.reading_validation_mode = before
-
-
-@dataclass
-class _Header:
-    path: Path
-    series: str | None
-    slice_location: float | None
-    normal_position: float | None
-    instance: int | None
-    uid: str | None = None  # SOPInstanceUID: the same slice under two file names has the same one
 
 
 def window_to_unit(hu: np.ndarray, width: float, level: float) -> np.ndarray:
     """HU -> float32 grey in [0, 1]: ``level - width/2`` maps to 0, ``level + width/2`` to 1, clipped."""
     low = level - width / 2.0
     return np.clip((np.asarray(hu, np.float32) - np.float32(low)) / np.float32(width), 0.0, 1.0).astype(np.float32)
-
-
-def read_hu(path: Path) -> np.ndarray:
-    """One slice in Hounsfield units (float32 H x W)."""
-    pydicom = _pydicom()
-    with _quiet(pydicom):
-        try:
-            ds = pydicom.dcmread(path)
-            pixels = ds.pixel_array
-        except Exception as err:
-            raise SourceError(f"{path}: pixel data cannot be decoded ({type(err).__name__}: {str(err)[:200]}). If it is compressed: {EXTRA}.") from err
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
 
 def load_windowed(path: Path, width: float, level: float) -> np.ndarray:
@@ -116,94 +72,7 @@ def lungs_visible(hu: np.ndarray, lung_hu: float = -400.0, lung_fraction: float 
     return float((body & (hu < lung_hu)).sum()) > lung_fraction * n_body
 
 
-def _float(value) -> float | None:
-    try:
-        return None if value is None or value == "" else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _normal_position(ds) -> float | None:
-    ipp, iop = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
-    if ipp is None or len(ipp) != 3:
-        return None
-    if iop is not None and len(iop) == 6:
-        normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
-        if np.linalg.norm(normal) > 0:
-            return float(np.dot(np.asarray(ipp, float), normal))
-    return float(ipp[2])  # no orientation: assume axial slices
-
-
-def _header(path: Path, problems: list[str]) -> _Header | None:
-    pydicom = _pydicom()
-    with _quiet(pydicom):
-        return _read_header(pydicom, path, problems)
-
-
-def _read_header(pydicom, path: Path, problems: list[str]) -> _Header | None:
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        ds = pydicom.dcmread(path, defer_size="1 KB")  # pixel data is located, not read
-    except (InvalidDicomError, OSError, ValueError, EOFError) as err:
-        problems.append(f"{path}: not a readable DICOM file ({type(err).__name__}: {str(err)[:120]})")
-        return None
-    sop = ds.get("SOPClassUID") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
-    kind = getattr(sop, "name", "") or ""
-    pixel_tag = next((tag for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if tag in ds), None)
-    if pixel_tag is None:
-        if "Image Storage" in kind or ("Rows" in ds and "Columns" in ds):  # an image without its pixels: most often cut short
-            problems.append(f"{path}: no pixel data ({kind or 'an image header'} without its pixels): the file is truncated "
-                            f"({path.stat().st_size} bytes), or it holds no image; copy it again from the source, or remove it")
-        else:
-            problems.append(f"{path}: no pixel data (a DICOM without an image, e.g. a report or structured document); remove it from the folder")
-        return None
-    samples, photometric = int(ds.get("SamplesPerPixel", 1) or 1), str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    if samples != 1 or not photometric.startswith("MONOCHROME"):
-        problems.append(f"{path}: a colour image ({photometric}, {samples} samples per pixel), not a CT slice in Hounsfield units; "
-                        "remove it (e.g. a secondary capture or screenshot)")
-        return None
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    if rows * cols > MAX_PIXELS or min(rows, cols) < MIN_SIDE:
-        problems.append(f"{path}: a stored image of {rows}x{cols} pixels is not a CT slice (at least {MIN_SIDE} px a side, at most "
-                        f"{MAX_PIXELS // 1_000_000} M pixels); remove it or fix its header")
-        return None
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is None or not syntax.is_compressed:  # the pixels' size is known: a file cut short holds fewer
-        needed = rows * cols * samples * (int(ds.get("BitsAllocated", 16) or 16) // 8)
-        item = ds.get_item(pixel_tag)
-        if getattr(item, "value_tell", None) is not None and item.length is not None:  # deferred: where it would end
-            held = min(item.length, path.stat().st_size - item.value_tell)
-        else:
-            held = len(item.value or b"") if isinstance(item.value, (bytes, bytearray)) else needed
-        if held < needed:
-            problems.append(f"{path}: its pixel data holds {held} of the {needed} bytes of a {rows}x{cols} image: the file is "
-                            "truncated; copy it again from the source")
-            return None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        problems.append(f"{path}: {frames} frames in one file; this reader takes one slice per file")
-        return None
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is not None and syntax.is_compressed:
-        from pydicom.pixels import get_decoder
-
-        try:
-            decoder = get_decoder(syntax)
-        except NotImplementedError:
-            decoder = None
-        if decoder is None or not decoder.is_available:
-            missing = "; ".join(decoder.missing_dependencies) if decoder is not None else "no pydicom decoder exists"
-            problems.append(f"{path}: compressed pixel data ({syntax.name}) and no decoder installed for it. Install the "
-                            f"[dicom] extra: {EXTRA}; pydicom says it needs: {missing}")
-            return None
-    instance = ds.get("InstanceNumber")
-    return _Header(path, str(ds.get("SeriesInstanceUID")) if ds.get("SeriesInstanceUID") else None,
-                   _float(ds.get("SliceLocation")), _normal_position(ds), int(instance) if instance not in (None, "") else None,
-                   str(ds.get("SOPInstanceUID")) if ds.get("SOPInstanceUID") else None)
-
-
-def order_slices(headers: list[_Header], where: str, notes: list[str], problems: list[str]) -> list[_Header]:
+def order_slices(headers: list[Header], where: str, notes: list[str], problems: list[str]) -> list[Header]:
     """Ascending SliceLocation, else position along the slice normal, else InstanceNumber (each fallback noted)."""
     for attr, name in (("slice_location", "SliceLocation"), ("normal_position", "ImagePositionPatient"), ("instance", "InstanceNumber")):
         values = [getattr(h, attr) for h in headers]
@@ -214,6 +83,26 @@ def order_slices(headers: list[_Header], where: str, notes: list[str], problems:
             return sorted(headers, key=lambda h: (getattr(h, attr), h.path.name))
     problems.append(f"{where}: cannot order the slices (some lack SliceLocation, ImagePositionPatient and InstanceNumber)")
     return headers
+
+
+def extension_override(extensions: tuple[str, ...]) -> str:
+    """The command-line setting that reads files without an extension too. The set's config does not name
+    ``read.extensions``, so Hydra takes it only with ``++``; ``<set>`` is the set's name (covidnet.sets fills it in)."""
+    listed = ",".join(f"'{e}'" for e in (*extensions, ""))
+    return f'"++eval.<set>.read.extensions=[{listed}]" (evaluate.py)'
+
+
+def rescale_notes(root: Path, headers: list[Header]) -> list[str]:
+    """One note per assumption made for slices without a rescale (dicom_files.rescale_assumption), with how many and
+    where: HU that rest on a guess must not look like measured ones."""
+    notes = []
+    for assumption in sorted({h.rescale for h in headers if h.rescale}):
+        hit = [h for h in headers if h.rescale == assumption]
+        raw = " They store unsigned values, as scanners storing raw values (HU + 1024) do." if all(h.unsigned for h in hit) else ""
+        notes.append(f"dicom set at {root}: {len(hit)} of {len(headers)} slices (e.g. {hit[0].path.relative_to(root).as_posix()}) have "
+                     f"{assumption}; if this scanner stores raw values, HU would be off by 1024 and the window would show other "
+                     f"tissue.{raw}")
+    return notes
 
 
 def covid_ct_md_slice_labels(root: Path) -> dict[str, int]:
@@ -269,7 +158,7 @@ def read(
     slice_labels: str | None = None,
     extensions: tuple[str, ...] | list[str] = (".dcm",),
 ) -> tuple[list[Record], list[str]]:
-    _pydicom()
+    pydicom_module()
     window = {**DEFAULT_WINDOW, **dict(window or {})}
     width, level = float(window["width"]), float(window["level"])
     if width <= 0:
@@ -282,7 +171,7 @@ def read(
     by_file = _slice_labels(root, slice_labels)
     problems: list[str] = []
     notes: list[str] = []
-    patients: list[tuple[str, int, str, list[_Header]]] = []
+    patients: list[tuple[str, int, str, list[Header]]] = []
     seen_uids: dict[str, Path] = {}
     for folder, (label, diagnosis) in class_map.items():
         loose = [p.name for p in (root / folder).iterdir() if p.is_file() and p.suffix.lower() in extensions]
@@ -304,20 +193,23 @@ def read(
             others = sorted(p for p in entries if p.is_file() and p not in files and not p.name.startswith("."))
             if others:
                 bare = [p for p in others if p.suffix == ""]
-                hint = (f"; DICOM files without an extension are read with read.extensions=[{', '.join(repr(e) for e in extensions)}, '']"
-                        if bare else "")
+                hint = f"; DICOM files without an extension are read with {extension_override(extensions)}" if bare else ""
                 notes.append(f"{where}: {len(others)} file(s) not read, not {'/'.join(extensions)} (e.g. {others[0].name}){hint}")
             if not files:
-                problems.append(f"{pdir}: no {'/'.join(extensions)} files" + (" (files without an extension: pass read.extensions=['.dcm', ''])"
-                                                                                 if any(p.suffix == "" for p in others) else ""))
+                bare = any(p.suffix == "" for p in others)
+                problems.append(f"{pdir}: no {'/'.join(extensions)} files" + (f" (files without an extension: pass {extension_override(extensions)})"
+                                                                                 if bare else ""))
                 continue
-            headers = [h for h in (_header(p, problems) for p in files) if h is not None]
+            headers = [h for h in (header(p, problems) for p in files) if h is not None]
             for h in headers:
                 if h.uid is not None and h.uid in seen_uids:
                     problems.append(f"{h.path}: the same slice as {seen_uids[h.uid]} (SOPInstanceUID {h.uid}), a copy under another "
                                     "name; it would be counted twice: remove one")
                 elif h.uid is not None:
                     seen_uids[h.uid] = h.path
+            headers, left_out = localizers(headers)
+            if left_out:
+                notes.append(f"{where}: {len(left_out)} file(s) left out, not slices of the series: {'; '.join(left_out)}")
             series = sorted({h.series for h in headers if h.series})
             if len(series) > 1:
                 counts = ", ".join(f"{s} ({sum(h.series == s for h in headers)} files)" for s in series)
@@ -339,6 +231,7 @@ def read(
             key = h.path.relative_to(root).as_posix()
             records.append(Record(key=key, path=h.path, label=label, diagnosis=diagnosis, patient=where, position=position,
                                   slice_label=by_file.get(key), loader=partial(load_windowed, h.path, width, level)))
+    notes += rescale_notes(root, [h for _, _, _, ordered in patients for h in ordered])
     if slices == "lungs":
         notes.append(f"dicom set at {root}: slices=lungs kept {len(records)} of {len(records) + skipped} slices")
     if by_file and not any(r.slice_label is not None for r in records):
