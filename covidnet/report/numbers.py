@@ -21,6 +21,7 @@ from covidnet.atomic import write_text
 from covidnet.external_summary import collect as collect_external
 from covidnet.external_summary import group_row, paired
 from covidnet.report.external import label as external_label
+from covidnet.report.ensemble import ensemble_record
 from covidnet.report.render import Context, common_settings
 from covidnet.report.scoring import level_name, reference_pairs
 from covidnet.report.provenance import PROVENANCE, settings_record
@@ -111,6 +112,7 @@ def report_record(ctx: Context) -> dict:
         "summary": summary_record(ctx),
         "comparisons": comparison_record(ctx) + external_diffs,
         "external": sets,
+        "ensembles": ensemble_record(ctx),
     }
 
 

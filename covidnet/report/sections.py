@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from covidnet import stats
 from covidnet.report.cam import cam_section
+from covidnet.report.ensemble import ensemble_section
 from covidnet.report.external import external_section
 from covidnet.report.figures import figures_section
 from covidnet.report.provenance import provenance_section
@@ -132,6 +133,7 @@ SECTIONS: list[SectionBuilder] = [
     sources_section,
     external_section,
     comparison_section,
+    ensemble_section,
     runs_section,
     problems_section,
     figures_section,
