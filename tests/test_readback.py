@@ -42,3 +42,27 @@ def test_an_efficientnet_checkpoint_without_timm_names_the_extra(tmp_path, monke
         load_checkpoint(tmp_path / "lite.ckpt")
     assert 'pip install -e ".[lite]"' in str(err.value)
     assert "describe a covidnet model" not in str(err.value)
+
+
+# --- resume ------------------------------------------------------------------------------------------------------
+def compose_train(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def test_a_resume_before_the_first_checkpoint_is_compared_with_the_runs_config(tmp_path):
+    from omegaconf import OmegaConf
+
+    from covidnet.errors import ConfigError
+    from covidnet.resume import check_resume
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(compose_train(["data.batch_size=32"]), run / ".hydra" / "config.yaml")  # killed before any checkpoint
+    resume = ["ckpt_path=last", f"callbacks.model_checkpoint.dirpath={run / 'checkpoints'}"]
+    with pytest.raises(ConfigError, match=r"before its first checkpoint.*\n  data.batch_size: 32 in the run, 16 now"):
+        check_resume(compose_train(["data.batch_size=16", *resume]), run)
+    same = check_resume(compose_train(["data.batch_size=32", *resume]), run)
+    assert same is not None and same.checkpoint is None  # the same settings: Lightning starts over, as before
