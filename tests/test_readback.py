@@ -66,3 +66,135 @@ def test_a_resume_before_the_first_checkpoint_is_compared_with_the_runs_config(t
         check_resume(compose_train(["data.batch_size=16", *resume]), run)
     same = check_resume(compose_train(["data.batch_size=32", *resume]), run)
     assert same is not None and same.checkpoint is None  # the same settings: Lightning starts over, as before
+
+
+# --- predictions read back ---------------------------------------------------------------------------------------
+BAD_VALUES = [("prob_covid", "nan"), ("prob_covid", "inf"), ("prob_covid", "1.5"), ("prob_covid", "-0.1"), ("label", "2")]
+
+
+def job(path: Path, seed: int, probs=(0.9, 0.8, 0.3, 0.1)):
+    """A finished job directory as train.py leaves it (no training): overrides, metrics.json, predictions_test.csv."""
+    from omegaconf import OmegaConf
+
+    from covidnet.runs import RunDir
+
+    rd = RunDir(path)
+    (path / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create([f"seed={seed}"]), path / ".hydra" / "overrides.yaml")
+    rd.write_metrics({"seed": seed, "best_checkpoint": "epoch=001.ckpt", "best_epoch": 1, "fit_seconds": 1.0, "n_test_predictions": len(probs)})
+    rd.write_predictions([f"img{i}.png" for i in range(len(probs))], [1, 1, 0, 0][: len(probs)], list(probs))
+    return rd
+
+
+def replace_cell(path: Path, line: int, column: str, value: str) -> None:
+    """Set one cell of a CSV (``line`` 1-based, the header is line 1) as an editor or a bad copy would."""
+    lines = path.read_text().splitlines(keepends=True)
+    header = lines[0].rstrip("\n").split(",")
+    cells = lines[line - 1].rstrip("\n").split(",")
+    cells[header.index(column)] = value
+    lines[line - 1] = ",".join(cells) + "\n"
+    path.write_text("".join(lines))
+
+
+@pytest.mark.parametrize(("column", "value"), BAD_VALUES)
+def test_a_jobs_predictions_with_a_value_no_writer_writes_are_refused_with_file_and_line(tmp_path, column, value):
+    from covidnet.errors import ResultFileError
+
+    rd = job(tmp_path / "run", 0)
+    replace_cell(rd.predictions_path, 3, column, value)
+    with pytest.raises(ResultFileError, match=rf"predictions_test.csv, line 3: {column}="):
+        rd.read_prediction_rows()
+
+
+@pytest.mark.parametrize(("column", "value"), BAD_VALUES)
+def test_an_eval_areas_predictions_with_a_value_no_writer_writes_are_refused(tmp_path, column, value):
+    from covidnet.errors import ResultFileError
+    from covidnet.run_files import read_eval, write_eval
+    from covidnet.sources.base import Record
+
+    records = [Record(f"{i}.png", Path(f"{i}.png"), y, "COVID" if y else "NonCOVID") for i, y in enumerate([1, 0, 1])]
+    out = write_eval(tmp_path / "eval" / "s", records, [0.7, 0.2, 0.6], {"n_images": 3})
+    replace_cell(out / "predictions.csv", 2, column, value)
+    with pytest.raises(ResultFileError, match=rf"predictions.csv, line 2: {column}="):
+        read_eval(out)
+
+
+def test_rows_cut_at_a_line_end_or_added_twice_are_named_for_what_they_are(tmp_path):
+    from covidnet.errors import ResultFileError
+    from covidnet.run_files import read_eval, write_eval
+    from covidnet.sources.base import Record
+
+    rd = job(tmp_path / "run", 0)
+    text = rd.predictions_path.read_text()
+    lines = text.splitlines(keepends=True)
+    rd.predictions_path.write_text(text + lines[2])  # a duplicated extra row
+    with pytest.raises(ResultFileError, match=r"Line 6 is duplicated: img1.png \(label 1\) already on line 3") as err:
+        rd.read_prediction_rows()
+    assert "truncated" not in str(err.value)
+    records = [Record(f"{i}.png", Path(f"{i}.png"), 1, "COVID") for i in range(3)]
+    out = write_eval(tmp_path / "eval" / "s", records, [0.7, 0.2, 0.6], {"n_images": 3})
+    eval_lines = (out / "predictions.csv").read_text().splitlines(keepends=True)
+    (out / "predictions.csv").write_text("".join(eval_lines[:-1]))  # cut at a line end: 2 of 3 rows
+    with pytest.raises(ResultFileError, match=r"truncated .* It holds 2 rows; its metrics.json \(n_images\) says it wrote 3"):
+        read_eval(out)
+    (out / "predictions.csv").write_text("".join(eval_lines) + "".join(eval_lines[1:2]))
+    with pytest.raises(ResultFileError, match="duplicated"):
+        read_eval(out)
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    root = tmp_path / "sweep"
+    job(root / "seed=0", 0)
+    job(root / "seed=1", 1, (0.7, 0.6, 0.4, 0.2))
+    return root
+
+
+def report(*args: str) -> tuple[int, str]:
+    """``python -m covidnet.report`` in a subprocess (what a user runs): its exit status and stderr."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "covidnet.report", "--n-boot", "100", *args], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=600)
+    return done.returncode, done.stderr
+
+
+def test_a_reports_predictions_are_checked_when_it_is_rebuilt(sweep):
+    from covidnet.report import write_report
+
+    write_report(sweep, n_boot=100)
+    bundle = sweep / "predictions.csv"
+    good = bundle.read_text()
+    cases = {
+        "nan": (lambda: replace_cell(bundle, 2, "seed=0", "nan"), r"predictions.csv, line 2: seed=0='nan' is not a probability"),
+        "label": (lambda: replace_cell(bundle, 3, "label", "7"), r"predictions.csv, line 3: label='7' is not 0 or 1"),
+        "cut mid-line": (lambda: bundle.write_text(good[:-4]), r"truncated .* ends in the middle of a line"),
+        "cut at a line end": (lambda: bundle.write_text("".join(good.splitlines(keepends=True)[:-1])), r"truncated .* holds 3 rows; jobs.json"),
+        "duplicated": (lambda: bundle.write_text(good + good.splitlines(keepends=True)[1]), r"Line 6 is duplicated: test/img0.png"),
+    }
+    for name, (damage, message) in cases.items():
+        bundle.write_text(good)
+        damage()
+        status, err = report("--from-predictions", str(sweep))
+        assert status == 2 and "Traceback" not in err, (name, err)
+        assert len(err.strip().splitlines()) == 1, (name, err)
+        assert __import__("re").search(message, err), (name, err)
+    jobs = sweep / "jobs.json"
+    bundle.write_text(good)
+    jobs.write_text(jobs.read_text()[:200])
+    status, err = report("--from-predictions", str(sweep))
+    assert status == 2 and "Traceback" not in err and "jobs.json is not valid JSON" in err, err
+
+
+def test_a_truncated_eval_area_in_a_report_is_one_line_not_a_traceback(sweep):
+    from covidnet.run_files import write_eval
+    from covidnet.runs import RunDir
+    from covidnet.sources.base import Record
+
+    records = [Record(f"{i}.png", Path(f"{i}.png"), i % 2, "COVID") for i in range(4)]
+    out = write_eval(RunDir(sweep / "seed=0").eval_dir("md"), records, [0.7, 0.2, 0.6, 0.4], {"n_images": 4})
+    text = (out / "predictions.csv").read_text()
+    (out / "predictions.csv").write_text(text[:-5])
+    status, err = report(str(sweep))
+    assert status == 2 and "Traceback" not in err, err
+    assert "seed=0" in err and "eval/md/predictions.csv is truncated" in err, err

@@ -57,7 +57,10 @@ class Run:
         if self.evals is not None:
             return self.evals
         rd = self.run_dir
-        return {} if rd is None else {name: rd.read_eval(name) for name in rd.eval_sets()}
+        try:
+            return {} if rd is None else {name: rd.read_eval(name) for name in rd.eval_sets()}
+        except ValueError as err:  # a result file cut short or damaged: one line naming it, never a smaller result
+            raise ReportError(f"job {self.name}: {err}") from err
 
     @property
     def seed(self) -> str:
