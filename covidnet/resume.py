@@ -38,6 +38,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from covidnet import inits  # noqa: F401 - registers ${covidnet.init:...}, which saved configs hold
+from covidnet import run_lock
 from covidnet.errors import ConfigError, UserError, debugging
 from covidnet.options import interpolated_key
 from covidnet.run_files import CHECKPOINT_DIR, HYDRA_DIR, LAST_CHECKPOINT, METRICS_FILE, read_metrics
@@ -101,11 +102,14 @@ def check_writable(path: str | Path, what: str,
 class RunRecord(Callback):
     """Hydra callback (conf/hydra/default.yaml): importing it registers the record resolver, and the run or
     sweep directory is checked writable before Hydra creates it (else Hydra fails later with "Unable to
-    configure handler 'file'")."""
+    configure handler 'file'"); for train.py this process then owns it (covidnet/run_lock.py) before Hydra
+    writes its config record there, so a second process into it is refused having written nothing."""
 
-    def _check(self, directory: str) -> None:
+    def _check(self, directory: str, config: DictConfig, what: str) -> None:
         try:
             check_writable(directory, "output directory")
+            if config.get("task_name") == "train":  # before Hydra writes its record there (covidnet/run_lock.py)
+                run_lock.acquire(directory, what)
         except UserError as err:
             if debugging():
                 raise
@@ -113,10 +117,16 @@ class RunRecord(Callback):
             raise SystemExit(2) from None
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config.hydra.run.dir)
+        self._check(config.hydra.run.dir, config, "run directory")
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        run_lock.release(config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config.hydra.sweep.dir)
+        self._check(config.hydra.sweep.dir, config, "sweep directory")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        run_lock.release(config.hydra.sweep.dir)
 
 
 # --- resume ---------------------------------------------------------------------------------------------

@@ -198,3 +198,76 @@ def test_a_truncated_eval_area_in_a_report_is_one_line_not_a_traceback(sweep):
     status, err = report(str(sweep))
     assert status == 2 and "Traceback" not in err, err
     assert "seed=0" in err and "eval/md/predictions.csv is truncated" in err, err
+
+
+# --- one process per run directory -------------------------------------------------------------------------------
+HOLD = ("import sys, time\nfrom covidnet.run_lock import acquire\nacquire(sys.argv[1], sys.argv[2])\n"
+        "print('held', flush=True)\ntime.sleep(300)\n")
+
+
+@pytest.fixture
+def holder():
+    """Start a process that owns a directory as a running train.py does; yields a function (dir, what) -> process."""
+    import subprocess
+
+    started = []
+
+    def start(directory: Path, what: str = "run directory"):
+        proc = subprocess.Popen([sys.executable, "-c", HOLD, str(directory), what], stdout=subprocess.PIPE, text=True,
+                                cwd=Path(__file__).resolve().parents[1])
+        assert proc.stdout.readline().strip() == "held"
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def train_py(*args: str):
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LOCAL_RANK", "NODE_RANK", "RANK")}
+    return subprocess.run([sys.executable, "train.py", *args], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_a_second_train_py_into_a_run_directory_is_refused_naming_the_owner(tmp_path, holder):
+    run = tmp_path / "run"
+    first = holder(run)
+    second = train_py(f"hydra.run.dir={run}", f"data.root={tmp_path / 'no-data'}", "seed=1")
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-2000:]
+    assert f"is in use by process {first.pid} on " in second.stderr and "hydra.run.dir=" in second.stderr, second.stderr
+    assert not (run / ".hydra").exists()  # refused before Hydra wrote its record: nothing of seed=1 is filed there
+    first.kill()
+    first.wait()  # the owner died (killed, as a run to be resumed): the directory is free again
+    again = train_py(f"hydra.run.dir={run}", f"data.root={tmp_path / 'no-data'}", "seed=1")
+    assert "is in use by" not in again.stderr and "Seed set to 1" in again.stderr, again.stderr[-2000:]  # it went on to work
+
+
+def test_a_second_sweep_into_a_sweep_directory_is_refused(tmp_path, holder):
+    sweep = tmp_path / "sweep"
+    first = holder(sweep, "sweep directory")
+    second = train_py("-m", f"hydra.sweep.dir={sweep}", f"data.root={tmp_path / 'no-data'}", "seed=0,1")
+    assert second.returncode == 2 and f"is in use by process {first.pid}" in second.stderr, second.stderr[-2000:]
+    assert "hydra.sweep.dir=" in second.stderr and not (sweep / "multirun.yaml").exists()
+
+
+def test_a_job_directory_owned_by_another_process_is_refused_in_process(tmp_path, holder, monkeypatch):
+    from covidnet import run_lock
+    from covidnet.runs import RunDirError
+    from covidnet.train import train
+
+    run = tmp_path / "job"
+    first = holder(run)
+    cfg = compose_train([f"data.root={tmp_path / 'no-data'}", f"paths.output_dir={run}"])
+    with pytest.raises(RunDirError, match=f"in use by process {first.pid}"):
+        train(cfg)  # a multirun job (its lock is taken in train) is refused before any data is read
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP rank Lightning started into the run it belongs to: not refused
+    assert run_lock.acquire(run) is False
+    monkeypatch.delenv("LOCAL_RANK")
+    assert run_lock.acquire(tmp_path / "mine") and run_lock.acquire(tmp_path / "mine")  # re-entrant in one process
+    run_lock.release(tmp_path / "mine")
+    run_lock.release(tmp_path / "mine")
+
