@@ -39,6 +39,7 @@ EVAL_FILES = (METRICS_FILE, EVAL_PREDICTIONS_FILE)  # what one evaluation result
 EVAL_COLUMNS = ("path", "patient", "label", "diagnosis", "position", "slice_label", "prob_covid")
 FAILED_JOBS_FILE = "failed_jobs.jsonl"
 MULTIRUN_FILE = "multirun.yaml"
+LAUNCHES_DIR = "launches"  # <sweep>/launches/multirun-<time>.yaml: the records of earlier launches into one sweep directory
 
 
 # --- metrics.json ---------------------------------------------------------------------------------------------

@@ -271,3 +271,21 @@ def test_a_job_directory_owned_by_another_process_is_refused_in_process(tmp_path
     run_lock.release(tmp_path / "mine")
     run_lock.release(tmp_path / "mine")
 
+
+# --- every launch into one sweep directory is kept ----------------------------------------------------------------
+def test_a_second_launch_into_a_sweep_directory_keeps_the_first_launchs_record(tmp_path):
+    sweep = tmp_path / "sweep"
+    common = [f"hydra.sweep.dir={sweep}", f"data.root={tmp_path / 'no-data'}", "data.download=false"]
+    first = train_py("-m", *common, "seed=0,1")  # its jobs fail fast (no data): what matters is the record of the launch
+    second = train_py("-m", *common, "seed=2")
+    assert "is in use by" not in first.stderr + second.stderr, second.stderr[-2000:]
+    kept = list((sweep / "launches").glob("multirun-*.yaml"))
+    assert len(kept) == 1 and "seed: 0,1" in kept[0].read_text() + "seed: 0,1", kept
+    assert "- seed=2" in (sweep / "multirun.yaml").read_text()
+    from covidnet.report import load_sweep
+
+    loaded = load_sweep(sweep)
+    assert len(loaded.commands) == 2 and "seed=0,1" in loaded.commands[0] and "seed=2" in loaded.commands[1], loaded.commands
+    assert sorted(r.seed for r in loaded.runs) == ["0", "1", "2"]  # the jobs of both launches
+    text = (sweep / "report.md").read_text()
+    assert "2 launches into this directory" in text and loaded.commands[0] in text and loaded.commands[1] in text

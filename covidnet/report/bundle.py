@@ -101,7 +101,7 @@ def write_bundle(sweep: Sweep, folder: Path, options: dict) -> None:
         w.writerow(["set", "path", "label", "patient", *names])
         for (set_name, path), cell in columns.items():
             w.writerow([set_name, path, cell["label"], cell["patient"], *(repr(cell[n]) if n in cell else "" for n in names)])
-    record = {"format": FORMAT, "sweep": sweep.name or sweep.path.name, "command": sweep.command, "factors": sweep.factors, "references": sweep.references,
+    record = {"format": FORMAT, "sweep": sweep.name or sweep.path.name, "command": sweep.command, "commands": sweep.commands, "factors": sweep.factors, "references": sweep.references,
               "n_rows": len(columns),
               "report": {"margins": {}, **options},
               "jobs": jobs}
@@ -177,4 +177,4 @@ def load_bundle(folder: str | Path) -> Sweep:
         _check_counts(folder, job, run)
         runs.append(run)
     return Sweep(folder.resolve(), record["command"], runs, record["factors"], record["references"], source=f"--from-predictions {folder}",
-                 name=record["sweep"])
+                 name=record["sweep"], commands=record.get("commands") or [])

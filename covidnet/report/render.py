@@ -109,7 +109,10 @@ def header(ctx: Context) -> list[str]:
         "predictions.csv and jobs.json beside them (`python -m covidnet.report --from-predictions <this folder>`).",
         "",
     ]
-    if sweep.command:
+    if len(sweep.commands) > 1:
+        lines += [f"Sweep commands ({len(sweep.commands)} launches into this directory, oldest first; multirun.yaml and launches/):", "",
+                  *(f"{i}. `{c}`" for i, c in enumerate(sweep.commands, 1)), ""]
+    elif sweep.command:
         lines += [f"Sweep command (from multirun.yaml): `{sweep.command}`", ""]
     counts: dict[str, int] = defaultdict(int)
     for r in sweep.runs:
