@@ -168,6 +168,22 @@ def write_eval(out: str | Path, records: list[Record], probs: Iterable[float], m
     return out
 
 
+def copy_eval(src: str | Path, out: str | Path) -> Path:
+    """A complete evaluation result copied into ``out``, in :func:`write_eval`'s order (metrics.json last)."""
+    src, out = Path(src), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (EVAL_PREDICTIONS_FILE, METRICS_FILE):
+        with atomic_path(out / name) as tmp:
+            tmp.write_bytes((src / name).read_bytes())
+    return out
+
+
+def incomplete_results(root: str | Path) -> list[str]:
+    """Names of the folders directly below ``root`` without a metrics.json: evaluations that were interrupted."""
+    root = Path(root)
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not (d / METRICS_FILE).is_file()) if root.is_dir() else []
+
+
 def read_eval_rows(path: str | Path, expected: int | None = None) -> list[dict[str, str]]:
     """The rows of one evaluation's predictions.csv as written (strings): ``path``, ``patient``, ``label``, ...
     ``prob_covid``; every label and probability checked, a path named twice refused, ``expected`` rows (metrics.json's

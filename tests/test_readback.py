@@ -289,3 +289,72 @@ def test_a_second_launch_into_a_sweep_directory_keeps_the_first_launchs_record(t
     assert sorted(r.seed for r in loaded.runs) == ["0", "1", "2"]  # the jobs of both launches
     text = (sweep / "report.md").read_text()
     assert "2 launches into this directory" in text and loaded.commands[0] in text and loaded.commands[1] in text
+
+
+# --- interrupted evaluations: listed by the report, finished by the same command -------------------------------------
+INTERRUPT_AT_THIRD_RESULT = """
+import sys
+import covidnet.run_files as run_files
+from covidnet.evaluate import main
+write, done = run_files.write_json, []
+def interrupt_at_third_metrics(path, data):
+    if str(path).endswith("metrics.json"):
+        done.append(path)
+        if len(done) == 3:
+            raise KeyboardInterrupt  # what Ctrl-C raises, at a known place
+    write(path, data)
+run_files.write_json = interrupt_at_third_metrics
+sys.argv = ["evaluate.py", *sys.argv[1:]]
+main()
+"""
+
+
+def test_an_interrupted_evaluation_into_runs_is_listed_then_finished_by_the_same_command(tmp_path):
+    import json
+    import subprocess
+
+    pytest.importorskip("pydicom")
+    from test_evaluate import MD_FOLDERS, make_run
+    from synthetic_dicom import write_scans
+
+    from covidnet.evaluate import evaluate
+    from covidnet.report import write_report
+    from covidnet.runs import RunDir
+
+    scans = write_scans(tmp_path / "scans", MD_FOLDERS)
+    (tmp_path / "semiseg" / "images").mkdir(parents=True)
+    for n in range(4):
+        __import__("PIL.Image").Image.new("L", (40, 40), 40 * n).save(tmp_path / "semiseg" / "images" / f"{n}.png")
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):
+        run = make_run(sweep / f"seed={seed}", seed=seed)
+        metrics = {**json.loads((run / "metrics.json").read_text()), "n_test_predictions": 4}
+        RunDir(run).write_metrics(metrics)
+        RunDir(run).write_predictions(["a.png", "b.png", "c.png", "d.png"], [1, 1, 0, 0], [0.9, 0.6, 0.4, 0.2])
+    command = [f"ckpt={sweep}", "into_runs=true", "eval=[covid_ct_md,semiseg]", f"eval.covid_ct_md.root={scans}",
+               f"eval.semiseg.root={tmp_path / 'semiseg'}", "eval.covid_ct_md.read.slice_labels=null", f"out_dir={tmp_path / 'out'}",
+               "n_boot=100", "progress=false", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    proc = subprocess.run([sys.executable, "-c", INTERRUPT_AT_THIRD_RESULT, *command], capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = [x for x in proc.stderr.splitlines() if "Interrupted" in x]
+    assert line.startswith("Interrupted: 1 of 4 evaluation(s) complete and kept; not finished: ") and "same command again" in line
+    evals = {(s, n): sweep / f"seed={s}" / "eval" / n for s in (0, 1) for n in ("covid_ct_md", "semiseg")}
+    assert [k for k, d in evals.items() if (d / "metrics.json").is_file()] == [(0, "covid_ct_md")]
+
+    text = (write_report(sweep, n_boot=100)).read_text()
+    assert "## Missing or incomplete evaluations on other sets" in text
+    for seed, name in [(0, "semiseg"), (1, "covid_ct_md"), (1, "semiseg")]:
+        assert f"| seed={seed} | {name} | incomplete" in text, text
+
+    kept = (evals[(0, "covid_ct_md")] / "metrics.json").read_text()
+    with __import__("hydra").initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = __import__("hydra").compose("evaluate", overrides=command[:-1])
+    evaluate(cfg)  # the same command again: finishes what is missing, keeps what is complete
+    assert all((d / "metrics.json").is_file() for d in evals.values())
+    assert (evals[(0, "covid_ct_md")] / "metrics.json").read_text() == kept
+    summary = (tmp_path / "out" / "summary.csv").read_text().splitlines()
+    assert len(summary) == len(set(summary)) and any("semiseg" in row for row in summary)
+    assert not list((tmp_path / "out").glob("INCOMPLETE.*.json"))
+    assert "Missing or incomplete evaluations" not in write_report(sweep, n_boot=100).read_text()

@@ -94,6 +94,7 @@ def write_bundle(sweep: Sweep, folder: Path, options: dict) -> None:
             "evals": {name: _eval_part(metrics) for name, (metrics, _) in evals.items()},
             # what predictions.csv must give back for this job (load_bundle checks it)
             "n_predictions": {TEST_SET: len(r.predictions), **{name: len(rows) for name, (_, rows) in evals.items()}},
+            "incomplete_evals": r.incomplete_evals(),
         })
     names = [r.name for r in sweep.runs if any(r.name in c for c in columns.values())]
     with atomic_path(folder / PREDICTIONS) as tmp, open(tmp, "w", newline="") as f:
@@ -174,6 +175,7 @@ def load_bundle(folder: str | Path) -> Sweep:
                                              for row in mine if row["set"] == set_name])
         run.curves = {tag: [(int(e), float(v)) for e, v in points] for tag, points in job["curves"].items()}
         run.params = job["params"]
+        run.incomplete = job.get("incomplete_evals") or []
         _check_counts(folder, job, run)
         runs.append(run)
     return Sweep(folder.resolve(), record["command"], runs, record["factors"], record["references"], source=f"--from-predictions {folder}",

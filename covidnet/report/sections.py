@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from covidnet import stats
 from covidnet.report.cam import cam_section
-from covidnet.report.external import external_section
+from covidnet.report.external import external_section, missing_evaluations_section
 from covidnet.report.figures import figures_section
 from covidnet.report.render import Context, Section, diff_ci, fmt, md_table, pm, with_ci
 from covidnet.report.scoring import COMPARED, METRIC_NAMES, MIN_RUNS, group_key, sort_value
@@ -129,6 +129,7 @@ SECTIONS: list[SectionBuilder] = [
     summary_section,
     sources_section,
     external_section,
+    missing_evaluations_section,
     comparison_section,
     runs_section,
     problems_section,

@@ -11,6 +11,7 @@ from pathlib import Path
 from covidnet import stats
 from covidnet.errors import UserError
 from covidnet.inits import resolve_init_defaults
+from covidnet.run_files import EVAL_DIR, incomplete_results
 from covidnet.runs import FAILED, NOT_TRAINED, RunDir, SweepDir, not_job_keys, override_key
 
 REFERENCE_INIT = "scratch"
@@ -42,6 +43,7 @@ class Run:
     # {set: (metrics.json, prediction rows)} for a run not read from its directory (a report rebuilt from its predictions)
     evals: dict[str, tuple[dict, list[dict]]] | None = None
     curves: dict[str, list[tuple[int, float]]] | None = None  # likewise: validation curves per tag, else read from TensorBoard
+    incomplete: list[str] | None = None  # likewise: external sets whose evaluation was interrupted, else read from eval/
 
     @property
     def ok(self) -> bool:
@@ -61,6 +63,18 @@ class Run:
             return {} if rd is None else {name: rd.read_eval(name) for name in rd.eval_sets()}
         except ValueError as err:  # a result file cut short or damaged: one line naming it, never a smaller result
             raise ReportError(f"job {self.name}: {err}") from err
+
+    def eval_names(self) -> set[str]:
+        """The external sets this run has a complete evaluation of (names only: nothing is read)."""
+        if self.evals is not None:
+            return set(self.evals)
+        return set(self.run_dir.eval_sets()) if self.run_dir is not None else set()
+
+    def incomplete_evals(self) -> list[str]:
+        """External sets whose evaluation of this run was interrupted (an ``eval/<set>/`` without metrics.json)."""
+        if self.incomplete is not None or self.path is None:
+            return list(self.incomplete or [])
+        return incomplete_results(self.path / EVAL_DIR)
 
     @property
     def seed(self) -> str:
