@@ -21,7 +21,7 @@ from covidnet.model import CovidClassifier
 from covidnet.preprocess import InputSpec
 from covidnet.run_checkpoints import Chosen, resolve_checkpoints
 from covidnet.options import Rule
-from covidnet.weights_io import load_error_reason, mismatch_summary
+from covidnet.weights_io import WeightsError, load_error_reason, mismatch_summary
 
 
 # ``ckpt`` of visualize.py and evaluate.py (covidnet.options)
@@ -72,6 +72,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     hparams = ckpt["hyper_parameters"]
     try:
         model = CovidClassifier(**hparams, load_pretrained=False)
+    except WeightsError as err:  # a sound checkpoint whose architecture needs an optional extra (timm): name the install
+        raise CheckpointError(f"{path} was trained with model.arch={hparams.get('arch')}, which this install cannot build: {err}") from err
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: its hyperparameters do not describe a covidnet model ({err}).") from err
     check_weights_fit(path, model, ckpt["state_dict"])

@@ -5,6 +5,10 @@ never overwritten, and two evaluations never write the same one: before any pred
 ``INCOMPLETE`` mark, created exclusively (``O_EXCL``) and naming its process. The mark is removed once the
 directory's files are written, so one that stays says the directory is incomplete; a mark whose process has died
 (a killed evaluation) is taken over, and what that process left is not a result and may be replaced.
+
+A result is complete when its metrics.json (written last) exists: a directory without one was interrupted and is
+redone by the next evaluation, and one that holds what the same command would write (:func:`same_result`) is kept,
+so rerunning an interrupted command finishes what is missing.
 """
 
 from __future__ import annotations
@@ -16,15 +20,32 @@ from pathlib import Path
 
 from covidnet.errors import EvalError
 from covidnet.processes import pid_alive
-from covidnet.run_files import EVAL_FILES, METRICS_FILE
+from covidnet.run_files import EVAL_DIR, METRICS_FILE, read_metrics
 
 
 def check_fresh(dirs: list[Path]) -> None:
-    """Refuse result files that exist, except the leftovers of a killed evaluation (see :func:`leftover`)."""
-    clash = [str(d / f) for d in dirs if not leftover(d) for f in EVAL_FILES if (d / f).exists()]
+    """Refuse complete results (a metrics.json, written last) that exist. A directory without one is an evaluation
+    that was interrupted (killed, Ctrl-C, an error): not a result, so it is redone."""
+    clash = [str(d / METRICS_FILE) for d in dirs if (d / METRICS_FILE).exists()]
     if clash:
-        raise EvalError(f"{len(clash)} result file(s) already exist, e.g. {clash[:3]}; covidnet never overwrites results: "
-                        "choose another out_dir (or leave it at its default), or pass into_runs=false.")
+        in_runs = any(Path(c).parent.parent.name == EVAL_DIR for c in clash)
+        raise EvalError(f"{len(clash)} result(s) of another evaluation already exist, e.g. {clash[:3]}; covidnet never overwrites "
+                        "results: choose another out_dir (or leave it at its default)" + (", or pass into_runs=false." if in_runs else "."))
+
+
+def _plain(value) -> object:
+    return json.loads(json.dumps(value, default=str))
+
+
+def same_result(d: Path, checkpoint: str | Path, definition: dict) -> bool:
+    """Whether ``d`` holds a complete evaluation of this checkpoint on this set definition: what a rerun of the same
+    command would write, so it is kept rather than refused or redone."""
+    try:
+        metrics = read_metrics(d / METRICS_FILE)
+    except ValueError:
+        return False
+    return (metrics is not None and metrics.get("checkpoint") == str(checkpoint)
+            and _plain(metrics.get("set_definition")) == _plain(definition))
 
 
 INCOMPLETE = "INCOMPLETE"  # <result dir>/INCOMPLETE: a process is writing it, or one was killed doing so
@@ -35,14 +56,6 @@ def owner_of(mark: Path) -> int | None:
         return int(json.loads(mark.read_text()).get("pid"))
     except (OSError, ValueError, TypeError, AttributeError):
         return None
-
-
-def leftover(d: Path) -> bool:
-    """A result directory an evaluation was killed writing: its INCOMPLETE mark's process is gone and it has no
-    metrics.json (written last), so what it holds is not a result and may be replaced."""
-    mark = d / INCOMPLETE
-    owner = owner_of(mark) if mark.is_file() else None
-    return owner is not None and owner != os.getpid() and not pid_alive(owner) and not (d / METRICS_FILE).exists()
 
 
 def claim(dirs: list[Path], what: str) -> list[Path]:

@@ -30,3 +30,8 @@ class ConfigError(UserError, ValueError):
 class EvalError(UserError, ValueError):
     """An eval set or an evaluation setting cannot be honoured (covidnet.sets, covidnet.set_metrics, evaluate.py);
     the message says which and what to do."""
+
+
+class ResultFileError(UserError, ValueError):
+    """A result file read back (predictions, a report's bundle, metrics) is cut short, edited or damaged: the message
+    names the file and the line, and how to get a sound copy. Never read as a smaller or different result."""

@@ -36,7 +36,7 @@ from covidnet import stats
 from covidnet.atomic import atomic_path, write_json
 from covidnet.checkpoint import OPTIONS as CHECKPOINT_OPTIONS
 from covidnet.checkpoint import CheckpointError, load_models
-from covidnet.claims import INCOMPLETE, check_fresh, claim, owner_of
+from covidnet.claims import INCOMPLETE, check_fresh, claim, owner_of, same_result
 from covidnet.entry import hydra_app
 from covidnet.errors import ConfigError, EvalError, UserError
 from covidnet.hardware import DEVICE, EVAL_PRECISION
@@ -45,7 +45,7 @@ from covidnet.preprocess import OPTIONS as PREPROCESS_OPTIONS
 from covidnet.processes import pid_alive
 from covidnet.resume import check_writable
 from covidnet.run_checkpoints import best_checkpoint, resolve_checkpoints, run_of
-from covidnet.run_files import METRICS_FILE, write_eval
+from covidnet.run_files import METRICS_FILE, copy_eval, read_metrics, write_eval
 from covidnet.runs import RunDir
 from covidnet.set_metrics import set_metrics, summary_rows
 from covidnet.set_scoring import RUN, decode, predict, scoring, set_scoring
@@ -67,17 +67,18 @@ def preprocessing_notes(name: str, spec: dict, stated: dict) -> list[str]:
 
 
 def evaluate_models(models, sets: list[EvalSet], out_dirs: dict[tuple[str, str], list[Path]], batch_size: int, device, n_boot: int,
-                    seed: int, progress: bool = True) -> list[dict]:
+                    seed: int, progress: bool = True, kept: dict[tuple[str, str], Path] | None = None) -> list[dict]:
     """Predict and write results for every (model, set); returns summary rows. ``out_dirs[(model, set)]``: where to write.
 
     Each set is decoded once per distinct input spec among the models (covidnet.preprocess.InputSpec, from each
     checkpoint), and each metrics.json records that whole spec, the images used whole for want of a lung field,
-    and the precision the probabilities were computed in."""
+    and the precision the probabilities were computed in. ``kept[(model, set)]``: a complete result of the same
+    evaluation (:func:`kept_results`); a pair with no directory left to write gives its summary rows from it."""
     all_dirs = [d for dirs in out_dirs.values() for d in dirs]
     check_fresh(all_dirs)
     marks = claim(all_dirs, f"{len(models)} model(s) on {', '.join(s.name for s in sets)}")
     try:
-        return _evaluate_models(models, sets, out_dirs, batch_size, device, n_boot, seed, progress)
+        return _evaluate_models(models, sets, out_dirs, batch_size, device, n_boot, seed, progress, kept or {})
     except BaseException:  # an error, not a kill: directories left unwritten are not marked as being written
         for mark in marks:
             if not (mark.parent / METRICS_FILE).exists():
@@ -85,11 +86,21 @@ def evaluate_models(models, sets: list[EvalSet], out_dirs: dict[tuple[str, str],
         raise
 
 
-def _evaluate_models(models, sets, out_dirs, batch_size, device, n_boot, seed, progress) -> list[dict]:
+def _evaluate_models(models, sets, out_dirs, batch_size, device, n_boot, seed, progress, kept) -> list[dict]:
     rows = []
     for s in sets:
-        decoded = decode(s, {m.datamodule.spec for m in models}, progress)
         for m in models:
+            done = kept.get((m.name, s.name))
+            if done is not None:  # the same evaluation is complete elsewhere: copied where it is missing, not redone
+                for d in out_dirs[(m.name, s.name)]:
+                    copy_eval(done, d)
+                    (d / INCOMPLETE).unlink(missing_ok=True)
+                rows += summary_rows(m.name, read_metrics(done / METRICS_FILE))
+        todo = [m for m in models if (m.name, s.name) not in kept]
+        if not todo:
+            continue
+        decoded = decode(s, {m.datamodule.spec for m in todo}, progress)
+        for m in todo:
             spec = m.datamodule.spec
             keep, excluded = held_out(s, dict(m.datamodule.hparams))
             scored = s
@@ -180,6 +191,8 @@ def evaluate(cfg: DictConfig) -> dict:
     for m in models:
         for note in m.notes:
             print(f"note: {note}")
+    kept = kept_results(models, sets, out_dirs)  # what an interrupted run of the same command already finished
+    out_dirs = {pair: [d for d in dirs if d not in kept.get(pair, ())] for pair, dirs in out_dirs.items()}
     check_fresh([d for dirs in out_dirs.values() for d in dirs])  # before anything is created
     out.mkdir(parents=True, exist_ok=True)
     # this call's mark on the whole: it stays (with the pairs written so far) if the evaluation is killed or fails
@@ -187,7 +200,11 @@ def evaluate(cfg: DictConfig) -> dict:
     planned = [f"{m}/{s}" for m, s in out_dirs]
     write_json(mark, {"pid": os.getpid(), "pairs": planned, "note": "an evaluate.py call that has not finished (or was killed): "
                       "its pairs without metrics.json are missing, and summary.csv lacks its rows"})
-    rows = evaluate_models(models, sets, out_dirs, int(cfg.batch_size), device, int(cfg.n_boot), int(cfg.seed), bool(cfg.get("progress", True)))
+    try:
+        rows = evaluate_models(models, sets, out_dirs, int(cfg.batch_size), device, int(cfg.n_boot), int(cfg.seed),
+                               bool(cfg.get("progress", True)), {pair: dirs[0] for pair, dirs in kept.items()})
+    except KeyboardInterrupt:
+        raise SystemExit(interrupted(out_dirs, kept)) from None
     add_summary(out / "summary.csv", rows)
     mark.unlink(missing_ok=True)
     for stale in out.glob(f"{INCOMPLETE}.*.json"):  # a killed call's mark, once every pair it meant is written
@@ -198,6 +215,30 @@ def evaluate(cfg: DictConfig) -> dict:
     print_summary(rows)
     print(f"results: {out}")
     return {"out_dir": str(out), "rows": rows}
+
+
+def kept_results(models, sets: list[EvalSet], out_dirs: dict[tuple[str, str], list[Path]]) -> dict[tuple[str, str], list[Path]]:
+    """``{(model, set): directories}`` that already hold this very evaluation, complete (an interrupted run of the same
+    command finished them): kept, not refused and not redone."""
+    paths = {m.name: m.path for m in models}
+    definitions = {s.name: s.definition for s in sets}
+    kept = {}
+    for (model, set_name), dirs in out_dirs.items():
+        done = [d for d in dirs if same_result(d, paths[model], definitions[set_name])]
+        if done:
+            print(f"note: {model} on {set_name}: already evaluated by the same command, kept: {', '.join(map(str, done))}")
+            kept[(model, set_name)] = done
+    return kept
+
+
+def interrupted(out_dirs: dict[tuple[str, str], list[Path]], kept: dict[tuple[str, str], list[Path]]) -> int:
+    """After Ctrl-C: one line saying which evaluations are complete and kept and how to finish the rest; exit status 130."""
+    pairs = sorted(set(out_dirs) | set(kept))
+    complete = [p for p in pairs if all((d / METRICS_FILE).is_file() for d in [*out_dirs.get(p, []), *kept.get(p, [])])]
+    missing = [f"{m} on {s}" for m, s in pairs if (m, s) not in complete]
+    print(f"Interrupted: {len(complete)} of {len(pairs)} evaluation(s) complete and kept; not finished: {', '.join(missing) or 'none'}. "
+          "Run the same command again to finish them.", file=sys.stderr)
+    return 130
 
 
 def eval_dir(run: RunDir, set_name: str) -> Path:
@@ -218,11 +259,19 @@ def add_summary(path: Path, rows: list[dict]) -> None:
         if path.is_file():
             with open(path, newline="") as f:
                 before = list(csv.DictReader(f))
+        seen = {_row_key(r) for r in before}  # rows of evaluations kept from an interrupted run may be there already
+        rows = [r for r in rows if _row_key(r) not in seen]
+        if not rows:
+            return
         fields = list(dict.fromkeys([*(before[0] if before else {}), *rows[0]]))
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             w.writerows([*before, *rows])
+
+
+def _row_key(row: dict) -> tuple:
+    return tuple(sorted((k, "" if v is None else str(v)) for k, v in row.items()))
 
 
 def load_sets_for_training(names, eval_data: str | None) -> list[EvalSet]:
@@ -271,7 +320,11 @@ def list_overrides(argv: list[str]) -> list[str]:
 
 @hydra_app("evaluate")
 def _main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    try:
+        evaluate(cfg)
+    except KeyboardInterrupt:  # before any prediction (while checkpoints or sets are read): nothing to keep
+        print("Interrupted before any evaluation was written; nothing was kept.", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def main(cfg: DictConfig | None = None) -> None:

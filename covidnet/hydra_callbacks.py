@@ -62,6 +62,9 @@ class SweepReport(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweep = SweepDir(config.hydra.sweep.dir)
+        kept = self.sweep.keep_launch_record()  # before Hydra's sweeper writes this launch's multirun.yaml over it
+        if kept is not None:
+            log.info(f"{self.sweep.path} was launched into before: that launch's multirun.yaml is kept as {kept}")
         if not self._registered:
             atexit.register(self.summarise)
             self._registered = True

@@ -38,6 +38,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from covidnet import inits  # noqa: F401 - registers ${covidnet.init:...}, which saved configs hold
+from covidnet import run_lock
 from covidnet.errors import ConfigError, UserError, debugging
 from covidnet.options import interpolated_key
 from covidnet.run_files import CHECKPOINT_DIR, HYDRA_DIR, LAST_CHECKPOINT, METRICS_FILE, read_metrics
@@ -101,11 +102,14 @@ def check_writable(path: str | Path, what: str,
 class RunRecord(Callback):
     """Hydra callback (conf/hydra/default.yaml): importing it registers the record resolver, and the run or
     sweep directory is checked writable before Hydra creates it (else Hydra fails later with "Unable to
-    configure handler 'file'")."""
+    configure handler 'file'"); for train.py this process then owns it (covidnet/run_lock.py) before Hydra
+    writes its config record there, so a second process into it is refused having written nothing."""
 
-    def _check(self, directory: str) -> None:
+    def _check(self, directory: str, config: DictConfig, what: str) -> None:
         try:
             check_writable(directory, "output directory")
+            if config.get("task_name") == "train":  # before Hydra writes its record there (covidnet/run_lock.py)
+                run_lock.acquire(directory, what)
         except UserError as err:
             if debugging():
                 raise
@@ -113,10 +117,16 @@ class RunRecord(Callback):
             raise SystemExit(2) from None
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config.hydra.run.dir)
+        self._check(config.hydra.run.dir, config, "run directory")
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        run_lock.release(config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config.hydra.sweep.dir)
+        self._check(config.hydra.sweep.dir, config, "sweep directory")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        run_lock.release(config.hydra.sweep.dir)
 
 
 # --- resume ---------------------------------------------------------------------------------------------
@@ -229,9 +239,9 @@ def check_resume(cfg: DictConfig, out: Path, record_dir: Path | None = None) -> 
     if cfg.get("ckpt_path") is None:
         return None
     path = resume_checkpoint_path(cfg, out)
-    if path is None:  # ckpt_path=last, nothing saved yet: Lightning warns and trains from the start
-        return Resume()
-    ckpt = read_checkpoint(path, option="ckpt_path")
+    # ckpt_path=last with nothing saved yet: Lightning warns and trains from the start, but the run's original config
+    # is still the one to continue (two settings in one run directory describe neither)
+    ckpt = read_checkpoint(path, option="ckpt_path") if path is not None else {}
     record = out / RECORD / "config.yaml"
     original = OmegaConf.load(record) if record.is_file() else None
     found = differences(cfg, ckpt, original)
@@ -251,20 +261,21 @@ def check_resume(cfg: DictConfig, out: Path, record_dir: Path | None = None) -> 
             del refused[key]
     if refused:
         lines = "\n  ".join(f"{k}: {_show(a)} in the run, {_show(b)} now" for k, a, b in ((k, *v) for k, v in refused.items()))
+        source = f"from {path}" if path is not None else "(before its first checkpoint)"
         raise ConfigError(
-            f"Refusing to resume {out} from {path} with other settings than the run's (training would switch "
+            f"Refusing to resume {out} {source} with other settings than the run's (training would switch "
             f"part-way and the results describe neither):\n  {lines}\n"
             f"Resume with the run's settings (its overrides: {out / RECORD / 'overrides.yaml'}), or accept a change "
             f"with resume_allow=[{','.join(refused)}] (recorded in the run directory)."
         )
-    resume = Resume(path, ckpt["state_dict"], allowed)
+    resume = Resume(path, ckpt.get("state_dict"), allowed)
     if allowed:
         log.warning("Resuming with accepted changes: " + "; ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, (a, b) in allowed.items()))
         if record_dir is not None and record_dir.resolve() != (out / RECORD).resolve():
             record_dir.mkdir(parents=True, exist_ok=True)
             (record_dir / "accepted_changes.yaml").write_text(
                 OmegaConf.to_yaml(accepted_record(allowed)))
-    done = read_metrics(out / METRICS_FILE)
+    done = read_metrics(out / METRICS_FILE) if path is not None else None
     if done is not None:
         # finished with exactly these settings (and accepted changes) and epochs: nothing left to train or test
         same = json.loads(json.dumps(done.get("resumed_with_changes") or {})) == json.loads(json.dumps(accepted_record(allowed)))

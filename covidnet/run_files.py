@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
 from covidnet.atomic import atomic_path, write_json
+from covidnet.errors import ResultFileError
 from covidnet.sources.base import Record
 
 METRICS_FILE = "metrics.json"
@@ -37,6 +39,7 @@ EVAL_FILES = (METRICS_FILE, EVAL_PREDICTIONS_FILE)  # what one evaluation result
 EVAL_COLUMNS = ("path", "patient", "label", "diagnosis", "position", "slice_label", "prob_covid")
 FAILED_JOBS_FILE = "failed_jobs.jsonl"
 MULTIRUN_FILE = "multirun.yaml"
+LAUNCHES_DIR = "launches"  # <sweep>/launches/multirun-<time>.yaml: the records of earlier launches into one sweep directory
 
 
 # --- metrics.json ---------------------------------------------------------------------------------------------
@@ -45,53 +48,92 @@ def read_metrics(path: str | Path) -> dict | None:
     path = Path(path)
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ResultFileError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}): truncated or damaged. "
+                              "Copy it again from the run.") from err
     if not isinstance(data, dict):
-        raise ValueError(f"{path} does not hold a JSON object.")
+        raise ResultFileError(f"{path} does not hold a JSON object.")
     return data
 
 
 # --- CSV tables -----------------------------------------------------------------------------------------------
-def _read_rows(path: Path, required: tuple[str, ...], expected: int | None = None) -> list[dict[str, str]]:
-    """Rows of a covidnet CSV, refused when cut short: it must end with a complete line, every row must have every
-    ``required`` column, and where the writer recorded how many rows it wrote (``expected``) the count must match."""
-    truncated = (f"{path} is truncated (a copy or a write that did not finish); its rows cannot be trusted. "
-                 "Copy the file again from the run, or retrain the run.")
+# Every reader refuses, naming the file and the line: a file cut short (not ending in a newline, a short row, fewer
+# rows than its writer recorded), a value that cannot be what the writer wrote (a probability outside [0, 1], NaN or
+# inf, a label other than 0 or 1), a row named twice, and more rows than recorded.
+def _damaged(path: Path, fix: str) -> str:
+    return f"{path} is damaged or edited; its rows cannot be trusted. {fix}"
+
+
+def check_probability(path: Path, line: int, value: str, column: str = "prob_covid") -> float:
+    """``value`` as a P(COVID): a finite number in [0, 1] (the writers write nothing else), else refused."""
+    try:
+        p = float(value)
+    except ValueError:
+        p = float("nan")
+    if not (math.isfinite(p) and 0.0 <= p <= 1.0):
+        raise ResultFileError(f"{path}, line {line}: {column}={value!r} is not a probability (a finite number in [0, 1]); "
+                              "the file was edited or damaged. Copy it again from the run, or rerun what wrote it.")
+    return p
+
+
+def check_label(path: Path, line: int, value: str) -> int:
+    """``value`` as a label: 0 (non-COVID) or 1 (COVID), else refused."""
+    if value.strip() not in ("0", "1", "0.0", "1.0"):
+        raise ResultFileError(f"{path}, line {line}: label={value!r} is not 0 or 1; the file was edited or damaged. "
+                              "Copy it again from the run, or rerun what wrote it.")
+    return int(float(value))
+
+
+def read_table(path: str | Path, required: tuple[str, ...], check=None, key=None, expected: int | None = None,
+               recorded: str = "its writer", fix: str = "Copy the file again from the run, or rerun what wrote it.") -> list[dict]:
+    """The one reader of covidnet's CSV tables: rows as dicts after ``check(row, line)`` (which converts and may
+    refuse a value), each ``key(row)`` once, ``expected`` rows (the count ``recorded`` in another file)."""
+    path = Path(path)
+    truncated = f"{path} is truncated (a copy or a write that did not finish); its rows cannot be trusted. {fix}"
     raw = path.read_bytes()
     if raw and not raw.endswith(b"\n"):
-        raise ValueError(f"{truncated[:-1]} It ends in the middle of a line.")
+        last = raw.count(b"\n") + 1
+        raise ResultFileError(f"{truncated} It ends in the middle of a line (line {last}).")
+    rows, seen = [], {}
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         missing = set(required) - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{path} lacks the column(s) {sorted(missing)}; expected {','.join(required)} as covidnet writes.")
-        rows = []
+            raise ResultFileError(f"{path} lacks the column(s) {sorted(missing)}; expected {','.join(required)} as covidnet writes.")
         for row in reader:
-            if None in row or any(row.get(c) in (None, "") for c in required):
-                raise ValueError(f"{truncated} Line {reader.line_num} is incomplete: {row}.")
+            line = reader.line_num
+            if None in row:
+                raise ResultFileError(f"{_damaged(path, fix)} Line {line} has more fields than the header.")
+            if any(v is None for v in row.values()) or any(row.get(c) in (None, "") for c in required):
+                raise ResultFileError(f"{truncated} Line {line} is incomplete: {row}.")
+            row = check(row, line) if check else row
+            name = key(row) if key else None
+            if name is not None and name in seen:
+                raise ResultFileError(f"{_damaged(path, fix)} Line {line} is duplicated: {name} already on line {seen[name]}.")
+            seen[name] = line
             rows.append(row)
-    if expected is not None and len(rows) != expected:
-        raise ValueError(f"{truncated[:-1]} It holds {len(rows)} predictions; the run's metrics.json says it predicted {expected}.")
+    if expected is not None and len(rows) < expected:
+        raise ResultFileError(f"{truncated} It holds {len(rows)} rows; {recorded} says it wrote {expected}.")
+    if expected is not None and len(rows) > expected:
+        raise ResultFileError(f"{_damaged(path, fix)} It holds {len(rows)} rows; {recorded} says it wrote {expected}: rows were added.")
     return rows
+
+
+def _prediction_row(path: Path):
+    def check(row: dict, line: int) -> dict:
+        return {**row, "label": check_label(path, line, row["label"]), "prob_covid": check_probability(path, line, row["prob_covid"])}
+    return check
 
 
 def read_prediction_rows(path: str | Path, expected: int | None = None) -> list[dict]:
     """A predictions_test.csv -> its rows, ``label`` an int and ``prob_covid`` a float, extra columns (``source``,
-    ``patient``) as written; a repeated image is an error. ``expected``: the count metrics.json records
-    (``n_test_predictions``), checked."""
+    ``patient``) as written; every value checked, an image named twice refused. ``expected``: the count
+    metrics.json records (``n_test_predictions``), checked."""
     path = Path(path)
-    rows, seen = [], set()
-    for line, row in enumerate(_read_rows(path, PREDICTION_COLUMNS, expected), start=2):
-        try:
-            row = {**row, "label": int(float(row["label"])), "prob_covid": float(row["prob_covid"])}
-        except ValueError as err:
-            raise ValueError(f"{path}: line {line} does not hold a label and a probability ({err}).") from err
-        key = (row["file"], row["label"])
-        if key in seen:
-            raise ValueError(f"{path}: {key[0]} (label {key[1]}) appears twice; predictions must name each image once.")
-        seen.add(key)
-        rows.append(row)
-    return rows
+    return read_table(path, PREDICTION_COLUMNS, _prediction_row(path), lambda r: f"{r['file']} (label {r['label']})", expected,
+                      f"the run's {METRICS_FILE} (n_test_predictions)", "Copy the file again from the run, or retrain the run.")
 
 
 def read_predictions_csv(path: str | Path, expected: int | None = None) -> dict[tuple[str, int], float]:
@@ -126,21 +168,48 @@ def write_eval(out: str | Path, records: list[Record], probs: Iterable[float], m
     return out
 
 
-def read_eval_rows(path: str | Path) -> list[dict[str, str]]:
+def copy_eval(src: str | Path, out: str | Path) -> Path:
+    """A complete evaluation result copied into ``out``, in :func:`write_eval`'s order (metrics.json last)."""
+    src, out = Path(src), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (EVAL_PREDICTIONS_FILE, METRICS_FILE):
+        with atomic_path(out / name) as tmp:
+            tmp.write_bytes((src / name).read_bytes())
+    return out
+
+
+def incomplete_results(root: str | Path) -> list[str]:
+    """Names of the folders directly below ``root`` without a metrics.json: evaluations that were interrupted."""
+    root = Path(root)
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not (d / METRICS_FILE).is_file()) if root.is_dir() else []
+
+
+def read_eval_rows(path: str | Path, expected: int | None = None) -> list[dict[str, str]]:
     """The rows of one evaluation's predictions.csv as written (strings): ``path``, ``patient``, ``label``, ...
-    ``prob_covid``; refused when cut short."""
-    return _read_rows(Path(path), ("path", "prob_covid"))
+    ``prob_covid``; every label and probability checked, a path named twice refused, ``expected`` rows (metrics.json's
+    ``n_images``) checked."""
+    path = Path(path)
+
+    def check(row: dict, line: int) -> dict:
+        if row.get("label") not in (None, ""):
+            check_label(path, line, row["label"])
+        check_probability(path, line, row["prob_covid"])
+        return row
+
+    return read_table(path, ("path", "prob_covid"), check, lambda r: r["path"], expected, f"its {METRICS_FILE} (n_images)",
+                      "Rerun the evaluation (the same evaluate.py command redoes it), or copy the folder again.")
 
 
 def read_eval(out: str | Path) -> tuple[dict, list[dict[str, str]]]:
     """(metrics.json, prediction rows as written: ``path``, ``patient``, ``label``, ... ``prob_covid``) of one
     evaluation result written by :func:`write_eval`; rows as strings, as a rebuilt report's are
-    (covidnet.report.bundle). A predictions file cut short raises ValueError."""
+    (covidnet.report.bundle). A predictions file cut short or damaged raises ResultFileError."""
     out = Path(out)
     metrics = read_metrics(out / METRICS_FILE)
     if metrics is None:
-        raise ValueError(f"{out} holds no {METRICS_FILE}: not a complete evaluation result.")
-    return metrics, read_eval_rows(out / EVAL_PREDICTIONS_FILE)
+        raise ResultFileError(f"{out} holds no {METRICS_FILE}: not a complete evaluation result.")
+    n = metrics.get("n_images")
+    return metrics, read_eval_rows(out / EVAL_PREDICTIONS_FILE, n if isinstance(n, int) else None)
 
 
 def eval_results(root: str | Path) -> list[str]:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -38,6 +40,7 @@ from covidnet.run_files import (
     FAILED_JOBS_FILE,
     HYDRA_DIR,
     LAST_CHECKPOINT,
+    LAUNCHES_DIR,
     METRICS_FILE,
     MULTIRUN_FILE,
     PREDICTIONS_FILE,
@@ -252,6 +255,30 @@ class SweepDir:
         """Hydra's ``multirun.yaml`` (unresolved); None when the folder has none."""
         cfg = _read_yaml(self.path / MULTIRUN_FILE)
         return cfg if isinstance(cfg, dict) else None
+
+    def keep_launch_record(self) -> Path | None:
+        """Copy the previous launch's multirun.yaml to ``launches/multirun-<UTC time it was written>.yaml`` before
+        Hydra writes this launch's over it: a second ``-m`` into the same sweep directory keeps the first's record
+        (its command and jobs). Returns the copy, None when there was nothing to keep."""
+        current = self.path / MULTIRUN_FILE
+        if not current.is_file():
+            return None
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.gmtime(current.stat().st_mtime))
+        folder = self.path / LAUNCHES_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"multirun-{stamp}.yaml"
+        n = 1
+        while target.exists():
+            n += 1
+            target = folder / f"multirun-{stamp}-{n}.yaml"
+        shutil.copy2(current, target)
+        return target
+
+    def launch_configs(self) -> list[dict]:
+        """Every launch's multirun.yaml (unresolved), oldest first: those kept in ``launches/``, then the current one."""
+        kept = sorted((self.path / LAUNCHES_DIR).glob("multirun-*.yaml"), key=lambda p: (p.stat().st_mtime, p.name))
+        found = [_read_yaml(p) for p in [*kept, self.path / MULTIRUN_FILE]]
+        return [cfg for cfg in found if isinstance(cfg, dict)]
 
     def job_dirs(self) -> list[RunDir]:
         """Directories holding a job (``.hydra/`` or ``metrics.json``) below the sweep, in name order; the

@@ -41,6 +41,7 @@ from covidnet.predict import predict_probs
 from covidnet.preprocess import OPTIONS as PREPROCESS_OPTIONS
 from covidnet.resume import Resume, accepted_record, check_resume, check_writable
 from covidnet.run_files import LAST_CHECKPOINT
+from covidnet.run_lock import owning
 from covidnet.runs import RunDir
 from covidnet.selection import OPTIONS as SELECTION_OPTIONS
 from covidnet.sets import SET_OPTIONS
@@ -175,7 +176,14 @@ def train(cfg: DictConfig) -> dict:
 
     Each step below is one function: what it checks, builds or writes is said there (the order matters: every
     check comes before any data is read or trained on)."""
-    out, resume = open_run(cfg)
+    out = open_run(cfg)
+    with owning(out):  # one process per run directory (covidnet/run_lock.py), from here until the run is written
+        check_run_dir(out, cfg.get("ckpt_path"))
+        return run(cfg, out, check_resume(cfg, out, record_dir()))
+
+
+def run(cfg: DictConfig, out: Path, resume: Resume | None) -> dict:
+    """The run itself, in a run directory this process owns (see :func:`train`)."""
     if resume and resume.finished is not None:
         log.info(f"{out} already finished (metrics.json); nothing to resume, its results are kept as they are.")
         return resume.finished
@@ -200,16 +208,15 @@ def train(cfg: DictConfig) -> dict:
     return metrics
 
 
-def open_run(cfg: DictConfig) -> tuple[Path, Resume | None]:
-    """Check every option, the run directory (writable, not used by another run) and a resume (it continues the
-    run it resumes: same checkpoint check as everywhere, same settings; covidnet/resume.py), then create the directory."""
+def open_run(cfg: DictConfig) -> Path:
+    """Check every option and that the run directory can be written, then create it. :func:`train` then owns it and
+    checks it is not another run's and that a resume continues the run it resumes (covidnet/resume.py)."""
     check_config(cfg, TRAIN, ConfigError)  # every option, before any data is read or model built
     prepare_multirun_job_for_ddp()
     out = Path(cfg.paths.output_dir)
     check_writable(out, "run directory")
     out.mkdir(parents=True, exist_ok=True)
-    check_run_dir(out, cfg.get("ckpt_path"))
-    return out, check_resume(cfg, out, record_dir())
+    return out
 
 
 def build_model(cfg: DictConfig, hardware: HardwareChoice, resume: Resume | None) -> L.LightningModule:

@@ -28,7 +28,9 @@ def load_error_reason(err: Exception) -> str:
     the file: that advice is never passed on, only the reason the restricted loader gave.
     """
     text = str(err)
-    unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    # each way the restricted unpickler refuses a pickled object: an import (blocked module or not allowed) or a call
+    unsafe = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+?)[.]?(?:\s|$)", text) or re.search(
+        r"(?:call reduce for unrecognized function|create new object .*? but got|build .*?, but got) (.+?)\s*$", text, re.M)
     if unsafe:
         return (
             f"it holds pickled Python objects ({unsafe.group(1)}), which could run code when loaded; covidnet reads only "

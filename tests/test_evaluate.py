@@ -138,10 +138,14 @@ def test_evaluate_writes_metrics_and_predictions_through_the_checkpoints_preproc
     assert semi["images"]["all"]["metrics"]["specificity"] is None and semi["images"]["all"]["metrics"]["sensitivity"] is not None
     assert "patients" not in semi
     assert (out / "summary.csv").is_file() and len(result["rows"]) == len((out / "summary.csv").read_text().splitlines()) - 1
-    # never overwritten: the second call fails before writing anything
+    # never overwritten: the same command again keeps every result as it is (nothing was missing), and another
+    # evaluation into the same directories fails before writing anything
     before = (out / name / "semiseg" / "metrics.json").stat().st_mtime_ns
+    summary = (out / "summary.csv").read_text()
+    evaluate(config(scans, semiseg, out, f"ckpt={ckpt}"))
+    assert (out / name / "semiseg" / "metrics.json").stat().st_mtime_ns == before and (out / "summary.csv").read_text() == summary
     with pytest.raises(EvalError, match="never overwrites"):
-        evaluate(config(scans, semiseg, out, f"ckpt={ckpt}"))
+        evaluate(config(scans, semiseg, out, f"ckpt={ckpt}", "eval.covid_ct_md.patient_topk=3"))
     assert (out / name / "semiseg" / "metrics.json").stat().st_mtime_ns == before
 
 
@@ -190,9 +194,14 @@ def test_sweep_into_runs_writes_each_runs_eval_area_once(tmp_path, scans, semise
     # for these two trained models either, and why
     assert diff.startswith(f"  - Δ auroc {auroc[1] - auroc[0]:+.3f}: not enough seeds to judge;")
     assert f"for these trained models {auroc[1] - auroc[0]:+.3f} (n/a: too few patients per class (2 COVID, 3 non-COVID;" in diff
-    with pytest.raises(EvalError, match="never overwrites"):
-        evaluate(config(scans, semiseg, tmp_path / "out2", f"ckpt={sweep}", "into_runs=true"))
-    assert not (tmp_path / "out2").exists()
+    # the same evaluation again: the runs' results are kept (copied to the new out_dir), not redone or refused
+    before = (sweep / "seed=0" / "eval" / "semiseg" / "metrics.json").read_text()
+    evaluate(config(scans, semiseg, tmp_path / "out2", f"ckpt={sweep}", "into_runs=true"))
+    assert (sweep / "seed=0" / "eval" / "semiseg" / "metrics.json").read_text() == before
+    assert (tmp_path / "out2" / metrics["model"] / "semiseg" / "metrics.json").read_text() == before
+    with pytest.raises(EvalError, match="never overwrites"):  # another evaluation (other settings) of the same set
+        evaluate(config(scans, semiseg, tmp_path / "out4", f"ckpt={sweep}", "into_runs=true", "eval.covid_ct_md.patient_topk=3"))
+    assert not (tmp_path / "out4").exists()
     with pytest.raises(EvalError, match="not .*best checkpoint"):
         evaluate(config(scans, semiseg, tmp_path / "out3", f"ckpt=['{sweep / 'seed=0' / 'checkpoints' / 'last.ckpt'}']", "into_runs=true"))
 

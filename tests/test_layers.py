@@ -34,7 +34,7 @@ LAYERS = {
     # composition: what trains, and what runs leave on disk, built from the domain
     "image_cache": COMPOSITION, "selection": COMPOSITION, "datamodule": COMPOSITION, "multisource": COMPOSITION,
     "near_duplicates": COMPOSITION, "sets": COMPOSITION, "set_metrics": COMPOSITION, "set_scoring": COMPOSITION, "run_files": COMPOSITION,
-    "runs": COMPOSITION, "run_checkpoints": COMPOSITION, "checkpoint": COMPOSITION,
+    "runs": COMPOSITION, "run_lock": COMPOSITION, "run_checkpoints": COMPOSITION, "checkpoint": COMPOSITION,
     "checkpoint_saving": COMPOSITION, "resume": COMPOSITION, "claims": COMPOSITION, "callbacks": COMPOSITION,
     "external_summary": COMPOSITION,
     # apps: entry points and what they print or write for people

@@ -25,9 +25,11 @@ import json
 from pathlib import Path
 
 from covidnet.atomic import atomic_path, write_text
+from covidnet.errors import ResultFileError
 from covidnet.report.figures import read_curves
 from covidnet.report.render import SETTING_KEYS
 from covidnet.report.sweep import ReportError, Run, Sweep, dig
+from covidnet.run_files import check_label, check_probability, read_table
 
 PREDICTIONS = "predictions.csv"
 JOBS = "jobs.json"
@@ -39,6 +41,7 @@ METRIC_KEYS = ("seed", "init", "best_epoch", "epochs_trained", "best_val_score",
 # config entries the report reads: the settings its header shows, and the init a job without an override had
 CONFIG_KEYS = (*SETTING_KEYS, "model.init")
 _MISSING = object()
+_FIX = "Copy the report folder again, or write it anew from its sweep: python -m covidnet.report <sweep dir>."
 
 
 def _eval_part(metrics: dict) -> dict:
@@ -89,6 +92,9 @@ def write_bundle(sweep: Sweep, folder: Path, options: dict) -> None:
             "config": _settings(r.config),
             "curves": {tag: [list(p) for p in points] for tag, points in (curves or {}).items()},
             "evals": {name: _eval_part(metrics) for name, (metrics, _) in evals.items()},
+            # what predictions.csv must give back for this job (load_bundle checks it)
+            "n_predictions": {TEST_SET: len(r.predictions), **{name: len(rows) for name, (_, rows) in evals.items()}},
+            "incomplete_evals": r.incomplete_evals(),
         })
     names = [r.name for r in sweep.runs if any(r.name in c for c in columns.values())]
     with atomic_path(folder / PREDICTIONS) as tmp, open(tmp, "w", newline="") as f:
@@ -96,7 +102,8 @@ def write_bundle(sweep: Sweep, folder: Path, options: dict) -> None:
         w.writerow(["set", "path", "label", "patient", *names])
         for (set_name, path), cell in columns.items():
             w.writerow([set_name, path, cell["label"], cell["patient"], *(repr(cell[n]) if n in cell else "" for n in names)])
-    record = {"format": FORMAT, "sweep": sweep.name or sweep.path.name, "command": sweep.command, "factors": sweep.factors, "references": sweep.references,
+    record = {"format": FORMAT, "sweep": sweep.name or sweep.path.name, "command": sweep.command, "commands": sweep.commands, "factors": sweep.factors, "references": sweep.references,
+              "n_rows": len(columns),
               "report": {"margins": {}, **options},
               "jobs": jobs}
     write_text(folder / JOBS, json.dumps(record, indent=1) + "\n")
@@ -105,20 +112,56 @@ def write_bundle(sweep: Sweep, folder: Path, options: dict) -> None:
 def read_options(folder: str | Path) -> dict:
     """The bootstrap settings and margins a bundle's report was written with (``{}`` when not recorded)."""
     path = Path(folder) / JOBS
-    return json.loads(path.read_text()).get("report", {}) if path.is_file() else {}
+    return _read_jobs(path).get("report", {}) if path.is_file() else {}
+
+
+def _read_jobs(path: Path) -> dict:
+    """jobs.json, refused in one line when it is not the JSON the report wrote (cut short by a copy, edited)."""
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}): truncated or damaged. {_FIX}") from err
+    if not isinstance(record, dict) or not isinstance(record.get("jobs"), list):
+        raise ReportError(f"{path} does not hold a report's job list. {_FIX}")
+    if record.get("format") != FORMAT:
+        raise ReportError(f"{path}: format {record.get('format')!r}, this version reads format {FORMAT}.")
+    return record
+
+
+def _read_rows(path: Path, names: list[str], expected: int | None) -> list[dict]:
+    """predictions.csv through the one table reader: every label 0 or 1, every job's P(COVID) a probability or blank,
+    each (set, path) once, as many rows as jobs.json records."""
+    def check(row: dict, line: int) -> dict:
+        check_label(path, line, row["label"])
+        for name in names:
+            if row.get(name):
+                check_probability(path, line, row[name], name)
+        return row
+
+    try:
+        return read_table(path, ("set", "path", "label"), check, lambda r: f"{r['set']}/{r['path']}", expected, f"{JOBS} (n_rows)", _FIX)
+    except ResultFileError as err:
+        raise ReportError(str(err)) from err
+
+
+def _check_counts(folder: Path, job: dict, run: Run) -> None:
+    """Each job's predictions per set as many as jobs.json records (a blanked or removed cell is refused)."""
+    found = {TEST_SET: len(run.predictions), **{name: len(rows) for name, (_, rows) in (run.evals or {}).items()}}
+    for set_name, n in (job.get("n_predictions") or {}).items():
+        if found.get(set_name, 0) != n:
+            raise ReportError(f"{folder / PREDICTIONS}: job {job['name']} has {found.get(set_name, 0)} predictions on {set_name}; "
+                              f"{JOBS} records {n}. The file was cut short or edited. {_FIX}")
 
 
 def load_bundle(folder: str | Path) -> Sweep:
     """The sweep a report folder's predictions.csv and jobs.json describe: its runs with their predictions, external
-    evaluations, metrics and curves, and no job directory (``Run.path`` None)."""
+    evaluations, metrics and curves, and no job directory (``Run.path`` None). Both files are checked as read: a file
+    cut short, a value that is no probability or label, a duplicated row or a count unlike the recorded one is refused."""
     folder = Path(folder)
     if not (folder / JOBS).is_file() or not (folder / PREDICTIONS).is_file():
         raise ReportError(f"{folder} holds no {PREDICTIONS} and {JOBS}: pass a report folder written by `python -m covidnet.report`.")
-    record = json.loads((folder / JOBS).read_text())
-    if record.get("format") != FORMAT:
-        raise ReportError(f"{folder / JOBS}: format {record.get('format')!r}, this version reads format {FORMAT}.")
-    with open(folder / PREDICTIONS, newline="") as f:
-        rows = list(csv.DictReader(f))
+    record = _read_jobs(folder / JOBS)
+    rows = _read_rows(folder / PREDICTIONS, [job["name"] for job in record["jobs"]], record.get("n_rows"))
     runs = []
     for job in record["jobs"]:
         name = job["name"]
@@ -132,6 +175,8 @@ def load_bundle(folder: str | Path) -> Sweep:
                                              for row in mine if row["set"] == set_name])
         run.curves = {tag: [(int(e), float(v)) for e, v in points] for tag, points in job["curves"].items()}
         run.params = job["params"]
+        run.incomplete = job.get("incomplete_evals") or []
+        _check_counts(folder, job, run)
         runs.append(run)
     return Sweep(folder.resolve(), record["command"], runs, record["factors"], record["references"], source=f"--from-predictions {folder}",
-                 name=record["sweep"])
+                 name=record["sweep"], commands=record.get("commands") or [])

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from covidnet import stats
 from covidnet.report.cam import cam_section
 from covidnet.report.ensemble import ensemble_section
-from covidnet.report.external import external_section
+from covidnet.report.external import external_section, missing_evaluations_section
 from covidnet.report.figures import figures_section
 from covidnet.report.provenance import provenance_section
 from covidnet.report.render import Context, Section, diff_ci, fmt, md_table, pm, with_ci
@@ -132,6 +132,7 @@ SECTIONS: list[SectionBuilder] = [
     summary_section,
     sources_section,
     external_section,
+    missing_evaluations_section,
     comparison_section,
     ensemble_section,
     runs_section,

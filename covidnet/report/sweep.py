@@ -11,6 +11,7 @@ from pathlib import Path
 from covidnet import stats
 from covidnet.errors import UserError
 from covidnet.inits import resolve_init_defaults
+from covidnet.run_files import EVAL_DIR, incomplete_results
 from covidnet.runs import FAILED, NOT_TRAINED, RunDir, SweepDir, not_job_keys, override_key
 
 REFERENCE_INIT = "scratch"
@@ -42,6 +43,7 @@ class Run:
     # {set: (metrics.json, prediction rows)} for a run not read from its directory (a report rebuilt from its predictions)
     evals: dict[str, tuple[dict, list[dict]]] | None = None
     curves: dict[str, list[tuple[int, float]]] | None = None  # likewise: validation curves per tag, else read from TensorBoard
+    incomplete: list[str] | None = None  # likewise: external sets whose evaluation was interrupted, else read from eval/
 
     @property
     def ok(self) -> bool:
@@ -57,7 +59,22 @@ class Run:
         if self.evals is not None:
             return self.evals
         rd = self.run_dir
-        return {} if rd is None else {name: rd.read_eval(name) for name in rd.eval_sets()}
+        try:
+            return {} if rd is None else {name: rd.read_eval(name) for name in rd.eval_sets()}
+        except ValueError as err:  # a result file cut short or damaged: one line naming it, never a smaller result
+            raise ReportError(f"job {self.name}: {err}") from err
+
+    def eval_names(self) -> set[str]:
+        """The external sets this run has a complete evaluation of (names only: nothing is read)."""
+        if self.evals is not None:
+            return set(self.evals)
+        return set(self.run_dir.eval_sets()) if self.run_dir is not None else set()
+
+    def incomplete_evals(self) -> list[str]:
+        """External sets whose evaluation of this run was interrupted (an ``eval/<set>/`` without metrics.json)."""
+        if self.incomplete is not None or self.path is None:
+            return list(self.incomplete or [])
+        return incomplete_results(self.path / EVAL_DIR)
 
     @property
     def seed(self) -> str:
@@ -80,6 +97,8 @@ class Sweep:
     # the argument of `python -m covidnet.report` that rebuilds the report (default: the sweep directory)
     source: str = ""
     name: str = ""  # what the report is titled (default: the sweep directory's name)
+    # every launch's command, oldest first (a second `-m` into the same sweep directory adds one); ``command``: the last
+    commands: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> list[Run]:
@@ -177,15 +196,18 @@ def expand_sweep(arguments: list[str]) -> tuple[list[list[str]], set[str]]:
 
 
 def sweep_definition(sweep_dir: Path) -> tuple[list[str], list[list[str]], set[str], set[str]]:
-    """From ``multirun.yaml``: (task overrides as typed, every job's override strings, swept keys, exclude keys)."""
-    cfg = SweepDir(sweep_dir).multirun_config()
-    if cfg is None:
-        return [], [], set(), set()
-    task = [str(x) for x in dig(cfg, "hydra.overrides.task", []) or []]
-    params = dig(cfg, "hydra.sweeper.params") or {}
-    jobs, swept = expand_sweep([f"{k}={v}" for k, v in params.items()] + task)
-    exclude = set(dig(cfg, "hydra.job.config.override_dirname.exclude_keys", []) or [])
-    return task, jobs, swept, exclude
+    """From every launch's ``multirun.yaml`` (covidnet.runs.SweepDir.launch_configs): (each launch's command, every
+    job's override strings, swept keys, exclude keys); the jobs of all launches, in launch order."""
+    commands, jobs, swept, exclude = [], [], set(), set()
+    for cfg in SweepDir(sweep_dir).launch_configs():
+        task = [str(x) for x in dig(cfg, "hydra.overrides.task", []) or []]
+        params = dig(cfg, "hydra.sweeper.params") or {}
+        launch_jobs, launch_swept = expand_sweep([f"{k}={v}" for k, v in params.items()] + task)
+        jobs += [job for job in launch_jobs if job not in jobs]
+        swept |= launch_swept
+        exclude |= set(dig(cfg, "hydra.job.config.override_dirname.exclude_keys", []) or [])
+        commands.append("python train.py -m " + " ".join(task) if task else "")
+    return commands, jobs, swept, exclude
 
 
 def job_identity(overrides: dict[str, str], ignore: set[str]) -> tuple:
@@ -198,7 +220,7 @@ def load_sweep(sweep_dir: str | Path, failures: dict[str, str] | None = None) ->
     sweep_dir = Path(sweep_dir).expanduser().resolve()
     if not sweep_dir.is_dir():
         raise ReportError(f"Sweep directory not found: {sweep_dir}. Pass the directory Hydra printed, e.g. logs/train/multiruns/<stamp>.")
-    task, expected, swept, exclude = sweep_definition(sweep_dir)
+    commands, expected, swept, exclude = sweep_definition(sweep_dir)
     failures = {**SweepDir(sweep_dir).failures(), **(failures or {})}
     runs = [read_job(rd.path, sweep_dir, failures) for rd in SweepDir(sweep_dir).job_dirs()]
     if not runs and not expected:
@@ -226,7 +248,6 @@ def load_sweep(sweep_dir: str | Path, failures: dict[str, str] | None = None) ->
     factors = ["init"] + factors
     for r in runs:
         r.params = {"init": r.init} | {k: r.overrides.get(k, str(dig(r.config, k, "default"))) for k in factors[1:]}
-    command = "python train.py -m " + " ".join(task) if task else ""
     first = parse_overrides(expected[0]) if expected else {}
     references = {"init": REFERENCE_INIT} | {k: first[k] for k in factors[1:] if k in first}
-    return Sweep(sweep_dir, command, runs, factors, references)
+    return Sweep(sweep_dir, commands[-1] if commands else "", runs, factors, references, commands=[c for c in commands if c])
