@@ -125,9 +125,10 @@ def provenance_section(ctx: Context) -> Section:
     if cmds:
         lines += ["Training commands, one per distinct job setting (rebuilt from each job's overrides, seeds joined):", "",
                   "```bash", *cmds, "```", ""]
-    if ctx.sweep.command and len(cmds) > 1:
-        lines += [f"The sweep directory's multirun.yaml records `{ctx.sweep.command}` (a sweep run in pieces keeps only its last "
-                  "multirun there).", ""]
+    launches = ctx.sweep.commands or ([ctx.sweep.command] if ctx.sweep.command else [])
+    if launches and (len(cmds) > 1 or len(launches) > 1):
+        lines += [f"Sweep commands ({len(launches)} launches into this directory, oldest first; multirun.yaml and launches/):", "",
+                  *(f"{i}. `{c}`" for i, c in enumerate(launches, 1)), ""]
     keys, rows = differing_settings(ctx)
     if keys:
         lines += ["Settings that differ between jobs (as written in their .hydra/config.yaml):", "",
