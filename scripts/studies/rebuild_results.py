@@ -127,7 +127,8 @@ def pm(pair) -> str:
 
 
 def interval(iv) -> str:
-    return "–" if not iv else f"{num(iv[0], True)} to {num(iv[1], True)}"
+    """``-0.11 to +0.38``; none: fewer than 5 units (images or patients) per class, where covidnet.stats gives none."""
+    return "no interval (fewer than 5 per class)" if not iv else f"{num(iv[0], True)} to {num(iv[1], True)}"
 
 
 def setting(report: dict, row: str, key: str, default: str = "?") -> str:
