@@ -22,6 +22,7 @@ from covidnet.backbones import OPTIONS as BACKBONE_OPTIONS
 from covidnet.backbones import build_backbone, get_arch
 from covidnet.bn_calibration import batchnorm_layers, estimate_batchnorm_statistics, training_batches
 from covidnet.options import Rule, boolean, integer, number, optional, text
+from covidnet.training_recipe import selection_score, with_warmup
 
 # the model's own conf/model keys (covidnet.options); backbones (arch, freeze) and inits (init) own the others
 OPTIONS: dict[str, Rule] = {
@@ -36,8 +37,6 @@ OPTIONS: dict[str, Rule] = {
     "model.select_from_epoch": integer(0).because("the first epoch whose checkpoint may be selected (val/select)"),
 }
 
-# the selection score of an epoch that may not be selected: below any AUROC
-NOT_SELECTABLE = -1.0
 
 
 def binary_metrics(prefix: str) -> MetricCollection:
@@ -339,27 +338,3 @@ class CovidClassifier(L.LightningModule):
         scheduler = with_warmup(optimizer, self.scheduler_factory, warmup)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
-
-def with_warmup(optimizer: torch.optim.Optimizer, scheduler_factory, warmup_epochs: int):
-    """The configured scheduler, preceded by ``warmup_epochs`` epochs of linear warm-up from 1 % of each group's
-    learning rate (torch's LinearLR + SequentialLR, as timm's warm-up). The scheduler then starts at its own
-    epoch 0: a cosine with ``T_max=trainer.max_epochs`` ends at about 1 % of the peak instead of 0 after a short
-    warm-up, which is kept rather than making T_max depend on two keys."""
-    from torch.optim.lr_scheduler import ConstantLR, LinearLR, SequentialLR
-
-    if not warmup_epochs:
-        return scheduler_factory(optimizer=optimizer)
-    warm = LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=warmup_epochs)
-    after = scheduler_factory(optimizer=optimizer) if scheduler_factory is not None else ConstantLR(optimizer, factor=1.0, total_iters=0)
-    return SequentialLR(optimizer, [warm, after], milestones=[warmup_epochs])
-
-
-def selection_score(probs: torch.Tensor, labels: torch.Tensor, epoch: int, select_from_epoch: int) -> torch.Tensor:
-    """Validation AUROC where the epoch may be selected, else ``NOT_SELECTABLE`` (see on_validation_epoch_end)."""
-    from torchmetrics.functional.classification import binary_auroc
-
-    called_covid = int((probs >= 0.5).sum())
-    one_class = called_covid in (0, len(probs)) or int(labels.sum()) in (0, len(labels))
-    if epoch < select_from_epoch or one_class:
-        return torch.tensor(NOT_SELECTABLE)
-    return binary_auroc(probs.float(), labels.long()).detach().cpu()

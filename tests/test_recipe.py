@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from covidnet.checkpoint import load_checkpoint
-from covidnet.model import NOT_SELECTABLE, CovidClassifier, selection_score, with_warmup
+from covidnet.model import CovidClassifier
+from covidnet.training_recipe import NOT_SELECTABLE, selection_score, with_warmup
 from covidnet.train import train
 from test_train import compose_cfg, tiny_cfg
 
@@ -152,3 +153,13 @@ def test_field_study_widens_an_edge_choice_and_picks_levers_on_validation(study,
     assert selection["scratch"]["chosen"] == {"model.optimizer.lr": selection["scratch"]["lr"], "model.label_smoothing": "0"}
     n = counter["n"]
     assert study.select(args, tmp_path) == selection and counter["n"] == n  # resumed: nothing trained again
+
+
+def test_lite_holds_the_committed_studys_chosen_values():
+    """experiment=lite reproduces the committed 128 px report: its per-arm values are the study's choice on validation."""
+    chosen = json.loads((ROOT / "docs" / "results" / "lite" / "selection.json").read_text())
+    for init in ("scratch", "imagenet"):
+        cfg = compose_cfg(["experiment=lite", f"init={init}"])
+        want = chosen[init]["chosen"]
+        assert cfg.model.optimizer.lr == pytest.approx(float(want["model.optimizer.lr"]))
+        assert cfg.model.backbone_lr_scale == pytest.approx(float(want.get("model.backbone_lr_scale", 1.0)))

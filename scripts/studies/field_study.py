@@ -1,6 +1,7 @@
 """ImageNet vs scratch on EfficientNet-Lite0 at full budget (``experiment=lite224``), as planned in docs/field.md.
 
-One job at a time; every step whose files exist is skipped, so a stopped study resumes where it stopped.
+One job at a time; every step whose files exist is skipped, and an interrupted training job continues from its last
+checkpoint, so a stopped study resumes where it stopped.
 
 1. **Learning rate per arm on validation only** (seed 0, the full recipe): scratch lr in {3e-3, 1e-2, 3e-2},
    ImageNet lr in {3e-4, 1e-3, 3e-3}. The best epoch's ``val/select`` (validation AUROC, from epoch 3 on, never an
@@ -64,8 +65,9 @@ def job(sweep: Path, init: str, setting: dict, seed: int) -> Path | None:
 
 
 def train(args, sweep: Path, overrides: list[str]) -> None:
+    """One training job; ``ckpt_path=last`` resumes a job a stop interrupted (from the start when it saved nothing)."""
     cmd = [sys.executable, "train.py", "-m", f"experiment={EXPERIMENT}", f"data.root={args.data_root}", f"eval_data={args.eval_data}",
-           f"hydra.sweep.dir={sweep}", *args.override, *overrides]
+           f"hydra.sweep.dir={sweep}", "ckpt_path=last", *args.override, *overrides]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
 
@@ -143,7 +145,7 @@ def train_seeds(args, out: Path, selection: dict) -> Path:
 
 def report(final: Path) -> None:
     margins = [f"--margin={m}={v}" for m, v in MARGINS.items()]
-    subprocess.run([sys.executable, "-m", "covidnet.report", str(final), *margins, "--ensemble"], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "covidnet.report", str(final), *margins], cwd=ROOT, check=True)
 
 
 def cams(args, out: Path, final: Path) -> None:

@@ -1,0 +1,38 @@
+"""The training recipe's schedule and checkpoint rule, apart from the model that uses them (covidnet/model.py).
+
+- :func:`with_warmup`: linear learning-rate warm-up before the configured scheduler (``model.warmup_epochs``).
+- :func:`selection_score`: what ``val/select`` logs, the score a checkpoint is selected by: the validation AUROC,
+  or :data:`NOT_SELECTABLE` during warm-up (``model.select_from_epoch``) and for an epoch that calls every
+  validation image one class, whose threshold would be unusable on the test split.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# the selection score of an epoch that may not be selected: below any AUROC
+NOT_SELECTABLE = -1.0
+
+def with_warmup(optimizer: torch.optim.Optimizer, scheduler_factory, warmup_epochs: int):
+    """The configured scheduler, preceded by ``warmup_epochs`` epochs of linear warm-up from 1 % of each group's
+    learning rate (torch's LinearLR + SequentialLR, as timm's warm-up). The scheduler then starts at its own
+    epoch 0: a cosine with ``T_max=trainer.max_epochs`` ends at about 1 % of the peak instead of 0 after a short
+    warm-up, which is kept rather than making T_max depend on two keys."""
+    from torch.optim.lr_scheduler import ConstantLR, LinearLR, SequentialLR
+
+    if not warmup_epochs:
+        return scheduler_factory(optimizer=optimizer)
+    warm = LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=warmup_epochs)
+    after = scheduler_factory(optimizer=optimizer) if scheduler_factory is not None else ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return SequentialLR(optimizer, [warm, after], milestones=[warmup_epochs])
+
+
+def selection_score(probs: torch.Tensor, labels: torch.Tensor, epoch: int, select_from_epoch: int) -> torch.Tensor:
+    """Validation AUROC where the epoch may be selected, else ``NOT_SELECTABLE`` (see on_validation_epoch_end)."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    called_covid = int((probs >= 0.5).sum())
+    one_class = called_covid in (0, len(probs)) or int(labels.sum()) in (0, len(labels))
+    if epoch < select_from_epoch or one_class:
+        return torch.tensor(NOT_SELECTABLE)
+    return binary_auroc(probs.float(), labels.long()).detach().cpu()
