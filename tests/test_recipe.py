@@ -163,3 +163,50 @@ def test_lite_holds_the_committed_studys_chosen_values():
         want = chosen[init]["chosen"]
         assert cfg.model.optimizer.lr == pytest.approx(float(want["model.optimizer.lr"]))
         assert cfg.model.backbone_lr_scale == pytest.approx(float(want.get("model.backbone_lr_scale", 1.0)))
+
+
+def test_the_recipe_model_gives_the_same_probabilities_on_every_path(synthetic_root, tmp_path):
+    """A checkpoint trained with the recipe (flip TTA, weight average, val/select) scored by training's test loop
+    (predictions_test.csv), training's eval_sets, evaluate.py and visualize.py: the same P(COVID) per test image,
+    and it is the flip average of the averaged weights (not the raw weights, not one view)."""
+    from hydra import compose, initialize_config_dir
+
+    from covidnet.evaluate import evaluate
+    from covidnet.visualize import visualize
+
+    run = tmp_path / "run"
+    metrics = train(tiny_cfg(synthetic_root, run, "trainer.max_epochs=2", "trainer.precision=32-true", "model.tta_flip=true",
+                             "callbacks.ema={_target_:covidnet.callbacks.EMA,decay:0.5}", "model.label_smoothing=0.1",
+                             "callbacks.model_checkpoint.monitor=val/select", "eval_sets=[covid_ct_test]", f"eval_data={synthetic_root.parent}"))
+
+    def probs_of(path: Path, key: str, column: str = "prob_covid") -> dict[str, float]:
+        with open(path, newline="") as f:
+            return {Path(r[key]).name: float(r[column]) for r in csv.DictReader(f)}
+
+    own = probs_of(run / "predictions_test.csv", "file")
+    assert probs_of(run / "eval" / "covid_ct_test" / "predictions.csv", "path") == pytest.approx(own, abs=1e-6)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"ckpt={run}", "eval=[covid_ct_test]", f"eval.covid_ct_test.root={synthetic_root}",
+                                             f"out_dir={tmp_path / 'out'}", "n_boot=200", "progress=false"])
+        vis = compose("visualize", overrides=[f"ckpt=['{metrics['best_checkpoint']}']", f"data.root={synthetic_root}", "n_per_class=2",
+                                              "methods=[gradcam]", f"out_dir={tmp_path / 'vis'}", "layer=layer2"])
+    evaluate(cfg)
+    assert probs_of(next((tmp_path / "out").glob("*/covid_ct_test")) / "predictions.csv", "path") == pytest.approx(own, abs=1e-6)
+    visualize(vis)
+    shown = probs_of(tmp_path / "vis" / "images.csv", "file", next(c for c in csv.DictReader(open(tmp_path / "vis" / "images.csv")).fieldnames
+                                                                    if c.endswith(":prob_covid")))
+    assert shown and all(own[name] == pytest.approx(p, abs=1e-5) for name, p in shown.items())
+    # what those numbers are: the flip average of the checkpoint's (averaged) weights
+    from covidnet.datamodule import CovidCTDataModule
+
+    model, _ = load_checkpoint(metrics["best_checkpoint"])
+    dm = CovidCTDataModule(root=str(synthetic_root), image_size=32, batch_size=8, normalization="imagenet")
+    dm.setup("test")
+    x, _ = next(iter(dm.test_dataloader()))
+    model.eval()
+    with torch.no_grad():
+        single = torch.sigmoid(model(x))
+        both = torch.sigmoid((model(x) + model(torch.flip(x, dims=(-1,)))) / 2)
+    first = [own[n] for n in dm.split_names("test")[: len(x)]]
+    assert first == pytest.approx(both.tolist(), abs=1e-5)
+    assert first != pytest.approx(single.tolist(), abs=1e-5)
