@@ -9,9 +9,12 @@ for these ensembles only (one ensemble per arm: training randomness is not resam
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from covidnet import arm_stats, stats
+from covidnet.external_summary import SetRuns, collect
 from covidnet.report.render import Context, Section, diff_ci, md_table, with_ci
 from covidnet.report.scoring import label, reference_pairs
 from covidnet.report.sweep import Run
@@ -27,53 +30,58 @@ def mean_probs(runs: list[Run]) -> tuple[list, np.ndarray, np.ndarray]:
     return keys, np.array([k[1] for k in keys]), probs
 
 
-def mean_eval_probs(runs: list[Run], name: str) -> tuple[list[str], np.ndarray, np.ndarray, list | None] | None:
-    """Paths, labels, mean P(COVID) and patients of set ``name`` over ``runs`` (None: a run lacks the set)."""
-    tables = []
-    for r in runs:
-        results = r.eval_results()
-        if name not in results:
-            return None
-        tables.append({row["path"]: row for row in results[name][1]})
-    paths = sorted(set.intersection(*(set(t) for t in tables)))
-    first = tables[0]
-    labels = np.array([int(first[p]["label"]) for p in paths])
-    probs = np.mean([[float(t[p]["prob_covid"]) for p in paths] for t in tables], axis=0)
-    patients = [first[p].get("patient") or None for p in paths]
-    return paths, labels, probs, (patients if all(patients) else None)
+def mean_set_probs(s: SetRuns) -> tuple[list[str], np.ndarray, np.ndarray, list | None]:
+    """Paths, labels, mean P(COVID) and patients of one set's evaluations (covidnet.external_summary.collect, which
+    keeps apart evaluations of different versions of a set) over the images every run scored."""
+    paths = sorted(set.intersection(*(set(p) for p in s.predictions)))
+    probs = np.mean([[p[k] for k in paths] for p in s.predictions], axis=0)
+    patients = [s.patients.get(k) for k in paths]
+    return paths, np.array([s.labels[k] for k in paths]), probs, (patients if all(patients) else None)
+
+
+@dataclass
+class Scored:
+    """One ensemble on one set: the images (keys), their labels, the mean P(COVID), patients, and the metrics."""
+
+    keys: list
+    labels: np.ndarray
+    probs: np.ndarray
+    patients: list | None
+    metrics: dict[str, stats.Interval]
 
 
 def ensemble_numbers(ctx: Context) -> dict:
-    """``{"test": {row: {metric: Interval}}, "<set>": {...}, "diffs": [...]}`` for every row with >= MIN_RUNS runs."""
+    """``{"sets": {set: {row: Scored}}, "n_runs": {row: n}, "diffs": [...]}`` for every row with >= MIN_RUNS runs
+    (the test split is the set ``test``); computed once per report (the section and report.json share it)."""
+    if "ensembles" in ctx.cache:
+        return ctx.cache["ensembles"]
     factors = ctx.sweep.factors
-    grouped = {key: runs for key, runs in ctx.group_runs().items() if len(runs) >= MIN_RUNS}
-    out: dict = {"test": {}, "n_runs": {label(factors, k): len(v) for k, v in grouped.items()}, "diffs": [], "labels": {}}
-    arrays: dict = {}
-    for key, runs in grouped.items():
-        _, labels, probs = mean_probs(runs)
-        out["test"][label(factors, key)] = stats.bootstrap_metrics(labels, probs, ctx.n_boot, ctx.seed)
-        arrays[("test", key)] = (labels, probs, None)
-        out["labels"]["test"] = set(labels.tolist())
-        names = set.intersection(*(set(r.eval_results()) for r in runs))
-        for name in sorted(names):
-            got = mean_eval_probs(runs, name)
-            if got is None:
+    grouped = {label(factors, k): runs for k, runs in ctx.group_runs().items() if len(runs) >= MIN_RUNS}
+    sets: dict[str, dict[str, Scored]] = {"test": {}}
+    for row, runs in grouped.items():
+        keys, labels, probs = mean_probs(runs)
+        sets["test"][row] = Scored(keys, labels, probs, None, stats.bootstrap_metrics(labels, probs, ctx.n_boot, ctx.seed))
+    for name, by_row in collect(grouped).items():
+        for row, s in by_row.items():
+            if len(s.predictions) == len(grouped[row]):  # every run of the row scored this version of the set
+                paths, labels, probs, patients = mean_set_probs(s)
+                metrics = stats.bootstrap_metrics(labels, probs, ctx.n_boot, ctx.seed, groups=patients)
+                sets.setdefault(name, {})[row] = Scored(paths, labels, probs, patients, metrics)
+    diffs = []
+    for _, key, ref in reference_pairs(ctx.sweep, ctx.group_runs()):
+        arm, base = label(factors, key), label(factors, ref)
+        for name, by_row in sets.items():
+            a, b = by_row.get(arm), by_row.get(base)
+            common = sorted(set(a.keys) & set(b.keys)) if a is not None and b is not None else []
+            if not common:
                 continue
-            _, labels, probs, patients = got
-            out.setdefault(name, {})[label(factors, key)] = stats.bootstrap_metrics(labels, probs, ctx.n_boot, ctx.seed, groups=patients)
-            arrays[(name, key)] = (labels, probs, patients)
-            out["labels"][name] = set(labels.tolist())
-    for _, key, ref in reference_pairs(ctx.sweep, grouped):
-        for where in ["test", *sorted(k for k in out if k not in ("test", "n_runs", "diffs", "labels"))]:
-            if (where, key) not in arrays or (where, ref) not in arrays:
-                continue
-            labels, probs, patients = arrays[(where, key)]
-            ref_labels, ref_probs, _ = arrays[(where, ref)]
-            if len(labels) != len(ref_labels) or not np.array_equal(labels, ref_labels):
-                continue  # not the same images: no paired difference
-            diff = arm_stats.paired_difference(labels, probs[None], ref_probs[None], METRICS, ctx.n_boot, ctx.seed, groups=patients)
-            out["diffs"].append({"set": where, "arm": label(factors, key), "reference": label(factors, ref), "metrics": diff})
-    return out
+            ia, ib = ({k: i for i, k in enumerate(sc.keys)} for sc in (a, b))
+            at, bt = [ia[k] for k in common], [ib[k] for k in common]  # paired on the images both scored
+            groups = [a.patients[i] for i in at] if a.patients else None
+            diff = arm_stats.paired_difference(a.labels[at], a.probs[at][None], b.probs[bt][None], METRICS, ctx.n_boot, ctx.seed, groups=groups)
+            diffs.append({"set": name, "arm": arm, "reference": base, "n": len(common), "metrics": diff})
+    ctx.cache["ensembles"] = {"sets": {k: v for k, v in sets.items() if v}, "n_runs": {r: len(v) for r, v in grouped.items()}, "diffs": diffs}
+    return ctx.cache["ensembles"]
 
 
 def _cell(iv: stats.Interval, notes: set[str], fmt_interval) -> str:
@@ -92,20 +100,20 @@ def defined_metrics(labels_present: set[int]) -> list[str]:
 
 def ensemble_section(ctx: Context) -> Section | None:
     numbers = ensemble_numbers(ctx)
-    if not numbers["test"]:
+    if not numbers["sets"]:
         return None
     lines: list[str] = []
-    for where in ["test", *sorted(k for k in numbers if k not in ("test", "n_runs", "diffs", "labels"))]:
-        rows, notes = numbers[where], set()
-        shown = [m for m in METRICS if all(np.isfinite(ivs[m].estimate) for ivs in rows.values())]
-        shown = [m for m in shown if m in defined_metrics(numbers["labels"][where])]
+    for where, rows in numbers["sets"].items():
+        notes: set[str] = set()
+        present = set().union(*(set(sc.labels.tolist()) for sc in rows.values()))
+        shown = [m for m in defined_metrics(present) if all(np.isfinite(sc.metrics[m].estimate) for sc in rows.values())]
         lines += [f"**{'test split' if where == 'test' else where}**", ""]
         lines += md_table(["row", "runs averaged", *(m if m != "acc" else "accuracy" for m in shown)],
-                          [[row, str(numbers["n_runs"][row]), *(_cell(ivs[m], notes, with_ci) for m in shown)] for row, ivs in rows.items()])
+                          [[row, str(numbers["n_runs"][row]), *(_cell(sc.metrics[m], notes, with_ci) for m in shown)] for row, sc in rows.items()])
         lines.append("")
         for d in (d for d in numbers["diffs"] if d["set"] == where):
             cells = ", ".join(f"{m} {_cell(d['metrics'][m], notes, diff_ci)}" for m in shown)
-            lines += [f"- {d['arm']} minus {d['reference']}: {cells}", ""]
+            lines += [f"- {d['arm']} minus {d['reference']}, on the {d['n']} images both scored: {cells}", ""]
         lines += [f"No interval: {note.removeprefix('n/a: ')}." for note in sorted(notes)] + ([""] if notes else [])
     lines.append("Each row's runs scored as one model: P(COVID) averaged over its seeds per image, then the metrics (COVID "
                  "call at > 0.5) with a 95 % bootstrap interval over images (patients where the set has them). A difference "
@@ -121,7 +129,6 @@ def ensemble_record(ctx: Context) -> dict:
                 "high": None if i.note or not np.isfinite(i.high) else i.high, "note": i.note or None}
 
     numbers = ensemble_numbers(ctx)
-    sets = {where: {row: {m: iv(ivs[m]) for m in METRICS} for row, ivs in rows.items()}
-            for where, rows in numbers.items() if where not in ("n_runs", "diffs", "labels")}
+    sets = {where: {row: {m: iv(sc.metrics[m]) for m in METRICS} for row, sc in rows.items()} for where, rows in numbers["sets"].items()}
     diffs = [{**d, "metrics": {m: iv(d["metrics"][m]) for m in METRICS}} for d in numbers["diffs"]]
-    return {"n_runs": numbers["n_runs"], "sets": sets, "differences": diffs} if numbers["test"] else {}
+    return {"n_runs": numbers["n_runs"], "sets": sets, "differences": diffs} if numbers["sets"] else {}

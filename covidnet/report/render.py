@@ -35,6 +35,8 @@ class Context:
     n_boot: int
     seed: int
     options: dict = field(default_factory=dict)
+    # numbers a section computes and report.json records too (e.g. the seed ensembles), computed once
+    cache: dict = field(default_factory=dict)
 
     def group_runs(self, keys: list[str] | None = None) -> dict[tuple[str, ...], list[Run]]:
         """Complete runs per group of factor values (default: the summary's rows), in report order."""

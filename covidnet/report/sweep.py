@@ -40,7 +40,7 @@ class Run:
     params: dict[str, str] = field(default_factory=dict)  # the swept keys' values, filled by load_sweep
     points: dict[str, float] = field(default_factory=dict)
     intervals: dict[str, stats.Interval] = field(default_factory=dict)
-    # {set: (metrics.json, prediction rows)} for a run not read from its directory (a report rebuilt from its predictions)
+    # {set: (metrics.json, prediction rows)}: read from the run directory on first use, or given (a report rebuilt from its predictions)
     evals: dict[str, tuple[dict, list[dict]]] | None = None
     curves: dict[str, list[tuple[int, float]]] | None = None  # likewise: validation curves per tag, else read from TensorBoard
     incomplete: list[str] | None = None  # likewise: external sets whose evaluation was interrupted, else read from eval/
@@ -60,7 +60,9 @@ class Run:
             return self.evals
         rd = self.run_dir
         try:
-            return {} if rd is None else {name: rd.read_eval(name) for name in rd.eval_sets()}
+            # read (and checked) once: the external section, the ensembles and report.json all ask
+            self.evals = {} if rd is None else {name: rd.read_eval(name) for name in rd.eval_sets()}
+            return self.evals
         except ValueError as err:  # a result file cut short or damaged: one line naming it, never a smaller result
             raise ReportError(f"job {self.name}: {err}") from err
 
