@@ -100,6 +100,12 @@ class FrozenFeatureCache(L.Callback):
                 "callbacks.frozen_features feeds the model cached features, not images, so CAMs cannot be drawn during "
                 "training: add callbacks.cam=null (draw CAMs of the checkpoint afterwards with visualize.py)."
             )
+        if pl_module.hparams.get("tta_flip"):
+            raise ValueError(
+                "callbacks.frozen_features caches the features of each image as it is, so model.tta_flip=true could not "
+                "average it with its mirror in validation and test, while evaluate.py (which reads images) would: set "
+                "model.tta_flip=false, or switch the cache off."
+            )
         dm.wrap_datasets(self.wrap)
         pl_module.take_features(True)
 

@@ -86,6 +86,9 @@ def test_caching_refuses_augmentation_unfrozen_models_and_cams(synthetic_root):
         L.Trainer(max_epochs=1, callbacks=[FrozenFeatureCache(enabled=True)], **QUIET).fit(tiny_model("none"), datamodule=tiny_data(synthetic_root))
     with pytest.raises(ValueError, match="callbacks.cam=null"):  # CAMs need images, not features
         L.Trainer(max_epochs=1, callbacks=[FrozenFeatureCache(enabled=True), CamLogger(k=1)], **QUIET).fit(tiny_model("backbone"), datamodule=tiny_data(synthetic_root))
+    flipped = CovidClassifier(arch="resnet18", freeze="backbone", tta_flip=True, optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
+    with pytest.raises(ValueError, match="model.tta_flip=false"):  # features of one view cannot be flip-averaged
+        L.Trainer(max_epochs=1, callbacks=[FrozenFeatureCache(enabled=True)], **QUIET).fit(flipped, datamodule=tiny_data(synthetic_root))
 
 
 def test_experiment_config_trains_tests_and_predicts_on_cached_features(synthetic_root, tmp_path):

@@ -210,3 +210,11 @@ def test_the_recipe_model_gives_the_same_probabilities_on_every_path(synthetic_r
     first = [own[n] for n in dm.split_names("test")[: len(x)]]
     assert first == pytest.approx(both.tolist(), abs=1e-5)
     assert first != pytest.approx(single.tolist(), abs=1e-5)
+
+
+def test_the_weight_average_comes_after_the_cam_callback():
+    """Lightning runs callbacks in list order: EMA swaps the raw weights back at validation epoch end, so the CAM
+    callback, which draws then, must come before it to draw the validated (averaged) model."""
+    cfg = compose_cfg(["callbacks.ema={_target_:covidnet.callbacks.EMA,decay:0.98}"])
+    names = list(cfg.callbacks)  # covidnet.train.instantiate_all builds them in this order
+    assert cfg.callbacks.cam is not None and names.index("cam") < names.index("ema")
