@@ -21,11 +21,11 @@ from torchmetrics.classification import (
 from covidnet.backbones import OPTIONS as BACKBONE_OPTIONS
 from covidnet.backbones import build_backbone, get_arch
 from covidnet.bn_calibration import batchnorm_layers, estimate_batchnorm_statistics, training_batches
-from covidnet.options import Rule, boolean, integer, number, optional, text
-from covidnet.training_recipe import selection_score, with_warmup
+from covidnet.options import Across, Rule, boolean, integer, number, optional, text
+from covidnet.training_recipe import selectable_epochs, selection_score, with_warmup
 
 # the model's own conf/model keys (covidnet.options); backbones (arch, freeze) and inits (init) own the others
-OPTIONS: dict[str, Rule] = {
+OPTIONS: dict[str, Rule | Across] = {
     "model.weights_path": optional(text()),
     "model.backbone_lr_scale": number(0),
     "model.calibrate_bn": boolean().because("estimate frozen layers' BatchNorm statistics on the training images (docs/transfer.md)"),
@@ -35,6 +35,7 @@ OPTIONS: dict[str, Rule] = {
     "model.warmup_epochs": integer(0).because("epochs of linear learning-rate warm-up before the scheduler"),
     "model.tta_flip": boolean().because("average the logits of each image and its left-right mirror at evaluation"),
     "model.select_from_epoch": integer(0).because("the first epoch whose checkpoint may be selected (val/select)"),
+    "model.select_from_epoch+trainer.max_epochs": Across(("model.select_from_epoch", "trainer.max_epochs"), selectable_epochs),
 }
 
 
@@ -110,6 +111,7 @@ class CovidClassifier(L.LightningModule):
         OPTIONS["model.label_smoothing"].check("model.label_smoothing", label_smoothing)
         OPTIONS["model.warmup_epochs"].check("model.warmup_epochs", warmup_epochs)
         OPTIONS["model.select_from_epoch"].check("model.select_from_epoch", select_from_epoch)
+        OPTIONS["model.tta_flip"].check("model.tta_flip", tta_flip)
         self.train_metrics = binary_metrics("train/")
         self.val_metrics = binary_metrics("val/")
         self.test_metrics = binary_metrics("test/")

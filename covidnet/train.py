@@ -47,6 +47,7 @@ from covidnet.selection import OPTIONS as SELECTION_OPTIONS
 from covidnet.sets import SET_OPTIONS
 from covidnet.stats import binary_metrics
 from covidnet.timing import EpochTimes
+from covidnet.training_recipe import NOT_SELECTABLE
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +284,10 @@ def fit_record(cfg: DictConfig, hardware: HardwareChoice, trainer: L.Trainer, da
         metrics["lung_fallbacks"] = {"n": len(fallbacks), "files": dict(sorted(fallbacks.items()))} if datamodule.spec.needs_lungs else None
     # without a best-on-validation checkpoint (fast_dev_run, no validation) there is no trained model to test
     metrics["trained"] = bool(best_path)
+    if metrics["best_val_score"] == NOT_SELECTABLE:  # val/select: no epoch met the selection rule
+        metrics["not_selectable"] = ("no epoch met the selection rule (from model.select_from_epoch on, and not calling every "
+                                     "validation image one class): the checkpoint tested is the first such epoch, chosen by no rule")
+        log.warning(f"{cfg.paths.output_dir}: {metrics['not_selectable']}")
     if resume and resume.accepted:
         metrics["resumed_with_changes"] = accepted_record(resume.accepted)
     return metrics

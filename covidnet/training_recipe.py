@@ -36,3 +36,13 @@ def selection_score(probs: torch.Tensor, labels: torch.Tensor, epoch: int, selec
     if epoch < select_from_epoch or one_class:
         return torch.tensor(NOT_SELECTABLE)
     return binary_auroc(probs.float(), labels.long()).detach().cpu()
+
+
+def selectable_epochs(values: dict) -> list[str]:
+    """``model.select_from_epoch`` must leave an epoch to select: otherwise every epoch scores NOT_SELECTABLE and
+    the checkpoint tested would be an arbitrary warm-up epoch, found out only after the training."""
+    first, epochs = values["model.select_from_epoch"], values["trainer.max_epochs"]
+    if first >= epochs:
+        return [f"model.select_from_epoch={first} with trainer.max_epochs={epochs}: no epoch could be selected (epochs are "
+                f"0..{epochs - 1}); use model.select_from_epoch < {epochs}"]
+    return []

@@ -218,3 +218,19 @@ def test_the_weight_average_comes_after_the_cam_callback():
     cfg = compose_cfg(["callbacks.ema={_target_:covidnet.callbacks.EMA,decay:0.98}"])
     names = list(cfg.callbacks)  # covidnet.train.instantiate_all builds them in this order
     assert cfg.callbacks.cam is not None and names.index("cam") < names.index("ema")
+
+
+def test_a_selection_rule_that_leaves_no_epoch_is_refused_before_training(synthetic_root, tmp_path):
+    from covidnet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.select_from_epoch=3 with trainer.max_epochs=2"):
+        train(tiny_cfg(synthetic_root, tmp_path / "run", "trainer.max_epochs=2", "model.select_from_epoch=3"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_run_where_no_epoch_met_the_rule_says_so(synthetic_root, tmp_path, monkeypatch):
+    import covidnet.model
+
+    monkeypatch.setattr(covidnet.model, "selection_score", lambda *a: torch.tensor(NOT_SELECTABLE))
+    metrics = train(tiny_cfg(synthetic_root, tmp_path / "run", "callbacks.model_checkpoint.monitor=val/select"))
+    assert metrics["best_val_score"] == NOT_SELECTABLE and "chosen by no rule" in metrics["not_selectable"]
