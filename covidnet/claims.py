@@ -37,15 +37,20 @@ def _plain(value) -> object:
     return json.loads(json.dumps(value, default=str))
 
 
-def same_result(d: Path, checkpoint: str | Path, definition: dict) -> bool:
-    """Whether ``d`` holds a complete evaluation of this checkpoint on this set definition: what a rerun of the same
-    command would write, so it is kept rather than refused or redone."""
+def same_result(d: Path, checkpoint: str | Path, definition: dict, how: dict) -> bool:
+    """Whether ``d`` holds a complete evaluation of this checkpoint on this set definition, computed the same way
+    (``how``: the precision and memory format of the probabilities, the bootstrap's resamples and seed): what a rerun
+    of the same command would write, so it is kept rather than refused or redone. Results written before the
+    bootstrap was recorded are taken as made with the one asked for."""
     try:
         metrics = read_metrics(d / METRICS_FILE)
     except ValueError:
         return False
-    return (metrics is not None and metrics.get("checkpoint") == str(checkpoint)
-            and _plain(metrics.get("set_definition")) == _plain(definition))
+    if metrics is None or metrics.get("checkpoint") != str(checkpoint) or _plain(metrics.get("set_definition")) != _plain(definition):
+        return False
+    scored = metrics.get("precision") or {}
+    return (all(scored.get(k) == how.get(k) for k in ("precision", "channels_last"))
+            and metrics.get("bootstrap", how["bootstrap"]) == how["bootstrap"])
 
 
 INCOMPLETE = "INCOMPLETE"  # <result dir>/INCOMPLETE: a process is writing it, or one was killed doing so

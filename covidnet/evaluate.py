@@ -122,7 +122,8 @@ def _evaluate_models(models, sets, out_dirs, batch_size, device, n_boot, seed, p
             if fallbacks is not None and excluded is not None:
                 fallbacks = [k for k in fallbacks if k in {r.key for r in scored.records}]
             metrics["lung_fallbacks"] = None if fallbacks is None else {"n": len(fallbacks), "files": fallbacks}
-            metrics["precision"] = getattr(m, "scoring", None) or {"precision": "32-true", "channels_last": False, "device": str(device), "from": {}}
+            metrics["precision"] = scoring_of(m, device)
+            metrics["bootstrap"] = {"n_boot": n_boot, "seed": seed}
             metrics["notes"] += getattr(m, "notes", [])
             for d in out_dirs[(m.name, s.name)]:
                 write_eval(d, scored.records, probs, metrics)
@@ -191,8 +192,8 @@ def evaluate(cfg: DictConfig) -> dict:
     for m in models:
         for note in m.notes:
             print(f"note: {note}")
-    kept = kept_results(models, sets, out_dirs)  # what an interrupted run of the same command already finished
-    out_dirs = {pair: [d for d in dirs if d not in kept.get(pair, ())] for pair, dirs in out_dirs.items()}
+    # what an interrupted run of the same command already finished
+    out_dirs, kept = kept_results(models, sets, out_dirs, device, int(cfg.n_boot), int(cfg.seed))
     check_fresh([d for dirs in out_dirs.values() for d in dirs])  # before anything is created
     out.mkdir(parents=True, exist_ok=True)
     # this call's mark on the whole: it stays (with the pairs written so far) if the evaluation is killed or fails
@@ -217,18 +218,26 @@ def evaluate(cfg: DictConfig) -> dict:
     return {"out_dir": str(out), "rows": rows}
 
 
-def kept_results(models, sets: list[EvalSet], out_dirs: dict[tuple[str, str], list[Path]]) -> dict[tuple[str, str], list[Path]]:
-    """``{(model, set): directories}`` that already hold this very evaluation, complete (an interrupted run of the same
-    command finished them): kept, not refused and not redone."""
+def scoring_of(m, device) -> dict:
+    """How a model's probabilities are computed (covidnet.set_scoring): the run's precision and memory format, or fp32."""
+    return getattr(m, "scoring", None) or {"precision": "32-true", "channels_last": False, "device": str(device), "from": {}}
+
+
+def kept_results(models, sets: list[EvalSet], out_dirs: dict[tuple[str, str], list[Path]], device, n_boot: int, seed: int
+                 ) -> tuple[dict[tuple[str, str], list[Path]], dict[tuple[str, str], list[Path]]]:
+    """``(out_dirs still to write, kept)``: ``kept[(model, set)]`` are the directories that already hold this very
+    evaluation, complete (an interrupted run of the same command, or of the same training, finished them): kept, not
+    refused and not redone. Every caller (evaluate.py and training's eval_sets) goes through here."""
     paths = {m.name: m.path for m in models}
+    how = {m.name: {**scoring_of(m, device), "bootstrap": {"n_boot": n_boot, "seed": seed}} for m in models}
     definitions = {s.name: s.definition for s in sets}
     kept = {}
     for (model, set_name), dirs in out_dirs.items():
-        done = [d for d in dirs if same_result(d, paths[model], definitions[set_name])]
+        done = [d for d in dirs if same_result(d, paths[model], definitions[set_name], how[model])]
         if done:
             print(f"note: {model} on {set_name}: already evaluated by the same command, kept: {', '.join(map(str, done))}")
             kept[(model, set_name)] = done
-    return kept
+    return {pair: [d for d in dirs if d not in kept.get(pair, ())] for pair, dirs in out_dirs.items()}, kept
 
 
 def interrupted(out_dirs: dict[tuple[str, str], list[Path]], kept: dict[tuple[str, str], list[Path]]) -> int:
@@ -297,7 +306,10 @@ def evaluate_run(best_checkpoint: str | Path, sets: list[EvalSet], run_dir: Path
         how["from"] = {"precision": "the training run", "channels_last": "the training run"}
         set_scoring(m, how)
     out_dirs = {(m.name, s.name): [eval_dir(RunDir(run_dir), s.name)] for m in models for s in sets}
-    return evaluate_models(models, sets, out_dirs, batch_size, device, n_boot, stats.DEFAULT_SEED, progress=False)
+    # a resumed run whose first training wrote some sets before it was stopped keeps them
+    out_dirs, kept = kept_results(models, sets, out_dirs, device, n_boot, stats.DEFAULT_SEED)
+    return evaluate_models(models, sets, out_dirs, batch_size, device, n_boot, stats.DEFAULT_SEED, progress=False,
+                           kept={pair: dirs[0] for pair, dirs in kept.items()})
 
 
 def print_summary(rows: list[dict]) -> None:

@@ -358,3 +358,40 @@ def test_an_interrupted_evaluation_into_runs_is_listed_then_finished_by_the_same
     assert len(summary) == len(set(summary)) and any("semiseg" in row for row in summary)
     assert not list((tmp_path / "out").glob("INCOMPLETE.*.json"))
     assert "Missing or incomplete evaluations" not in write_report(sweep, n_boot=100).read_text()
+
+
+def test_a_training_stopped_after_writing_an_eval_set_resumes_and_keeps_it(synthetic_root, tmp_path):
+    """Training's eval_sets keep a result the stopped run already wrote (the same checkpoint, set and computation)
+    instead of refusing it after the whole resumed training: a stopped study resumes its job with ckpt_path=last."""
+    import json
+
+    from test_train import tiny_cfg
+
+    from covidnet.train import train
+
+    run = tmp_path / "run"
+    sets = ["eval_sets=[covid_ct_test]", f"eval_data={synthetic_root.parent}"]
+    train(tiny_cfg(synthetic_root, run, *sets))
+    written = (run / "eval" / "covid_ct_test" / "metrics.json").read_text()
+    (run / "metrics.json").unlink()  # stopped after the eval set was written, before the run's own metrics.json
+    metrics = train(tiny_cfg(synthetic_root, run, *sets, "ckpt_path=last"))
+    assert metrics["eval_sets"] and (run / "eval" / "covid_ct_test" / "metrics.json").read_text() == written
+    assert json.loads(written)["bootstrap"] == {"n_boot": 2000, "seed": 0}
+
+
+def test_an_evaluation_computed_otherwise_is_not_taken_for_the_same_one(tmp_path):
+    """same_result compares how the numbers were computed, not only the checkpoint and the set."""
+    import json
+
+    from covidnet.claims import same_result
+
+    d = tmp_path / "result"
+    d.mkdir()
+    (d / "metrics.json").write_text(json.dumps({"checkpoint": "a.ckpt", "set_definition": {"kind": "folder"},
+                                                "precision": {"precision": "bf16-mixed", "channels_last": True},
+                                                "bootstrap": {"n_boot": 2000, "seed": 0}}))
+    how = {"precision": "bf16-mixed", "channels_last": True, "bootstrap": {"n_boot": 2000, "seed": 0}}
+    assert same_result(d, "a.ckpt", {"kind": "folder"}, how)
+    assert not same_result(d, "a.ckpt", {"kind": "folder"}, {**how, "bootstrap": {"n_boot": 500, "seed": 0}})
+    assert not same_result(d, "a.ckpt", {"kind": "folder"}, {**how, "precision": "32-true"})
+    assert not same_result(d, "b.ckpt", {"kind": "folder"}, how)
