@@ -18,6 +18,7 @@ checkpoint, so a stopped study resumes where it stopped.
    run (lesion mass, pointing game, empty maps), and the 10 + 10 test-image figure of both arms' seed-0 models.
 
     python scripts/studies/field_study.py --out runs/field --data-root <covid-ct> --eval-data <folder of the eval sets>
+    python scripts/studies/field_study.py --out runs/field --publish docs/results/field   # the reports so far, committed
 """
 
 from __future__ import annotations
@@ -163,6 +164,45 @@ def cams(args, out: Path, final: Path) -> None:
                         "n_per_class=10", f"out_dir={figure}"], cwd=ROOT, check=True)
 
 
+BUNDLE = ("report.md", "report.json", "jobs.json", "predictions.csv", "summary.csv", "runs.csv", "roc.png", "learning_curves.png")
+
+
+def checkout_of(path: Path) -> Path:
+    """The git checkout the study ran in (the one holding ``path``): its paths are written relative to it."""
+    done = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path, capture_output=True, text=True)
+    return Path(done.stdout.strip()) if done.returncode == 0 else ROOT
+
+
+def portable(text: str, checkout: Path) -> str:
+    """Paths of this machine as the study's checkout sees them: inside it -> relative, its ``../shared`` -> ``../shared``."""
+    return text.replace(f"{checkout.parent}/shared/", "../shared/").replace(f"{checkout}/", "")
+
+
+def publish(out: Path, dest: Path) -> list[Path]:
+    """Write the report of every sweep of the study that has a finished job (the grids, the final seeds) and copy it,
+    with the per-image predictions behind it, to ``dest/<sweep>`` with portable paths; ``selection.json`` too. Each
+    copy must rebuild byte for byte from its own predictions (``covidnet.report --from-predictions``), checked here."""
+    written, checkout = [], checkout_of(out)
+    for sweep in sorted(p for p in out.iterdir() if p.is_dir() and any((j / "metrics.json").is_file() for j in p.iterdir() if j.is_dir())):
+        subprocess.run([sys.executable, "-m", "covidnet.report", str(sweep), *(f"--margin={m}={v}" for m, v in MARGINS.items())],
+                       cwd=ROOT, check=True)
+        target = dest / sweep.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in BUNDLE:
+            if (sweep / name).is_file():
+                data = (sweep / name).read_bytes()
+                (target / name).write_bytes(data if name.endswith(".png") else portable(data.decode(), checkout).encode())
+        before = {n: (target / n).read_bytes() for n in BUNDLE if n.endswith((".md", ".json", ".csv")) and (target / n).is_file()}
+        subprocess.run([sys.executable, "-m", "covidnet.report", "--from-predictions", str(target)], cwd=ROOT, check=True)
+        changed = [n for n, b in before.items() if (target / n).read_bytes() != b]
+        if changed:
+            raise SystemExit(f"{target}: {', '.join(changed)} did not rebuild from its predictions as written")
+        written.append(target)
+    if (out / "selection.json").is_file():
+        (dest / "selection.json").write_text(portable((out / "selection.json").read_text(), checkout))
+    return written
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
@@ -172,8 +212,14 @@ def main(argv=None) -> None:
                    help="added to every training job (a smoke test of the study: data.image_size=32 trainer.max_epochs=2)")
     p.add_argument("--until", choices=["select", "train", "report", "cams"], default="cams",
                    help="stop after this step (the later ones resume from the files the earlier ones left)")
+    p.add_argument("--publish", type=Path, metavar="DIR",
+                   help="train nothing: write the reports of the sweeps done so far and copy them to DIR (docs/results/field)")
     args = p.parse_args(argv)
     out = args.out.expanduser().absolute()
+    if args.publish:
+        for target in publish(out, args.publish.expanduser().absolute()):
+            print(f"published: {target}")
+        return
     args.data_root = str(Path(args.data_root).expanduser().absolute())
     args.eval_data = str(Path(args.eval_data).expanduser().absolute())
     out.mkdir(parents=True, exist_ok=True)
