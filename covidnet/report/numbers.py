@@ -45,9 +45,23 @@ def _interval(iv) -> list | None:
     return None if low is None or high is None else [low, high]
 
 
+def _why_none(iv) -> str | None:
+    """Why an interval is missing, for the tables that quote it: too few units per class, too few seeds, or no
+    resample that held both classes."""
+    if _interval(iv) is not None:
+        return None
+    if getattr(iv, "note", None):
+        return iv.note
+    if getattr(iv, "judgeable", True) is False:
+        return "not enough seeds to judge"
+    return "no resample held both classes"
+
+
 def _difference(metric: str, seeded: arm_stats.SeedInterval, fixed: stats.Interval, margins: dict) -> dict:
-    return {"estimate": _num(seeded.estimate), "seeds_and_images": _interval(seeded),
-            "verdict": arm_stats.verdict(seeded, margins.get(metric)), "images_only": _interval(fixed)}
+    out = {"estimate": _num(seeded.estimate), "seeds_and_images": _interval(seeded),
+           "verdict": arm_stats.verdict(seeded, margins.get(metric)), "images_only": _interval(fixed)}
+    why = {k: _why_none(iv) for k, iv in (("seeds_and_images", seeded), ("images_only", fixed)) if _why_none(iv)}
+    return {**out, "no_interval": why} if why else out
 
 
 def summary_record(ctx: Context) -> list[dict]:

@@ -126,9 +126,12 @@ def pm(pair) -> str:
     return num(mean) + ("" if std is None else f" ± {num(std)}")
 
 
-def interval(iv) -> str:
-    """``-0.11 to +0.38``; none: fewer than 5 units (images or patients) per class, where covidnet.stats gives none."""
-    return "no interval (fewer than 5 per class)" if not iv else f"{num(iv[0], True)} to {num(iv[1], True)}"
+def interval(iv, why: str | None = None) -> str:
+    """``-0.11 to +0.38``, or why there is none (report.json's ``no_interval``: too few units per class, too few
+    seeds, ...)."""
+    if iv:
+        return f"{num(iv[0], True)} to {num(iv[1], True)}"
+    return f"no interval, {(why or 'not recorded').removeprefix('n/a: ')}"
 
 
 def setting(report: dict, row: str, key: str, default: str = "?") -> str:
@@ -191,8 +194,8 @@ def diffs_table(reports: list[tuple[str, dict]]) -> list[str]:
             context = "" if c["context"] == "all runs" else f" ({c['context']})"
             for metric, d in c["metrics"].items():
                 lines.append("| " + " | ".join([f"{c['arm']} − {c['reference']}{context}", where, METRIC_NAMES.get(metric, metric),
-                                                 num(d["estimate"], True), interval(d["seeds_and_images"]), d["verdict"],
-                                                 interval(d["images_only"])]) + " |")
+                                                 num(d["estimate"], True), interval(d["seeds_and_images"], d.get("no_interval", {}).get("seeds_and_images")),
+                                                 d["verdict"], interval(d["images_only"], d.get("no_interval", {}).get("images_only"))]) + " |")
     return lines
 
 
@@ -209,7 +212,7 @@ def answer_box(reports: list[tuple[str, dict]]) -> list[str]:
     a = c["metrics"]["auroc"]
     out = [
         f"> **{arch}, {arm} minus {ref}, COVID-CT test split ({c['n']} images): "
-        f"{num(a['estimate'], True)} test AUROC**, 95 % interval over seeds and test images {interval(a['seeds_and_images'])}: "
+        f"{num(a['estimate'], True)} test AUROC**, 95 % interval over seeds and test images {interval(a['seeds_and_images'], a.get('no_interval', {}).get('seeds_and_images'))}: "
         f"**{a['verdict']}** (AUROC {pm(arm_row['auroc'])} against {pm(ref_row['auroc'])}, mean ± std over seeds).",
     ]
     outside = [x for x in rep["comparisons"] if x["set"] != "test" and x["arm"].endswith(c["arm"]) and x["reference"].endswith(c["reference"])]
@@ -219,7 +222,7 @@ def answer_box(reports: list[tuple[str, dict]]) -> list[str]:
             metric = "auroc" if "auroc" in x["metrics"] else next(iter(x["metrics"]))
             d = x["metrics"][metric]
             parts.append(f"{SET_NAMES.get(x['set'], x['set'])} ({units(x)}) {METRIC_NAMES.get(metric, metric)} "
-                         f"{num(d['estimate'], True)} ({interval(d['seeds_and_images'])}: {d['verdict']})")
+                         f"{num(d['estimate'], True)} ({interval(d['seeds_and_images'], d.get('no_interval', {}).get('seeds_and_images'))}: {d['verdict']})")
         out += [">", "> Other CT sources: " + "; ".join(parts) + "."]
     lrs = []
     for r in (arm_row, ref_row):
