@@ -30,7 +30,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from covidnet.runs import RunDir, SweepDir
+from covidnet.runs import RunDir, SweepDir, not_job_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "lite224"
@@ -40,8 +40,6 @@ MAX_WIDENINGS = 2
 LEVERS = {"full": {}, "no_ema": {"callbacks.ema": "null"}, "no_label_smoothing": {"model.label_smoothing": "0"}}
 SEEDS = (0, 1, 2, 3, 4)
 MARGINS = {"auroc": 0.03, "acc": 0.03}  # equivalence margins, stated in docs/field.md before any run
-NAME_EXCLUDE = ["data.root", "eval_data", "callbacks.cam", "ckpt_path", "paths.log_dir", "hydra.sweep.dir",
-                "model.optimizer.lr", "callbacks.ema", "model.label_smoothing"]
 
 
 RECIPE_KEYS = ("model.optimizer.lr", "callbacks.ema", "model.label_smoothing")
@@ -73,9 +71,14 @@ def train(args, sweep: Path, overrides: list[str]) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
-def val_score(sweep: Path, init: str, setting: dict) -> float | None:
+def val_score(sweep: Path, init: str, setting: dict) -> float:
+    """The finished seed-0 job's best ``val/select``; a job that never validated stops the study (nothing to choose by)."""
     path = job(sweep, init, setting, 0)
-    return RunDir(path).read_metrics()["best_val_score"] if path else None
+    score = RunDir(path).read_metrics().get("best_val_score") if path else None
+    if score is None:
+        raise SystemExit(f"{path or sweep}: no validation score for init={init} {setting}; the choice on validation cannot be made. "
+                         "Look at its train.log, remove the job directory and run the study again.")
+    return score
 
 
 def run_setting(args, sweep: Path, init: str, setting: dict) -> float:
@@ -130,7 +133,8 @@ def select(args, out: Path) -> dict:
 
 def train_seeds(args, out: Path, selection: dict) -> Path:
     final = out / "final"
-    exclude = "hydra.job.config.override_dirname.exclude_keys=[" + ",".join(NAME_EXCLUDE) + "]"
+    # job names: init and seed only (the project's list of keys that name no job, the recipe keys, the experiment)
+    exclude = "hydra.job.config.override_dirname.exclude_keys=[" + ",".join([*not_job_keys(), *RECIPE_KEYS, "experiment"]) + "]"
     for seed in SEEDS:  # one job per call, seeds interleaved: a stopped study has both arms equally far
         for init in LR_GRID:
             chosen = selection[init]["chosen"]
