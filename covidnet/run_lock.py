@@ -26,6 +26,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from covidnet.atomic import write_json
 from covidnet.runs import RunDirError
 
 LOCK_FILE = ".covidnet.lock"
@@ -77,7 +78,7 @@ def acquire(directory: str | Path, what: str = "run directory") -> bool:
         _held[key] = lock
         record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "command": " ".join(sys.argv)}
-        (directory / OWNER_FILE).write_text(json.dumps(record) + "\n")
+        write_json(directory / OWNER_FILE, record)  # whole or not at all: a refused process reads it
     return True
 
 
@@ -87,6 +88,8 @@ def release(directory: str | Path) -> None:
     lock = _held.get(key)
     if lock is None:
         return
+    if lock.is_locked and lock.lock_counter == 1:  # the last hold: the owner record goes before the lock is freed
+        (Path(key) / OWNER_FILE).unlink(missing_ok=True)
     lock.release()
     if not lock.is_locked:
         del _held[key]

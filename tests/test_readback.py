@@ -395,3 +395,26 @@ def test_an_evaluation_computed_otherwise_is_not_taken_for_the_same_one(tmp_path
     assert not same_result(d, "a.ckpt", {"kind": "folder"}, {**how, "bootstrap": {"n_boot": 500, "seed": 0}})
     assert not same_result(d, "a.ckpt", {"kind": "folder"}, {**how, "precision": "32-true"})
     assert not same_result(d, "b.ckpt", {"kind": "folder"}, how)
+
+
+def test_a_damaged_jobs_json_does_not_block_the_report_from_the_job_directories(sweep):
+    """jobs.json is derived data: from the job directories the report rewrites it (only --from-predictions needs it)."""
+    import json
+
+    assert report(str(sweep))[0] == 0
+    (sweep / "jobs.json").write_text((sweep / "jobs.json").read_text()[:50])
+    code, err = report(str(sweep))
+    assert code == 0, err
+    assert json.loads((sweep / "jobs.json").read_text())["format"] == 1
+
+
+def test_the_owner_record_goes_with_the_last_hold_of_the_lock(tmp_path):
+    """A freed directory names no owner: a later refusal can never quote a process that has let go."""
+    from covidnet import run_lock
+
+    d = tmp_path / "mine"
+    assert run_lock.acquire(d) and run_lock.acquire(d)
+    run_lock.release(d)
+    assert (d / run_lock.OWNER_FILE).is_file()  # still held once
+    run_lock.release(d)
+    assert not (d / run_lock.OWNER_FILE).exists()

@@ -38,9 +38,9 @@ def write_report(sweep_dir: str | Path, cam: bool = False, n_boot: int | None = 
     comparison is called equivalent. ``from_predictions``: ``sweep_dir`` is a report folder; rebuild it from its
     predictions.csv and jobs.json, with the bootstrap settings, margins, provenance and first-written line recorded
     there (the settings unless given), so that a rebuild with the recorded settings rewrites the folder unchanged."""
-    recorded = read_options(sweep_dir)
     written = None
     if from_predictions:
+        recorded = read_options(sweep_dir)
         if cam:
             raise ReportError("--cam needs the runs' checkpoints; a report rebuilt from its predictions has none.")
         sweep = load_bundle(sweep_dir)
@@ -50,9 +50,17 @@ def write_report(sweep_dir: str | Path, cam: bool = False, n_boot: int | None = 
         margins = recorded.get("margins") if margins is None else margins
         prov = dict(recorded.get(PROVENANCE) or {})
     else:
+        # the job directories are the source here: a previous report's jobs.json only lends what was given by hand
+        # (a study command, a machine description), and a damaged one is rewritten rather than blocking the report
+        try:
+            recorded = read_options(sweep_dir)
+        except ReportError as err:
+            print(f"note: {err} It is written anew from the job directories.")
+            recorded = {}
         sweep = load_sweep(sweep_dir, failures)
         prov = collect(sweep.runs, recorded.get(PROVENANCE))
-        prov.setdefault("versions", environment_versions())
+        prov["versions"] = environment_versions()  # of the environment writing the report now, as the report says
+        prov.pop("versions_from", None)
     n_boot = stats.DEFAULT_BOOT if n_boot is None else n_boot
     seed = stats.DEFAULT_SEED if seed is None else seed
     margins = dict(margins or {})
