@@ -14,6 +14,7 @@ gives one: the estimate comes with the reason instead.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from covidnet.stats import (
     METRICS,
     Interval,
     binary_metrics,
+    bootstrap_indices,
     metrics_on_resamples,
     no_interval,
     percentile_interval,
@@ -165,6 +167,33 @@ def seed_paired_difference(
     point_a, point_b, boot_a, boot_b = _arm_metrics(labels, a, b, n_boot, seed, groups)
     return _seed_interval(metric, point_a[metric], point_b[metric], boot_a[metric], boot_b[metric], paired, n_boot, seed, alpha,
                           too_few_units(labels, groups))
+
+
+def seed_mean_difference(
+    values_a: Sequence[np.ndarray],
+    values_b: Sequence[np.ndarray],
+    name: str = "mean",
+    n_boot: int = DEFAULT_BOOT,
+    seed: int = DEFAULT_SEED,
+    paired: bool | None = None,
+    min_runs: int = 3,
+    alpha: float = 0.05,
+) -> SeedInterval:
+    """Seed-mean of a per-image quantity of arm B minus that of arm A, with the interval over runs and images of
+    :func:`seed_paired_difference`: for numbers that are a mean over images rather than a classification metric,
+    e.g. the CAM mass inside a lesion. Each run is (N,) values in the same image order, NaN where the quantity is
+    undefined for that image (an all-zero map has no mass to share): a run's value is the mean of its defined ones,
+    on all images and on each image draw (``stats.bootstrap_indices``, the same draw for both arms)."""
+    a, b = np.asarray(values_a, float), np.asarray(values_b, float)
+    paired = _pairing(len(a), len(b), paired)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a draw of only undefined images: NaN, counted as undefined
+        point_a, point_b = np.nanmean(a, axis=1), np.nanmean(b, axis=1)
+        if min(len(a), len(b)) < min_runs:
+            return _seed_interval(name, point_a, point_b, None, None, paired, n_boot, seed, alpha)
+        idx = bootstrap_indices(a.shape[1], n_boot, seed)  # (n_boot, N)
+        boot_a, boot_b = np.nanmean(a[:, idx], axis=2), np.nanmean(b[:, idx], axis=2)  # (runs, n_boot)
+    return _seed_interval(name, point_a, point_b, boot_a, boot_b, paired, n_boot, seed, alpha)
 
 
 def _pairing(n_a: int, n_b: int, paired: bool | None) -> bool:

@@ -126,11 +126,19 @@ def localisation(m: ScoredModel, pairs, methods: list[str], target: str, batch_s
     out = {"n_slices": len(pairs), "lesion_area_share": summarize(chance), "P(COVID)": summarize(maps.probs),
            "sensitivity": summarize([float(p >= 0.5) for p in maps.probs]), "lung_area": summarize(lung_area),
            "targets": {"COVID": int(sum(maps.categories)), "non-COVID": int(len(pairs) - sum(maps.categories))}}
+    out["grid"] = list(maps.grid)  # the CAM layer's cells: what a map can resolve
     for method in methods:
         cams = maps.cams[method]
+        hits = [float(pointing_hit(c, les)) for c, les in zip(cams, lesions)]
+        in_lesion = [mass_share(c, les) for c, les in zip(cams, lesions)]  # NaN for an empty (all-zero) map
         out[method] = {
-            "pointing_game_hit_rate": summarize([float(pointing_hit(c, les)) for c, les in zip(cams, lesions)]),
-            "mass_in_lesion": summarize([mass_share(c, les) for c, les in zip(cams, lesions)]),
+            "pointing_game_hit_rate": summarize(hits),
+            "mass_in_lesion": summarize(in_lesion),
             "mass_in_lungs": summarize([mass_share(c, lung) if lung is not None else np.nan for c, lung in zip(cams, maps.lungs)]),
+            # every mean above says how many maps it is over: an empty map has no mass to share (GradCAM of a class the
+            # model does not see) and points nowhere (a miss)
+            "empty_maps": int(sum(float(np.max(c)) <= 0 for c in cams)),
+            # per slice, in pairs order: for intervals over runs and slices (covidnet.arm_stats.seed_mean_difference)
+            "per_slice": {"pointing_game_hit": hits, "mass_in_lesion": [None if np.isnan(v) else round(v, 6) for v in in_lesion]},
         }
     return out

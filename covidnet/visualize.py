@@ -142,6 +142,8 @@ def visualize(cfg: DictConfig) -> dict:
         shares, area = shortcut(m, mp)
         results["faithfulness"][m.name] = {k: {kind: summarize(d) for kind, d in v.items()} for k, v in drops.items()}
         results["shortcut"][m.name] = {"lung_area": summarize(area), "no_lungs_found": int(np.isnan(area).sum()),
+                                       # maps with no mass to share (all zero) on images whose lungs were found
+                                       "empty_maps": {k: int((np.isnan(v) & ~np.isnan(area)).sum()) for k, v in shares.items()},
                                        **{k: summarize(v) for k, v in shares.items()}}
         per_image[m.name] = {"drops": drops, "shares": shares, "area": area}
     if pairs:

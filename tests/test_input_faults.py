@@ -209,7 +209,8 @@ def test_a_one_by_one_cam_map_gives_no_cam_numbers_and_says_so(fresh_synthetic, 
         assert CamLogger(k=1, layer="layer4").coarse_maps(model, x)
     with initialize_config_dir(str(config_dir()), version_base=None):
         cfg = compose("visualize", overrides=[f"ckpt={tmp_path / 'tiny.ckpt'}", f"data.root={fresh_synthetic}", "n_per_class=2",
-                                              "score_images=figure", f"out_dir={tmp_path / 'out'}", "methods=[gradcam]"])
+                                              "score_images=figure", f"out_dir={tmp_path / 'out'}", "methods=[gradcam]",
+                                              "layer=layer4"])  # stride 32 at 32 px: one cell
     with pytest.warns(UserWarning, match="cannot localise, so no CAM numbers are computed"):
         visualize(cfg)
     results = json.loads((tmp_path / "out" / "results.json").read_text())

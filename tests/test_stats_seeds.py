@@ -191,3 +191,20 @@ def test_arm_differences_pair_by_seed_name_and_show_both_intervals():
     assert (fixed["auroc"].estimate, fixed["auroc"].low, fixed["auroc"].high) == pytest.approx((want.estimate, want.low, want.high), abs=1e-12)
     _, other = arm_stats.arm_differences(labels, a, b, ("auroc",), seeds_a=[0, 1, 2], seeds_b=[3, 4, 5], n_boot=200)
     assert not other["auroc"].paired and other["auroc"].high - other["auroc"].low > in_order.high - in_order.low
+
+
+def test_seed_mean_difference_covers_runs_and_images_and_skips_undefined_values():
+    """A per-image quantity (CAM mass in a lesion): B − A of the seed means, NaN images left out of each run's mean."""
+    from covidnet.arm_stats import seed_mean_difference, verdict
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(0.10, 0.02, (5, 40))
+    b = rng.normal(0.15, 0.02, (5, 40))
+    b[:, :4] = np.nan  # empty maps
+    iv = seed_mean_difference(a, b, "mass_in_lesion", n_boot=400)
+    assert iv.estimate == pytest.approx(np.nanmean(b, 1).mean() - a.mean(1).mean())
+    assert iv.low < iv.estimate < iv.high and verdict(iv) == "better"
+    # training randomness in the interval: runs that disagree widen it, though the image noise is the same
+    shifted = b + np.array([[-0.06], [0.06], [-0.06], [0.06], [0.0]])
+    assert seed_mean_difference(a, shifted, n_boot=400).high - seed_mean_difference(a, shifted, n_boot=400).low > iv.high - iv.low
+    assert not seed_mean_difference(a[:2], b[:2], n_boot=400).judgeable  # two seeds: no interval

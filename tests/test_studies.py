@@ -182,3 +182,27 @@ def test_external_study_tables_recompute_from_their_predictions(tmp_path):
     first.write_text("stale\n")
     assert script("rebuild_results").main([str(tmp_path / "docs")]) == 0
     assert first.read_text().splitlines()[:-1] == text.splitlines()[:-1]
+
+
+def test_cam_summary_counts_empty_maps_and_gives_the_seed_and_slice_interval():
+    cam_summary = script("cam_summary")
+    rng = np.random.default_rng(0)
+
+    def run(offset: float, empty: int) -> dict:
+        mass = list(np.clip(rng.normal(0.10 + offset, 0.02, 30), 0, 1))
+        mass[:empty] = [None] * empty
+        hits = [float(x) for x in rng.random(30) < 0.2 + offset]
+        per = {"mass_in_lesion": mass, "pointing_game_hit": hits}
+        defined = [m for m in mass if m is not None]
+        summary = {"pointing_game_hit_rate": {"mean": float(np.mean(hits)), "n": 30},
+                   "mass_in_lesion": {"mean": float(np.mean(defined)), "n": len(defined)}, "mass_in_lungs": {"mean": 0.5, "n": 30}}
+        return {"n_slices": 30, "grid": [14, 14], "lesion_area_share": {"mean": 0.14}, "lung_area": {"mean": 0.45},
+                "gradcam": {**summary, "empty_maps": empty, "per_slice": per}}
+
+    loc = {f"init={init},seed={s}": run(0.1 if init == "imagenet" else 0.0, 3 if init == "imagenet" else 0)
+           for init in ("scratch", "imagenet") for s in range(5)}
+    text = cam_summary.summarize({"methods": ["gradcam"], "localisation": loc}, n_boot=300)
+    assert "CAM grid: 14x14 cells" in text
+    assert "| imagenet | 5 | gradcam |" in text and "| 15 of 150 |" in text and "| 0 of 150 |" in text
+    (line,) = [x for x in text.splitlines() if x.startswith("- imagenet − scratch, gradcam, mass in lesion")]
+    assert line.endswith(": better") and "over seeds and slices" in line

@@ -102,8 +102,9 @@ def check_outputs(result: dict, n_models: int) -> dict:
             assert all(-1 <= float(r[f"{name}:{method}:prob_drop"]) <= 1 for r in rows)
         sc = results["shortcut"][name]
         for method in ("gradcam", "eigencam"):
-            # every image is scored against its lung field, or counted as having none (never dropped silently)
-            assert sc[method]["n"] + sc["no_lungs_found"] == len(rows)
+            # every image is scored against its lung field, or counted as having none, or its map as empty (never
+            # dropped silently)
+            assert sc[method]["n"] + sc["no_lungs_found"] + sc["empty_maps"][method] == len(rows)
             assert sc[method]["mean"] is None or 0 <= sc[method]["mean"] <= 1
     return results
 
@@ -135,6 +136,12 @@ def test_two_checkpoints_with_lesion_localisation(run, lesions, tmp_path):
         for method in ("gradcam", "eigencam"):
             assert 0 <= loc[method]["pointing_game_hit_rate"]["mean"] <= 1
             assert 0 <= loc[method]["mass_in_lesion"]["mean"] <= 1
+            # every mean names the maps it is over: the empty ones are those without a lesion mass
+            per = loc[method]["per_slice"]
+            assert len(per["mass_in_lesion"]) == len(per["pointing_game_hit"]) == 4
+            assert loc[method]["empty_maps"] == sum(v is None for v in per["mass_in_lesion"]) == 4 - loc[method]["mass_in_lesion"]["n"]
+            assert np.mean(per["pointing_game_hit"]) == pytest.approx(loc[method]["pointing_game_hit_rate"]["mean"], abs=1e-4)
+        assert loc["grid"] == [4, 4]  # the blob runs' 64 px inputs at the default layer
         assert 0 < loc["lesion_area_share"]["mean"] < 0.5
     assert list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))
     # the sweep directory itself names both jobs' best checkpoints
