@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from covidnet.stats import THRESHOLD
+
 # the selection score of an epoch that may not be selected: below any AUROC
 NOT_SELECTABLE = -1.0
 
@@ -31,7 +33,7 @@ def selection_score(probs: torch.Tensor, labels: torch.Tensor, epoch: int, selec
     """Validation AUROC where the epoch may be selected, else ``NOT_SELECTABLE`` (see on_validation_epoch_end)."""
     from torchmetrics.functional.classification import binary_auroc
 
-    called_covid = int((probs >= 0.5).sum())
+    called_covid = int((probs > THRESHOLD).sum())  # a COVID call as every metric here makes it
     one_class = called_covid in (0, len(probs)) or int(labels.sum()) in (0, len(labels))
     if epoch < select_from_epoch or one_class:
         return torch.tensor(NOT_SELECTABLE)

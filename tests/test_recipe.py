@@ -234,3 +234,21 @@ def test_a_run_where_no_epoch_met_the_rule_says_so(synthetic_root, tmp_path, mon
     monkeypatch.setattr(covidnet.model, "selection_score", lambda *a: torch.tensor(NOT_SELECTABLE))
     metrics = train(tiny_cfg(synthetic_root, tmp_path / "run", "callbacks.model_checkpoint.monitor=val/select"))
     assert metrics["best_val_score"] == NOT_SELECTABLE and "chosen by no rule" in metrics["not_selectable"]
+
+
+def test_the_report_never_averages_a_score_no_epoch_earned(tmp_path):
+    """A run where no epoch met the selection rule (best val/select -1) has no best score in the report, and says why."""
+    import math
+
+    from covidnet.report import main
+    from test_report import fake_job, read_rows
+
+    labels = [0, 1] * 10
+    for seed, extra in ((0, {"best_val_score": 0.8}), (1, {"best_val_score": NOT_SELECTABLE, "not_selectable": "no epoch met the rule"})):
+        fake_job(tmp_path / f"init=scratch,seed={seed}", ["init=scratch", f"seed={seed}"], labels, [0.3, 0.7] * 10,
+                 {"init": "scratch", "seed": seed, **extra})
+    assert main([str(tmp_path), "--n-boot", "100"]) == 0
+    (row,) = read_rows(tmp_path / "summary.csv")
+    assert float(row["best_val_score_mean"]) == pytest.approx(0.8) and math.isnan(float(row["best_val_score_std"]))
+    runs = {r["job"]: r for r in read_rows(tmp_path / "runs.csv")}
+    assert "no epoch met the rule" in runs["init=scratch,seed=1"]["message"] and runs["init=scratch,seed=1"]["best_val_score"] == ""

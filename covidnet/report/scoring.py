@@ -17,6 +17,13 @@ from covidnet.report.sweep import REFERENCE_INIT, ReportError, Run, Sweep
 RUN_FIELDS = ("best_epoch", "epochs_trained", "best_val_score", "fit_seconds")
 
 
+def run_field(run: Run, name: str):
+    """A metrics.json entry of RUN_FIELDS; a best score of an epoch the selection rule excludes (val/select's -1, a run
+    where no epoch met the rule: metrics.json ``not_selectable``) is no score, never averaged with AUROCs."""
+    value = run.metrics.get(name)
+    return None if name == "best_val_score" and run.metrics.get("not_selectable") else value
+
+
 def sort_value(v: str):
     try:
         return (0, float(v), "")
@@ -68,7 +75,7 @@ def summary_rows(sweep: Sweep) -> list[dict]:
         for m in stats.METRICS:
             row[f"{m}_mean"], row[f"{m}_std"] = stats.mean_std([r.points[m] for r in done])
         for name in RUN_FIELDS:
-            row[f"{name}_mean"], row[f"{name}_std"] = stats.mean_std([r.metrics.get(name) for r in done])
+            row[f"{name}_mean"], row[f"{name}_std"] = stats.mean_std([run_field(r, name) for r in done])
         row["seconds_per_epoch_mean"], row["seconds_per_epoch_std"] = stats.mean_std(
             [r.metrics["fit_seconds"] / r.metrics["epochs_trained"] for r in done if r.metrics.get("fit_seconds") and r.metrics.get("epochs_trained")])
         rows.append(row)
@@ -189,8 +196,8 @@ def run_rows(sweep: Sweep) -> list[dict]:
             iv = r.intervals.get(m)
             row[m], row[f"{m}_low"], row[f"{m}_high"] = (iv.estimate, iv.low, iv.high) if iv else (None, None, None)
         for name in RUN_FIELDS:
-            row[name] = r.metrics.get(name)
-        row["message"] = r.message
+            row[name] = run_field(r, name)
+        row["message"] = "; ".join(m for m in (r.message, r.metrics.get("not_selectable")) if m)
         rows.append(row)
     return rows
 

@@ -127,7 +127,6 @@ def _read_header(pydicom, path: Path, problems: list[str]) -> Header | None:
     if frames > 1:
         problems.append(f"{path}: {frames} frames in one file; this reader takes one slice per file")
         return None
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is not None and syntax.is_compressed:
         from pydicom.pixels import get_decoder
 
