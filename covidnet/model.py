@@ -304,9 +304,10 @@ class CovidClassifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         """Log ``val/select``, the score a checkpoint is selected by: the epoch's validation AUROC, or
-        ``NOT_SELECTABLE`` (-1) before ``select_from_epoch`` (during warm-up) or when the epoch calls every
-        validation image one class at the 0.5 threshold. So the rule cannot pick an early checkpoint whose
-        threshold is unusable, whatever its AUROC (monitor it with callbacks.model_checkpoint.monitor=val/select)."""
+        ``NOT_SELECTABLE`` (-1) before ``select_from_epoch`` (during warm-up) or when the epoch calls fewer than half
+        of either validation class correctly at the 0.5 threshold (covidnet/training_recipe.py). So the rule cannot
+        pick a checkpoint whose threshold is unusable, whatever its AUROC (monitor it with
+        callbacks.model_checkpoint.monitor=val/select)."""
         outputs, self._val_outputs = self._val_outputs, []
         if not outputs:
             return

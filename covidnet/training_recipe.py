@@ -2,8 +2,10 @@
 
 - :func:`with_warmup`: linear learning-rate warm-up before the configured scheduler (``model.warmup_epochs``).
 - :func:`selection_score`: what ``val/select`` logs, the score a checkpoint is selected by: the validation AUROC,
-  or :data:`NOT_SELECTABLE` during warm-up (``model.select_from_epoch``) and for an epoch that calls every
-  validation image one class, whose threshold would be unusable on the test split.
+  or :data:`NOT_SELECTABLE` during warm-up (``model.select_from_epoch``) and for an epoch whose threshold is not
+  usable: one that calls fewer than half of either validation class correctly at P(COVID) > 0.5. AUROC ranks and
+  ignores the threshold, so without this an epoch that calls 117 of 118 validation images COVID (specificity 0)
+  can be chosen for its ranking, and then calls nearly every test image COVID too.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from covidnet.stats import THRESHOLD
 
 # the selection score of an epoch that may not be selected: below any AUROC
 NOT_SELECTABLE = -1.0
+# the share of each validation class an epoch must call correctly at the 0.5 threshold to be selectable
+MIN_CLASS_RECALL = 0.5
 
 def with_warmup(optimizer: torch.optim.Optimizer, scheduler_factory, warmup_epochs: int):
     """The configured scheduler, preceded by ``warmup_epochs`` epochs of linear warm-up from 1 % of each group's
@@ -30,12 +34,15 @@ def with_warmup(optimizer: torch.optim.Optimizer, scheduler_factory, warmup_epoc
 
 
 def selection_score(probs: torch.Tensor, labels: torch.Tensor, epoch: int, select_from_epoch: int) -> torch.Tensor:
-    """Validation AUROC where the epoch may be selected, else ``NOT_SELECTABLE`` (see on_validation_epoch_end)."""
+    """Validation AUROC where the epoch may be selected, else ``NOT_SELECTABLE`` (module docstring)."""
     from torchmetrics.functional.classification import binary_auroc
 
-    called_covid = int((probs > THRESHOLD).sum())  # a COVID call as every metric here makes it
-    one_class = called_covid in (0, len(probs)) or int(labels.sum()) in (0, len(labels))
-    if epoch < select_from_epoch or one_class:
+    covid = labels.bool()
+    if epoch < select_from_epoch or bool(covid.all()) or not bool(covid.any()):
+        return torch.tensor(NOT_SELECTABLE)
+    called = probs > THRESHOLD  # a COVID call as every metric here makes it
+    sensitivity, specificity = called[covid].float().mean().item(), (~called[~covid]).float().mean().item()
+    if min(sensitivity, specificity) < MIN_CLASS_RECALL:
         return torch.tensor(NOT_SELECTABLE)
     return binary_auroc(probs.float(), labels.long()).detach().cpu()
 

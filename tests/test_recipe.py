@@ -64,15 +64,20 @@ def test_flip_tta_averages_an_image_and_its_mirror_in_eval_only():
     assert torch.allclose(a, model(x))
 
 
-def test_selection_score_refuses_warmup_epochs_and_one_class_epochs():
+def test_selection_score_refuses_warmup_epochs_and_epochs_without_a_usable_threshold():
     labels = torch.tensor([0, 0, 1, 1])
-    good = torch.tensor([0.2, 0.6, 0.4, 0.9])  # both classes called, AUROC 0.75
+    good = torch.tensor([0.2, 0.6, 0.4, 0.9])  # half of each class right at 0.5, AUROC 0.75
     assert selection_score(good, labels, epoch=3, select_from_epoch=3).item() == pytest.approx(0.75)
     assert selection_score(good, labels, epoch=2, select_from_epoch=3).item() == NOT_SELECTABLE
     all_non_covid = torch.tensor([0.1, 0.2, 0.3, 0.4])  # AUROC 1.0, but every image called non-COVID at 0.5
     assert selection_score(all_non_covid, labels, epoch=5, select_from_epoch=0).item() == NOT_SELECTABLE
     all_covid = torch.tensor([0.6, 0.7, 0.8, 0.9])
     assert selection_score(all_covid, labels, epoch=5, select_from_epoch=0).item() == NOT_SELECTABLE
+    # nearly one class: 117 of 118 called COVID, specificity 0 (what the first rule let through), AUROC 0.77
+    labels = torch.tensor([0] * 58 + [1] * 60)
+    probs = torch.cat([torch.linspace(0.51, 0.80, 58), torch.tensor([0.4]), torch.linspace(0.6, 0.99, 59)])
+    assert selection_score(probs, labels, epoch=8, select_from_epoch=3).item() == NOT_SELECTABLE
+    assert selection_score(probs - 0.2, labels, epoch=8, select_from_epoch=3).item() > 0  # a usable threshold
 
 
 def test_lite224_sets_each_arms_chosen_values_and_the_selection_rule():

@@ -173,7 +173,7 @@ def read_job(job_dir: Path, sweep_dir: Path, failures: dict[str, str]) -> Run:
         run.status = "incomplete"
         run.message = "no metrics.json: the job failed, was interrupted, or is still running"
         if rd.last_checkpoint() is not None:
-            args = " ".join(f"{k}={v}" for k, v in overrides.items())
+            args = " ".join(f"{k}={v}" for k, v in overrides.items() if k != "ckpt_path")  # said once, below
             run.message += f"; resume with `python train.py {args} ckpt_path=last hydra.run.dir='{job_dir}'`"
     return run
 

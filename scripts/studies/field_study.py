@@ -196,8 +196,12 @@ def publish(out: Path, dest: Path) -> list[Path]:
             if (sweep / name).is_file():
                 data = (sweep / name).read_bytes()
                 (target / name).write_bytes(data if name.endswith(".png") else portable(data.decode(), checkout).encode())
+        # the committed form is the one rebuilt from its own predictions (the copy's text was rendered with this machine's
+        # longer paths, which a message's length limit may cut elsewhere); a second rebuild must change nothing
+        rebuild = [sys.executable, "-m", "covidnet.report", "--from-predictions", str(target)]
+        subprocess.run(rebuild, cwd=ROOT, check=True)
         before = {n: (target / n).read_bytes() for n in BUNDLE if n.endswith((".md", ".json", ".csv")) and (target / n).is_file()}
-        subprocess.run([sys.executable, "-m", "covidnet.report", "--from-predictions", str(target)], cwd=ROOT, check=True)
+        subprocess.run(rebuild, cwd=ROOT, check=True)
         changed = [n for n, b in before.items() if (target / n).read_bytes() != b]
         if changed:
             raise SystemExit(f"{target}: {', '.join(changed)} did not rebuild from its predictions as written")
