@@ -25,7 +25,7 @@ from covidnet.backbones import OPTIONS as BACKBONE_OPTIONS
 from covidnet.cam import OPTIONS as CAM_OPTIONS
 from covidnet.checkpoint import check_weights_fit
 from covidnet.datamodule import OPTIONS as DATA_OPTIONS
-from covidnet.entry import hydra_app
+from covidnet.cli import hydra_app
 from covidnet.errors import ConfigError
 from covidnet.evaluate import evaluate_run, load_sets_for_training
 from covidnet.hardware import OPTIONS as HARDWARE_OPTIONS
@@ -39,7 +39,8 @@ from covidnet.multisource import source_metrics
 from covidnet.options import SEED, Across, Rule, Table, boolean, check_config, integer, optional
 from covidnet.predict import predict_probs
 from covidnet.preprocess import OPTIONS as PREPROCESS_OPTIONS
-from covidnet.resume import Resume, accepted_record, check_resume, check_writable
+from covidnet.resume import Resume, accepted_record, check_resume
+from covidnet.write_check import check_writable
 from covidnet.run_files import LAST_CHECKPOINT
 from covidnet.run_lock import owning
 from covidnet.runs import RunDir

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from covidnet.entry import EXIT_USER_ERROR
+from covidnet.cli import EXIT_USER_ERROR
 from covidnet.errors import ConfigError
 from covidnet.options import check_config as check_table
 from covidnet.options import problems
