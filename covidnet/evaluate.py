@@ -37,13 +37,13 @@ from covidnet.atomic import atomic_path, write_json
 from covidnet.checkpoint import OPTIONS as CHECKPOINT_OPTIONS
 from covidnet.checkpoint import CheckpointError, load_models
 from covidnet.claims import INCOMPLETE, check_fresh, claim, owner_of, same_result
-from covidnet.entry import hydra_app
+from covidnet.cli import hydra_app
 from covidnet.errors import ConfigError, EvalError, UserError
 from covidnet.hardware import DEVICE, EVAL_PRECISION
 from covidnet.options import SEED, Rule, Table, boolean, check_config, integer, optional
 from covidnet.preprocess import OPTIONS as PREPROCESS_OPTIONS
 from covidnet.processes import pid_alive
-from covidnet.resume import check_writable
+from covidnet.write_check import check_writable
 from covidnet.run_checkpoints import best_checkpoint, resolve_checkpoints, run_of
 from covidnet.run_files import METRICS_FILE, copy_eval, read_metrics, write_eval
 from covidnet.runs import RunDir

@@ -30,7 +30,7 @@ from covidnet.checkpoint import OPTIONS as CHECKPOINT_OPTIONS
 from covidnet.checkpoint import load_models
 from covidnet.datamodule import OPTIONS as DATA_OPTIONS
 from covidnet.covid_ct_layout import CLASS_NAMES, SPLITS, DatasetError, Sample, read_split
-from covidnet.entry import hydra_app
+from covidnet.cli import hydra_app
 from covidnet.errors import ConfigError, UserError
 from covidnet.hardware import DEVICE
 from covidnet.options import SEED, Table, boolean, check_config, integer, number, one_of

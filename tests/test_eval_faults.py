@@ -349,7 +349,7 @@ def test_an_expected_error_in_a_multirun_job_is_raised_alone(monkeypatch, wrappe
     chain and no library frames for Hydra to print at the end of the sweep."""
     import traceback
 
-    from covidnet import entry
+    from covidnet import cli as entry
     from covidnet.sources.base import SourceError
 
     monkeypatch.setattr(entry, "_in_multirun", lambda: True)
