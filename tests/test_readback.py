@@ -383,7 +383,7 @@ def test_an_evaluation_computed_otherwise_is_not_taken_for_the_same_one(tmp_path
     """same_result compares how the numbers were computed, not only the checkpoint and the set."""
     import json
 
-    from covidnet.claims import same_result
+    from covidnet.eval_lock import same_result
 
     d = tmp_path / "result"
     d.mkdir()
