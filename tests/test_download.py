@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 
 import covidnet.download as download
 from covidnet.covid_ct_layout import CLASSES, SPLITS, DatasetError, read_split
@@ -19,6 +20,7 @@ from covidnet.download import download_covid_ct, fetch
 from mirror_md5 import mirror_md5
 from synthetic import make_dataset
 
+ROOT = Path(__file__).resolve().parents[1]
 COUNTS = {"train": 3, "val": 2, "test": 2}
 N_SYNTHETIC = 2 * sum(COUNTS.values())
 
@@ -194,3 +196,25 @@ def test_the_known_sums_are_those_of_the_official_files(real_root):
     for rel, expected in download.KNOWN_MD5.items():
         got = images_md5(real_root / rel[: -len(".zip")]) if rel.endswith(".zip") else hashlib.md5((real_root / rel).read_bytes()).hexdigest()
         assert got == expected, rel
+
+
+def test_train_downloads_by_default_but_only_into_a_missing_or_empty_root(tmp_path, monkeypatch):
+    """The README's main command fetches the data on a fresh machine; a folder holding anything is never written to."""
+    import covidnet.datamodule as data
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"data.root={tmp_path / 'covid-ct'}"])
+    assert cfg.data.download is True
+    calls = []
+    monkeypatch.setattr(data, "download_covid_ct", lambda root: calls.append(Path(root)))
+    dm = data.CovidCTDataModule(root=str(tmp_path / "covid-ct"), download=True)
+    dm.prepare_data()  # missing: fetched
+    (tmp_path / "empty").mkdir()
+    data.CovidCTDataModule(root=str(tmp_path / "empty"), download=True).prepare_data()  # empty: fetched
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("mine")
+    used = data.CovidCTDataModule(root=str(tmp_path / "used"), download=True)
+    used.prepare_data()  # holds something: not touched, setup lists what is missing
+    assert calls == [(tmp_path / "covid-ct").resolve(), (tmp_path / "empty").resolve()]
+    with pytest.raises(DatasetError, match=r"COVID-CT data not found at .*used"):
+        used.setup()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from synthetic_dicom import write_scans
-from test_evaluate import make_checkpoint
+from fake_runs import make_checkpoint
 
 from covidnet.errors import EvalError
 from covidnet.evaluate import evaluate
@@ -75,7 +75,7 @@ def test_the_report_never_pools_different_copies_of_a_set(tmp_path, md):
     each, each saying what it holds; never one mean over both."""
     import shutil
 
-    from test_evaluate import make_run
+    from fake_runs import make_run
 
     from covidnet.external_summary import external_lines
 
@@ -268,7 +268,7 @@ def test_an_evaluation_killed_midway_is_marked_incomplete(tmp_path, md, semiseg)
 
 # --- checked before work, with the message that helps -------------------------------------------------------------
 def test_an_unreadable_eval_image_fails_training_before_it_starts(synthetic_root, tmp_path):
-    from test_train import tiny_cfg
+    from train_configs import tiny_cfg
 
     from covidnet.train import train
 
@@ -310,7 +310,7 @@ def test_device_and_out_dir_are_checked_before_any_prediction(tmp_path, md):
 
 
 def test_evaluate_names_its_own_way_to_score_an_unfinished_run(tmp_path, md, capsys):
-    from test_evaluate import make_run
+    from fake_runs import make_run
 
     make_run(tmp_path / "sweep" / "a")
     (tmp_path / "sweep" / "b" / "checkpoints").mkdir(parents=True)  # started, never finished
