@@ -36,8 +36,8 @@ def test_a_two_job_sweep_runs_through_submitit_in_processes_of_its_own(synthetic
     sweep = tmp_path / "sweep"
     exclude = yaml.safe_load((CONF / "hydra" / "default.yaml").read_text())["job"]["config"]["override_dirname"]["exclude_keys"]
     exclude += [o.split("=")[0].lstrip("+") for o in TINY]
-    args = ["-m", "hydra/launcher=submitit_local", "seed=0,1", f"data.root={synthetic_root}", f"hydra.sweep.dir={sweep}", *TINY,
-            f"hydra.job.config.override_dirname.exclude_keys=[{','.join(exclude)}]", "hydra.callbacks.sweep_report.n_boot=100"]
+    args = ["-m", "hydra/launcher=slurm_local", "seed=0,1", f"data.root={synthetic_root}", f"hydra.sweep.dir={sweep}", *TINY,
+            f"hydra.job.config.override_dirname.exclude_keys=[{','.join(exclude)}]", "+hydra.callbacks.sweep_report.n_boot=100"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
