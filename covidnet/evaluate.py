@@ -22,27 +22,25 @@ covidnet.set_metrics'.
 from __future__ import annotations
 
 import csv
-import json
-import os
 import re
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from omegaconf import DictConfig
 
 from covidnet import stats
-from covidnet.atomic import atomic_path, write_json
+from covidnet.atomic import atomic_path
 from covidnet.checkpoint import OPTIONS as CHECKPOINT_OPTIONS
 from covidnet.checkpoint import CheckpointError, load_models
-from covidnet.claims import INCOMPLETE, check_fresh, claim, owner_of, same_result
+from covidnet.eval_lock import INCOMPLETE, call_mark, check_fresh, claim, let_go, release, remove_finished_calls, same_result
 from covidnet.cli import hydra_app
 from covidnet.errors import ConfigError, EvalError, UserError
 from covidnet.hardware import DEVICE, EVAL_PRECISION
 from covidnet.options import SEED, Rule, Table, boolean, check_config, integer, optional
 from covidnet.preprocess import OPTIONS as PREPROCESS_OPTIONS
-from covidnet.processes import pid_alive
 from covidnet.write_check import check_writable
 from covidnet.run_checkpoints import best_checkpoint, resolve_checkpoints, run_of
 from covidnet.run_files import METRICS_FILE, copy_eval, read_metrics, write_eval
@@ -81,8 +79,7 @@ def evaluate_models(models, sets: list[EvalSet], out_dirs: dict[tuple[str, str],
         return _evaluate_models(models, sets, out_dirs, batch_size, device, n_boot, seed, progress, kept or {})
     except BaseException:  # an error, not a kill: directories left unwritten are not marked as being written
         for mark in marks:
-            if not (mark.parent / METRICS_FILE).exists():
-                mark.unlink(missing_ok=True)
+            release(mark)  # a written directory's mark is gone already
         raise
 
 
@@ -94,7 +91,7 @@ def _evaluate_models(models, sets, out_dirs, batch_size, device, n_boot, seed, p
             if done is not None:  # the same evaluation is complete elsewhere: copied where it is missing, not redone
                 for d in out_dirs[(m.name, s.name)]:
                     copy_eval(done, d)
-                    (d / INCOMPLETE).unlink(missing_ok=True)
+                    release(d / INCOMPLETE)
                 rows += summary_rows(m.name, read_metrics(done / METRICS_FILE))
         todo = [m for m in models if (m.name, s.name) not in kept]
         if not todo:
@@ -127,7 +124,7 @@ def _evaluate_models(models, sets, out_dirs, batch_size, device, n_boot, seed, p
             metrics["notes"] += getattr(m, "notes", [])
             for d in out_dirs[(m.name, s.name)]:
                 write_eval(d, scored.records, probs, metrics)
-                (d / INCOMPLETE).unlink(missing_ok=True)
+                release(d / INCOMPLETE)
             rows += summary_rows(m.name, metrics)
     return rows
 
@@ -196,23 +193,19 @@ def evaluate(cfg: DictConfig) -> dict:
     out_dirs, kept = kept_results(models, sets, out_dirs, device, int(cfg.n_boot), int(cfg.seed))
     check_fresh([d for dirs in out_dirs.values() for d in dirs])  # before anything is created
     out.mkdir(parents=True, exist_ok=True)
-    # this call's mark on the whole: it stays (with the pairs written so far) if the evaluation is killed or fails
-    mark = out / f"{INCOMPLETE}.{os.getpid()}.json"
-    planned = [f"{m}/{s}" for m, s in out_dirs]
-    write_json(mark, {"pid": os.getpid(), "pairs": planned, "note": "an evaluate.py call that has not finished (or was killed): "
-                      "its pairs without metrics.json are missing, and summary.csv lacks its rows"})
+    mark = call_mark(out, [f"{m}/{s}" for m, s in out_dirs])
     try:
         rows = evaluate_models(models, sets, out_dirs, int(cfg.batch_size), device, int(cfg.n_boot), int(cfg.seed),
                                bool(cfg.get("progress", True)), {pair: dirs[0] for pair, dirs in kept.items()})
     except KeyboardInterrupt:
+        let_go(mark)
         raise SystemExit(interrupted(out_dirs, kept)) from None
+    except BaseException:
+        let_go(mark)
+        raise
     add_summary(out / "summary.csv", rows)
-    mark.unlink(missing_ok=True)
-    for stale in out.glob(f"{INCOMPLETE}.*.json"):  # a killed call's mark, once every pair it meant is written
-        owner = owner_of(stale)
-        pairs = json.loads(stale.read_text()).get("pairs", []) if owner is not None and not pid_alive(owner) else None
-        if pairs is not None and all((out / p / METRICS_FILE).is_file() for p in pairs):
-            stale.unlink(missing_ok=True)
+    release(mark)
+    remove_finished_calls(out)
     print_summary(rows)
     print(f"results: {out}")
     return {"out_dir": str(out), "rows": rows}
@@ -260,10 +253,7 @@ def eval_dir(run: RunDir, set_name: str) -> Path:
 def add_summary(path: Path, rows: list[dict]) -> None:
     """Append ``rows`` to summary.csv: the rows of earlier evaluations into the same out_dir are kept. Under an
     exclusive lock, so evaluations finishing at the same time both land."""
-    import fcntl
-
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(path.with_name(f".{path.name}.lock")):
         before = []
         if path.is_file():
             with open(path, newline="") as f:

@@ -9,7 +9,7 @@ import pytest
 
 from covidnet import stats
 from covidnet.report import main
-from test_report import fake_job
+from fake_runs import fake_job
 
 
 def test_each_arm_is_scored_as_the_mean_of_its_seeds_with_an_image_interval(tmp_path):

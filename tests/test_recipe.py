@@ -16,7 +16,7 @@ from covidnet.model import CovidClassifier
 from covidnet.runs import RunDir
 from covidnet.training_recipe import NOT_SELECTABLE, selection_score, with_warmup
 from covidnet.train import train
-from test_train import compose_cfg, tiny_cfg
+from train_configs import compose_cfg, tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -247,7 +247,7 @@ def test_the_report_never_averages_a_score_no_epoch_earned(tmp_path):
     import math
 
     from covidnet.report import main
-    from test_report import fake_job, read_rows
+    from fake_runs import fake_job, read_rows
 
     labels = [0, 1] * 10
     for seed, extra in ((0, {"best_val_score": 0.8}), (1, {"best_val_score": NOT_SELECTABLE, "not_selectable": "no epoch met the rule"})):
