@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from torchvision import models
 
 from covidnet.backbones import build_backbone
-from covidnet.inits import imagenet_weights_file
+from covidnet.archs import imagenet_weights_file
 from covidnet.weights_io import WeightsError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
