@@ -21,6 +21,7 @@ from torchvision import models
 
 from covidnet.checkpoint import load_checkpoint
 from covidnet.datamodule import CovidCTDataModule
+from covidnet.inits import apply_arch_defaults
 from covidnet.predict import predict_probs
 from covidnet.train import train
 
@@ -41,8 +42,9 @@ BEST_NAME = re.compile(r"epoch=(\d{3})-val_auroc=(\d\.\d{4})\.ckpt")
 
 
 def compose_cfg(overrides: list[str]):
+    """The train config as train() builds the run from it (the architecture's normalisation filled in)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+        return apply_arch_defaults(compose(config_name="train", overrides=overrides))
 
 
 def tiny_cfg(data_root: Path, out: Path, *extra: str):
