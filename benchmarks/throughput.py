@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics import MetricCollection
 
-from covidnet.backbones import ARCHS
+from covidnet.archs import ARCHS
 from covidnet.datamodule import CovidCTDataModule
 from covidnet.model import CovidClassifier
 

@@ -17,6 +17,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 
+from covidnet.archs import LAYER_STRIDES
 from covidnet.configs import load
 from covidnet.covid_ct_layout import CLASS_NAMES
 from covidnet.options import Rule, items, list_of, one_of
@@ -68,8 +69,8 @@ METHODS = {
 }
 
 
-# cam.layer: the deepest map at output stride 4, 8, 16, 32 (each architecture says which module, covidnet/backbones.py)
-LAYERS = ("layer1", "layer2", "layer3", "layer4")
+# cam.layer: the deepest map at output stride 4, 8, 16, 32 (each architecture says which module, covidnet/archs.py)
+LAYERS = tuple(LAYER_STRIDES)
 
 # the keys of conf/cam/default.yaml (top-level in visualize.yaml; the training callback's arguments), covidnet.options
 OPTIONS: dict[str, Rule] = {
@@ -91,10 +92,10 @@ def check_target(target: str) -> str:
 def target_layer(model: nn.Module, name: str = "layer4") -> nn.Module:
     """The module whose output the maps are computed on: ``layer1``..``layer4`` name the deepest map at output
     stride 4, 8, 16, 32 (default ``layer4``: the deepest map with a spatial layout). On a ResNet that is the
-    stage's last block; other architectures say which module it is (covidnet/backbones.py ``cam_layers``)."""
+    stage's last block; every architecture says which module it is (covidnet/archs.py ``cam_layers``, by stride)."""
     arch = getattr(model, "arch", None)
     net = getattr(model, "net", model)
-    path = arch.cam_layers.get(name) if arch is not None else (name if name.startswith("layer") else None)
+    path = arch.cam_layer(name) if arch is not None else (name if name.startswith("layer") else None)
     try:
         module = net.get_submodule(path) if path is not None else None
     except AttributeError:  # a ResNet stage name on a network without it

@@ -43,8 +43,6 @@ class ProbabilityTarget:
 
 
 ORDERS = ("morf", "lerf")  # most relevant first, least relevant first
-# output stride of each ResNet stage: a layer4 map has one cell per 32 x 32 input pixels
-LAYER_STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 
 
 class RemoveTopFraction:

@@ -17,8 +17,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from covidnet.archs import LAYER_STRIDES
 from covidnet.cam import cam_grid, categories_for, compute_cams, grid_problem
-from covidnet.cam_metrics import LAYER_STRIDES, block_random_cams, confidence_drop, mass_share, pixel_random_cams, pointing_hit, summarize
+from covidnet.cam_metrics import block_random_cams, confidence_drop, mass_share, pixel_random_cams, pointing_hit, summarize
 from covidnet.covid_ct_layout import load_grey
 from covidnet.predict import predict_batch
 from covidnet.sources.base import SourceError

@@ -18,8 +18,9 @@ from torchmetrics.classification import (
     BinarySpecificity,
 )
 
+from covidnet.archs import get_arch
 from covidnet.backbones import OPTIONS as BACKBONE_OPTIONS
-from covidnet.backbones import build_backbone, get_arch
+from covidnet.backbones import build_backbone
 from covidnet.bn_calibration import batchnorm_layers, estimate_batchnorm_statistics, training_batches
 from covidnet.options import Across, Rule, boolean, integer, number, optional, text
 from covidnet.training_recipe import selectable_epochs, selection_score, with_warmup
@@ -66,7 +67,7 @@ def _sync_is_free(device: torch.device) -> bool:
 
 
 class CovidClassifier(L.LightningModule):
-    """ResNet-18/50/152 or EfficientNet-Lite0 with one logit (covidnet/backbones.py). Hyperparameters are plain values, so a checkpoint alone
+    """A registered architecture (ResNet-18/50/152, EfficientNet-Lite0/1/2: covidnet/archs.py) with one logit. Hyperparameters are plain values, so a checkpoint alone
     rebuilds the model: ``covidnet.checkpoint.load_checkpoint(path)`` (the one loader; it checks the file
     and skips fetching pretrained weights, which the checkpoint's replace)."""
 

@@ -21,9 +21,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from covidnet import inits  # noqa: F401 - registers ${covidnet.init:...}, which saved configs hold
 from covidnet.checkpoint import read_checkpoint
 from covidnet.errors import ConfigError
+from covidnet.inits import saved_config
 from covidnet.options import interpolated_key
 from covidnet.run_files import CHECKPOINT_DIR, HYDRA_DIR, LAST_CHECKPOINT, METRICS_FILE, read_metrics
 
@@ -141,7 +141,7 @@ def check_resume(cfg: DictConfig, out: Path, record_dir: Path | None = None) -> 
     # is still the one to continue (two settings in one run directory describe neither)
     ckpt = read_checkpoint(path, option="ckpt_path") if path is not None else {}
     record = out / RECORD / "config.yaml"
-    original = OmegaConf.load(record) if record.is_file() else None
+    original = saved_config(record) if record.is_file() else None  # as its job resolved it (earlier runs' ${covidnet.init:...} too)
     found = differences(cfg, ckpt, original)
     allow = set(OmegaConf.to_container(cfg.resume_allow) if isinstance(cfg.get("resume_allow"), ListConfig) else cfg.get("resume_allow") or [])
     allowed = {}

@@ -32,6 +32,7 @@ from covidnet.hardware import OPTIONS as HARDWARE_OPTIONS
 from covidnet.hardware import TRAINER_OPTIONS
 from covidnet.hardware import HardwareChoice, apply_threads, resolve
 from covidnet.inits import OPTIONS as INIT_OPTIONS
+from covidnet.inits import apply_arch_defaults
 from covidnet.model import OPTIONS as MODEL_OPTIONS
 from covidnet.multisource import OPTIONS as SOURCE_OPTIONS
 from covidnet.multisource import scalars as source_scalars
@@ -215,6 +216,7 @@ def run(cfg: DictConfig, out: Path, resume: Resume | None) -> dict:
 def open_run(cfg: DictConfig) -> Path:
     """Check every option and that the run directory can be written, then create it. :func:`train` then owns it and
     checks it is not another run's and that a resume continues the run it resumes (covidnet/resume.py)."""
+    apply_arch_defaults(cfg)  # data.normalization=null: the architecture's own, so the data and the model's input spec agree
     check_config(cfg, TRAIN, ConfigError)  # every option, before any data is read or model built
     prepare_multirun_job_for_ddp()
     out = Path(cfg.paths.output_dir)

@@ -18,7 +18,8 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from covidnet.callbacks import CamLogger
 from cam_training import IMAGE_SIZE, blob_run
 from covidnet.cam import compute_cams, oriented_projection
-from covidnet.cam_metrics import LAYER_STRIDES, block_random_cams, confidence_drop, mass_share, pointing_hit
+from covidnet.archs import LAYER_STRIDES
+from covidnet.cam_metrics import block_random_cams, confidence_drop, mass_share, pointing_hit
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from covidnet.model import CovidClassifier
 from covidnet.predict import predict_batch

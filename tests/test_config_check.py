@@ -140,7 +140,7 @@ def test_visualize_defaults_pass_the_check():
         ("data.augment=yes", "data.augment=yes: must be true or false"),
         ("data.normalization=zscore", "data.normalization=zscore: must be one of imagenet"),
         ("model.freeze=everything", "model.freeze=everything: must be one of none, backbone, up_to_layer4"),
-        ("model.arch=resnet19", "model.arch=resnet19: must be one of efficientnet_lite0, resnet152, resnet18, resnet50"),
+        ("model.arch=resnet19", "model.arch=resnet19: must be one of efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, resnet152, resnet18, resnet50"),
         ("model.optimizer.lr=0", "model.optimizer.lr=0: must be a number > 0"),
         ("trainer.max_epochs=0", "trainer.max_epochs=0: must be an integer >= 1 (a run of 0 epochs trains nothing"),
     ],

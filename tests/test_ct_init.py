@@ -19,7 +19,8 @@ from torchvision.models.resnet import Bottleneck, ResNet
 
 from covidnet.ct_weights import INSTALL_HINT, collapse_depth, export, load_ct_state_dict
 from covidnet.datamodule import CovidCTDataModule
-from covidnet.backbones import RESNET_FREEZE, build_backbone
+from covidnet.archs import RESNET_FREEZE
+from covidnet.backbones import build_backbone
 from covidnet.weights_io import WeightsError
 from covidnet.model import CovidClassifier
 

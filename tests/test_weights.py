@@ -12,7 +12,8 @@ from hydra.utils import instantiate
 from torchvision import models
 
 from covidnet.backbones import build_backbone
-from covidnet.inits import imagenet_weights_file
+from covidnet.archs import imagenet_weights_file
+from covidnet.inits import apply_arch_defaults
 from covidnet.weights_io import WeightsError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -82,7 +83,7 @@ def test_config_init_imagenet_with_weights_path_builds_that_backbone(offline, tm
     path = tmp_path / "w.pth"
     torch.save(state, path)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["init=imagenet", f"model.weights_path={path}"])
+        cfg = apply_arch_defaults(compose(config_name="train", overrides=["init=imagenet", f"model.weights_path={path}"]))
     assert cfg.model.init == "imagenet" and cfg.data.normalization == "imagenet"
     model = instantiate(cfg.model)
     assert_backbone_is(model.net, state)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
+from covidnet.inits import apply_arch_defaults
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # Tiny settings: 32 px, one epoch, no progress bar.
 TINY = [
@@ -23,8 +25,9 @@ TINY = [
 
 
 def compose_cfg(overrides: list[str]):
+    """The train config as train() builds the run from it (the architecture's normalisation filled in)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+        return apply_arch_defaults(compose(config_name="train", overrides=overrides))
 
 
 def tiny_cfg(data_root: Path, out: Path, *extra: str):
