@@ -43,7 +43,7 @@ from covidnet.hardware import DEVICE, EVAL_PRECISION
 from covidnet.options import SEED, Rule, Table, boolean, check_config, integer, optional
 from covidnet.preprocess import OPTIONS as PREPROCESS_OPTIONS
 from covidnet.processes import pid_alive
-from covidnet.resume import check_writable
+from covidnet.atomic import check_writable
 from covidnet.run_checkpoints import best_checkpoint, resolve_checkpoints, run_of
 from covidnet.run_files import METRICS_FILE, copy_eval, read_metrics, write_eval
 from covidnet.runs import RunDir

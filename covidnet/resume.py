@@ -1,5 +1,5 @@
 """Resuming a run: its configuration record kept through resumes (the ``RunRecord`` Hydra callback), what a resume
-checks, and output folders checked writable before any work.
+checks, and its run directory checked writable before Hydra creates it (covidnet.atomic.check_writable).
 
 **The record.** Hydra writes ``<run dir>/.hydra/{config,hydra,overrides}.yaml`` when a job starts, also when
 it is resumed, which would replace how the run started by how it was resumed. ``conf/hydra/default.yaml``
@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +38,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from covidnet import inits  # noqa: F401 - registers ${covidnet.init:...}, which saved configs hold
 from covidnet import run_lock
+from covidnet.atomic import check_writable
 from covidnet.errors import ConfigError, UserError, debugging
 from covidnet.options import interpolated_key
 from covidnet.run_files import CHECKPOINT_DIR, HYDRA_DIR, LAST_CHECKPOINT, METRICS_FILE, read_metrics
@@ -74,29 +74,6 @@ if not OmegaConf.has_resolver(RESOLVER):
     OmegaConf.register_new_resolver(RESOLVER, record_subdir)
 if not OmegaConf.has_resolver(JOB_DIR_RESOLVER):
     OmegaConf.register_new_resolver(JOB_DIR_RESOLVER, job_dir_name)
-
-
-# --- output folders -------------------------------------------------------------------------------------
-def check_writable(path: str | Path, what: str,
-                   fix: str = "Choose another location (hydra.run.dir=..., hydra.sweep.dir=..., or paths.log_dir=...) or fix its permissions.") -> None:
-    """Refuse, before any work, a folder that cannot be created or written (tried with a probe file); ``fix`` says
-    what to pass instead."""
-    target = Path(path).expanduser().absolute()
-    existing = target
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    problem = None
-    if not existing.is_dir():
-        problem = f"{existing} is a file, not a folder"
-    else:
-        try:
-            fd, probe = tempfile.mkstemp(prefix=".covidnet-write-check-", dir=existing)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as err:
-            problem = f"{existing} is not writable ({err.strerror or err})"
-    if problem:
-        raise UserError(f"The {what} {target} cannot be written: {problem}. {fix}")
 
 
 class RunRecord(Callback):

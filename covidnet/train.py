@@ -39,7 +39,8 @@ from covidnet.multisource import source_metrics
 from covidnet.options import SEED, Across, Rule, Table, boolean, check_config, integer, optional
 from covidnet.predict import predict_probs
 from covidnet.preprocess import OPTIONS as PREPROCESS_OPTIONS
-from covidnet.resume import Resume, accepted_record, check_resume, check_writable
+from covidnet.atomic import check_writable
+from covidnet.resume import Resume, accepted_record, check_resume
 from covidnet.run_files import LAST_CHECKPOINT
 from covidnet.run_lock import owning
 from covidnet.runs import RunDir

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 
 from covidnet.covid_ct_layout import COVID, DatasetError, check_dataset, read_split, split_file
 from covidnet.errors import UserError
-from covidnet.resume import check_writable
+from covidnet.atomic import check_writable
 from covidnet.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
