@@ -5,8 +5,7 @@ tables), checkpoints (``durable=True``, via covidnet/checkpoint_saving.py), expo
 features and downloads. The temporary file sits beside the target, is named after the writing process
 (``.<name>.<pid>.partial``, never the target's suffix, so nothing mistakes it for a result) and is renamed
 onto the target only when the block finishes; a later writer of the same target removes temporaries whose
-process is gone (:func:`remove_stale`). And a folder is checked writable before any work is done for it
-(:func:`check_writable`), so a run or an evaluation is refused at once rather than after hours.
+process is gone (:func:`remove_stale`).
 """
 
 from __future__ import annotations
@@ -15,12 +14,10 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from covidnet.errors import UserError
 from covidnet.processes import pid_alive
 
 PARTIAL_SUFFIX = ".partial"
@@ -88,26 +85,3 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-# --- folders checked before any work ------------------------------------------------------------------------
-def check_writable(path: str | Path, what: str,
-                   fix: str = "Choose another location (hydra.run.dir=..., hydra.sweep.dir=..., or paths.log_dir=...) or fix its permissions.") -> None:
-    """Refuse, before any work, a folder that cannot be created or written (tried with a probe file); ``fix`` says
-    what to pass instead."""
-    target = Path(path).expanduser().absolute()
-    existing = target
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    problem = None
-    if not existing.is_dir():
-        problem = f"{existing} is a file, not a folder"
-    else:
-        try:
-            fd, probe = tempfile.mkstemp(prefix=".covidnet-write-check-", dir=existing)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as err:
-            problem = f"{existing} is not writable ({err.strerror or err})"
-    if problem:
-        raise UserError(f"The {what} {target} cannot be written: {problem}. {fix}")

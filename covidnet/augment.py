@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from covidnet.options import Rule, is_integer, is_number, boolean, number
+from covidnet.options import Rule, boolean, in_group, is_integer, is_number, number
 
 # strength of each step; 0 / null switches a step off (conf/data/source_aug/default.yaml)
 SOURCE_AUG_DEFAULTS = {
@@ -39,14 +39,17 @@ OPTIONS: dict[str, Rule] = {
     "data.hflip": boolean(),
     "data.rotate_degrees": number(0, 180),
     "data.jitter": number(0, 1),
-    "data.source_aug.p": number(0, 1),
-    "data.source_aug.gamma": number(0, 3),
-    "data.source_aug.window": number(0, 0.45),
-    "data.source_aug.blur_sigma": number(0, 10),
-    "data.source_aug.sharpen": number(0, 10),
-    "data.source_aug.noise_std": number(0, 1),
-    "data.source_aug.downup_min": Rule("0 (off) or a number in (0, 1)", lambda v: is_number(v) and (v == 0 or 0 < v < 1)),
-    "data.source_aug.jpeg_quality_min": Rule("0 (off) or an integer in [1, 95]", lambda v: is_integer(v) and (v == 0 or 1 <= v <= 95)),
+    # data.source_aug is null unless data/source_aug=default switches it on
+    **in_group("data.source_aug", {
+        "data.source_aug.p": number(0, 1),
+        "data.source_aug.gamma": number(0, 3),
+        "data.source_aug.window": number(0, 0.45),
+        "data.source_aug.blur_sigma": number(0, 10),
+        "data.source_aug.sharpen": number(0, 10),
+        "data.source_aug.noise_std": number(0, 1),
+        "data.source_aug.downup_min": Rule("0 (off) or a number in (0, 1)", lambda v: is_number(v) and (v == 0 or 0 < v < 1)),
+        "data.source_aug.jpeg_quality_min": Rule("0 (off) or an integer in [1, 95]", lambda v: is_integer(v) and (v == 0 or 1 <= v <= 95)),
+    }),
 }
 
 

@@ -3,7 +3,7 @@
 The configs live in the top-level ``conf/`` folder of the repository (the layout the project asks for).
 ``covidnet/conf`` is a link to that folder, so a built wheel ships the same files inside the package
 (package data, see pyproject.toml). Code reads them through :func:`config_dir`, and the installed
-entry points (covidnet.entry.hydra_app) give Hydra its absolute path, without knowing which of the two it runs from.
+entry points (covidnet.cli.hydra_app) give Hydra its absolute path, without knowing which of the two it runs from.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one base class of mistakes a user can fix; entry points show its message alone (``covidnet.entry``).
+"""The one base class of mistakes a user can fix; entry points show its message alone (``covidnet.cli``).
 
 An option out of range, data that is missing or broken, a checkpoint or weights file that is missing, not
 ours or corrupt: the message names the thing and the fix, so a traceback would only hide it. Exceptions of
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-# set to anything but "" or "0": an expected error shows its whole traceback (covidnet.entry, covidnet.resume)
+# set to anything but "" or "0": an expected error shows its whole traceback (covidnet.cli, covidnet.hydra_callbacks)
 DEBUG_VARS = ("HYDRA_FULL_ERROR", "COVIDNET_DEBUG")
 
 

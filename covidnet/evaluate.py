@@ -23,8 +23,6 @@ covidnet.run_checkpoints' decision, the sets are covidnet.sets', their statistic
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -32,21 +30,20 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from covidnet.atomic import check_writable, write_json
 from covidnet.checkpoint import OPTIONS as CHECKPOINT_OPTIONS
 from covidnet.checkpoint import CheckpointError, load_models
-from covidnet.claims import INCOMPLETE, check_fresh, owner_of
-from covidnet.entry import hydra_app
+from covidnet.cli import hydra_app
 from covidnet.errors import ConfigError, EvalError, UserError
+from covidnet.eval_lock import call_mark, check_fresh, let_go, release, remove_finished_calls
 from covidnet.evaluation import Ensemble, EvalModel, add_summary, check_ensemble, eval_dir, evaluate_models, kept_results
 from covidnet.hardware import DEVICE, EVAL_PRECISION
 from covidnet.options import SEED, Rule, Table, boolean, check_config, integer, optional
 from covidnet.preprocess import OPTIONS as PREPROCESS_OPTIONS
-from covidnet.processes import pid_alive
 from covidnet.run_checkpoints import best_checkpoint, resolve_checkpoints, run_of
 from covidnet.run_files import METRICS_FILE
 from covidnet.set_scoring import RUN, scoring, set_scoring
 from covidnet.sets import SET_OPTIONS, load_set, set_config
+from covidnet.write_check import check_writable
 
 IN_SPLIT = "covid_ct_test"  # the official COVID-CT test split as a set (conf/eval/covid_ct_test.yaml): an ensemble's in-split number
 
@@ -139,23 +136,19 @@ def evaluate(cfg: DictConfig) -> dict:
     out_dirs, kept = kept_results(scored, sets, out_dirs, device, int(cfg.n_boot), int(cfg.seed))
     check_fresh([d for dirs in out_dirs.values() for d in dirs])  # before anything is created
     out.mkdir(parents=True, exist_ok=True)
-    # this call's mark on the whole: it stays (with the pairs written so far) if the evaluation is killed or fails
-    mark = out / f"{INCOMPLETE}.{os.getpid()}.json"
-    planned = [f"{m}/{s}" for m, s in out_dirs]
-    write_json(mark, {"pid": os.getpid(), "pairs": planned, "note": "an evaluate.py call that has not finished (or was killed): "
-                      "its pairs without metrics.json are missing, and summary.csv lacks its rows"})
+    mark = call_mark(out, [f"{m}/{s}" for m, s in out_dirs])
     try:
         rows = evaluate_models(models, sets, out_dirs, int(cfg.batch_size), device, int(cfg.n_boot), int(cfg.seed),
                                bool(cfg.get("progress", True)), {pair: dirs[0] for pair, dirs in kept.items()}, ensemble)
     except KeyboardInterrupt:
+        let_go(mark)
         raise SystemExit(interrupted(out_dirs, kept)) from None
+    except BaseException:
+        let_go(mark)
+        raise
     add_summary(out / "summary.csv", rows)
-    mark.unlink(missing_ok=True)
-    for stale in out.glob(f"{INCOMPLETE}.*.json"):  # a killed call's mark, once every pair it meant is written
-        owner = owner_of(stale)
-        pairs = json.loads(stale.read_text()).get("pairs", []) if owner is not None and not pid_alive(owner) else None
-        if pairs is not None and all((out / p / METRICS_FILE).is_file() for p in pairs):
-            stale.unlink(missing_ok=True)
+    release(mark)
+    remove_finished_calls(out)
     print_summary(rows)
     print(f"results: {out}")
     return {"out_dir": str(out), "rows": rows}

@@ -6,7 +6,7 @@ reloaded from disk to be scored. Each set is decoded once per input spec through
 input that training takes (covidnet.set_scoring.decode -> covidnet.preprocess.prepare), and each result is written
 by covidnet.run_files.write_eval: ``<dir>/predictions.csv`` and ``<dir>/metrics.json`` (covidnet.set_metrics).
 Several models can also be scored as one (:class:`Ensemble`: the mean of their P(COVID), covidnet.ensembles).
-Directories are claimed before any prediction and never overwritten (covidnet.claims).
+Directories are claimed before any prediction and never overwritten (covidnet.eval_lock).
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from torch import nn
 
 from covidnet import stats
 from covidnet.atomic import atomic_path
 from covidnet.checkpoint import LoadedModel, model_name
-from covidnet.claims import INCOMPLETE, check_fresh, claim, same_result
 from covidnet.ensembles import MIN_MEMBERS, ensemble_name, mean_probs
 from covidnet.errors import EvalError
+from covidnet.eval_lock import INCOMPLETE, check_fresh, claim, release, same_result
 from covidnet.run_checkpoints import resolve_checkpoints
 from covidnet.run_files import METRICS_FILE, copy_eval, read_eval, read_metrics, write_eval
 from covidnet.runs import RunDir
@@ -118,8 +119,7 @@ def evaluate_models(models: list[EvalModel], sets: list[EvalSet], out_dirs: dict
         return _evaluate_models(models, sets, out_dirs, batch_size, device, n_boot, seed, progress, kept or {}, ensemble)
     except BaseException:  # an error, not a kill: directories left unwritten are not marked as being written
         for mark in marks:
-            if not (mark.parent / METRICS_FILE).exists():
-                mark.unlink(missing_ok=True)
+            release(mark)  # a written directory's mark is gone already
         raise
 
 
@@ -127,7 +127,7 @@ def _keep(done: Path, dirs: list[Path]) -> dict:
     """A complete result of the same evaluation copied where it is missing, not redone; its metrics."""
     for d in dirs:
         copy_eval(done, d)
-        (d / INCOMPLETE).unlink(missing_ok=True)
+        release(d / INCOMPLETE)
     return read_metrics(done / METRICS_FILE)
 
 
@@ -167,7 +167,7 @@ def _evaluate_models(models, sets, out_dirs, batch_size, device, n_boot, seed, p
             metrics["notes"] += getattr(m, "notes", [])
             for d in out_dirs[(m.name, s.name)]:
                 write_eval(d, scored.records, probs, metrics)
-                (d / INCOMPLETE).unlink(missing_ok=True)
+                release(d / INCOMPLETE)
             rows += summary_rows(m.name, metrics)
         if ensemble is not None:
             pair = (ensemble.name, s.name)
@@ -204,7 +204,7 @@ def score_ensemble(ensemble: Ensemble, s: EvalSet, written: dict[str, Path], dir
     })
     for d in dirs:
         write_eval(d, records, probs, metrics)
-        (d / INCOMPLETE).unlink(missing_ok=True)
+        release(d / INCOMPLETE)
     return metrics
 
 
@@ -236,10 +236,7 @@ def eval_dir(run: RunDir, set_name: str) -> Path:
 def add_summary(path: Path, rows: list[dict]) -> None:
     """Append ``rows`` to summary.csv: the rows of earlier evaluations into the same out_dir are kept. Under an
     exclusive lock, so evaluations finishing at the same time both land."""
-    import fcntl
-
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(path.with_name(f".{path.name}.lock")):
         before = []
         if path.is_file():
             with open(path, newline="") as f:

@@ -1,4 +1,8 @@
-"""Hydra callback of a multirun (registered as ``hydra.callbacks.sweep_report`` in conf/hydra/default.yaml)."""
+"""covidnet's Hydra callbacks (conf/hydra/default.yaml ``hydra.callbacks``): ``run_record`` checks the run or sweep
+directory before Hydra creates it, ``sweep_report`` tracks a multirun's failed jobs and writes its report.
+
+They run in the process that launches the jobs, and Hydra imports this module there: what it imports is paid by
+every launch (the report is imported only when a multirun ends)."""
 
 from __future__ import annotations
 
@@ -12,9 +16,41 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from covidnet import run_lock
+from covidnet.errors import UserError, debugging
 from covidnet.runs import SweepDir
+from covidnet.write_check import check_writable
 
 log = logging.getLogger(__name__)
+
+
+class RunRecord(Callback):
+    """The run or sweep directory is checked writable before Hydra creates it (else Hydra fails later with "Unable
+    to configure handler 'file'"); for train.py this process then owns it (covidnet/run_lock.py) before Hydra
+    writes its config record there, so a second process into it is refused having written nothing."""
+
+    def _check(self, directory: str, config: DictConfig, what: str) -> None:
+        try:
+            check_writable(directory, "output directory")
+            if config.get("task_name") == "train":  # before Hydra writes its record there (covidnet/run_lock.py)
+                run_lock.acquire(directory, what)
+        except UserError as err:
+            if debugging():
+                raise
+            print(f"Error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir, config, "run directory")
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        run_lock.release(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir, config, "sweep directory")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        run_lock.release(config.hydra.sweep.dir)
 
 
 def job_error(job_return: JobReturn) -> BaseException | None:
@@ -103,4 +139,4 @@ class SweepReport(Callback):
             )
 
 
-__all__ = ["SweepReport", "job_error"]
+__all__ = ["RunRecord", "SweepReport", "job_error"]

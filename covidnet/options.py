@@ -13,8 +13,17 @@ table (``covidnet/train.py`` ``TRAIN``, ``visualize.py`` ``VISUALIZE``, ``evalua
 A rule over several keys is an :class:`Across` entry of the same table (e.g. ``model.freeze`` must be a mode of
 ``model.arch``); it is asked only when each of its keys is present and passed its own rule.
 
-A key the config does not have is skipped (a table may name keys of optional groups), and a key the table does
-not name is not checked here at all: Hydra already refuses misspelt overrides (``Could not override ...``).
+A key the config does not have is a problem like a bad value (``data.fraction is not in the config ...``): a
+misspelt rule would otherwise never be asked, and a key deleted on the command line (``~data.fraction``) would fail
+later in a constructor. The one exception is a key of an optional group that is switched off (``data.source_aug``
+null, ``callbacks.cam`` null or ``callbacks=none``): such rules are declared with :func:`in_group`.
+tests/test_config_check.py walks every ``OPTIONS`` table against the composed configs (each experiment too), so a
+rule whose key no config has fails there first. A key the table does not name is not checked here at all: Hydra
+already refuses misspelt overrides (``Could not override ...``).
+
+Where each option is written: its default in conf/ (the YAML Hydra composes, shows with ``--cfg job`` and overrides),
+what it allows in one ``OPTIONS`` rule, and a constructor default only where a checkpoint from before the option
+existed must still load (it says what such a checkpoint meant).
 Rules are plain predicates on the resolved value; a value Hydra parsed as another type (``abc`` for an
 integer, ``1.5`` for an integer, ``yes`` for a boolean) fails the rule's type test.
 
@@ -45,13 +54,15 @@ class Rule:
 
     ``allows`` may be a callable for choices known only when checked (the eval sets in conf/eval/).
     ``choices`` (one_of) and ``bounds`` (integer, number) let a constructor say the same thing in its own words:
-    ``Unknown data.field='x'; choose one of ...`` or ``data.fraction=0 must be in (0, 1]``."""
+    ``Unknown data.field='x'; choose one of ...`` or ``data.fraction=0 must be in (0, 1]``. ``group`` (set by
+    :func:`in_group`): the optional config group the key lies in; null or absent, the rule is not asked."""
 
     allows: str | Callable[[], str]
     ok: Callable[[Any], bool]
     why: str = ""
     choices: Choices | None = None
     bounds: str = ""
+    group: str = ""
 
     def because(self, why: str) -> Rule:
         return replace(self, why=why)
@@ -83,6 +94,15 @@ class Across:
 
 
 Table = dict[str, "Rule | Across"]
+
+
+def in_group(group: str, rules: dict[str, Rule]) -> dict[str, Rule]:
+    """``rules`` for keys of an optional config group (``data.source_aug``): asked when the group is in the config,
+    not when it is switched off (null, or absent like ``callbacks.cam`` under ``callbacks=none``)."""
+    outside = [key for key in rules if not key.startswith(f"{group}.")]
+    if outside:
+        raise ValueError(f"in_group({group!r}): {outside} are not keys of that group")
+    return {key: replace(rule, group=group) for key, rule in rules.items()}
 
 
 def is_integer(v) -> bool:
@@ -186,20 +206,54 @@ def interpolated_key(node, leaf: str) -> str | None:
     return raw[2:-1] if isinstance(raw, str) and raw.startswith("${") and raw.endswith("}") and ":" not in raw else None
 
 
+def _has(cfg, key: str) -> bool:
+    from omegaconf import DictConfig, OmegaConf
+
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node.keys()  # (`in node` is False for ???)
+
+
+def _switched_off(cfg, rule: Rule | None) -> bool:
+    from omegaconf import OmegaConf
+
+    return rule is not None and rule.group != "" and OmegaConf.select(cfg, rule.group, default=None) is None
+
+
+def unknown_keys(cfg, table: Table) -> list[str]:
+    """Keys ``table`` names (its rules' and its rules across keys') that ``cfg`` does not have, except keys of a
+    group switched off in ``cfg``: a rule for such a key would never be asked."""
+    found: list[str] = []
+    for key, rule in table.items():
+        for k in rule.keys if isinstance(rule, Across) else (key,):
+            own = table.get(k)
+            if k not in found and not _has(cfg, k) and not _switched_off(cfg, own if isinstance(own, Rule) else None):
+                found.append(k)
+    return found
+
+
 def problems(cfg, table: Table) -> list[str]:
-    """One line per bad value (empty when all is well): every key's own rule, then the rules across keys."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
+    """One line per bad value (empty when all is well): every key the config lacks, every key's own rule, then the
+    rules across keys."""
+    from omegaconf import ListConfig, OmegaConf
 
     found: list[str] = []
     values: dict[str, Any] = {}  # keys present whose value passed its own rule (what an Across rule may read)
 
+    absent = unknown_keys(cfg, table)
+    for key in absent:
+        own = table.get(key)
+        allows = f": it must be {own.describe()}" if isinstance(own, Rule) else ""
+        found.append(f"{key} is not in the config (a misspelt rule, or a key deleted from the config){allows}")
     for key, rule in table.items():
         if isinstance(rule, Across):
+            found.extend(f"{key}: {k} has no rule of its own in this table, so this rule would never be asked"
+                         for k in rule.keys if not isinstance(table.get(k), Rule))
             continue
+        if key in absent or not _has(cfg, key):
+            continue  # named above, or a key of a group switched off
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
-        if not isinstance(node, DictConfig) or leaf not in node.keys():  # (`in node` is False for ???)
-            continue  # this config has no such key (an optional group, or an older config)
         if OmegaConf.is_missing(node, leaf):
             found.append(f"{key} is not set: it must be {rule.describe()}")
             continue

@@ -1,21 +1,9 @@
-"""Resuming a run: its configuration record kept through resumes (the ``RunRecord`` Hydra callback), what a resume
-checks, and its run directory checked writable before Hydra creates it (covidnet.atomic.check_writable).
+"""Resuming a run: what a resume (``ckpt_path=last`` or a checkpoint file) checks before any work.
 
-**The record.** Hydra writes ``<run dir>/.hydra/{config,hydra,overrides}.yaml`` when a job starts, also when
-it is resumed, which would replace how the run started by how it was resumed. ``conf/hydra/default.yaml``
-therefore sets ``hydra.output_subdir: ${covidnet_record:${hydra.runtime.output_dir}}``: ``.hydra`` in a new
-run directory, ``.hydra/resume-<UTC time>`` in one that already has a record. ``.hydra/config.yaml`` always
-describes the original run, and each resume's config and overrides lie beside it. (The resolvers are
-registered when Hydra instantiates the ``RunRecord`` callback listed in the same file, before any job.)
-
-**A job's folder** in a sweep is its ``override_dirname`` with ``/`` written as ``.``
-(``hydra.sweep.subdir: ${covidnet_job_dir:${hydra.job.override_dirname}}``): a config-group override such as
-``data/source_aug=default`` would otherwise nest the job one folder deeper (covidnet.runs.SweepDir walks
-down to it, but globs like ``<sweep>/*/metrics.json`` and a reader's eye look one level deep).
-
-**A resume** (``ckpt_path=last`` or a file) must continue the run it resumes, not silently mix two: the
+A resume must continue the run it resumes, not silently mix two: the
 checkpoint's model and data-module hyperparameters and, when the run directory has one, the original config
-record are compared with the config now; any difference is refused, naming each key with both values.
+record (``.hydra/config.yaml``, kept through resumes: covidnet.hydra_resolvers) are compared with the config now;
+any difference is refused, naming each key with both values.
 ``resume_allow=[trainer.max_epochs]`` accepts named changes (and keys interpolated from them, e.g.
 ``model.scheduler.T_max``); they are logged and written to ``<resume record>/accepted_changes.yaml`` and to
 ``metrics.json`` (``resumed_with_changes``). A run that already finished (``metrics.json`` written) is not
@@ -27,86 +15,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from covidnet import inits  # noqa: F401 - registers ${covidnet.init:...}, which saved configs hold
-from covidnet import run_lock
-from covidnet.atomic import check_writable
-from covidnet.errors import ConfigError, UserError, debugging
+from covidnet.checkpoint import read_checkpoint
+from covidnet.errors import ConfigError
 from covidnet.options import interpolated_key
 from covidnet.run_files import CHECKPOINT_DIR, HYDRA_DIR, LAST_CHECKPOINT, METRICS_FILE, read_metrics
 
 log = logging.getLogger(__name__)
+RECORD = HYDRA_DIR  # the run's config record (.hydra/config.yaml: how it started)
 
-RESOLVER = "covidnet_record"
-JOB_DIR_RESOLVER = "covidnet_job_dir"
-RECORD = HYDRA_DIR
-_chosen: dict[str, str] = {}
-
-
-def record_subdir(output_dir: str) -> str:
-    """``.hydra`` for a new run directory, ``.hydra/resume-<UTC time>`` when it already holds a record.
-
-    Chosen once per directory and process: Hydra resolves ``output_subdir`` more than once, and the answer
-    must not change after it has written the record."""
-    key = str(Path(output_dir).expanduser().absolute())
-    if key not in _chosen:
-        if (Path(key) / RECORD / "config.yaml").is_file():
-            _chosen[key] = f"{RECORD}/resume-{datetime.now(timezone.utc).strftime('%Y-%m-%d_%H-%M-%S-%f')}"
-        else:
-            _chosen[key] = RECORD
-    return _chosen[key]
-
-
-def job_dir_name(override_dirname: str) -> str:
-    """A sweep job's folder name: its override_dirname, one path component (``data/source_aug=x`` -> ``data.source_aug=x``)."""
-    return str(override_dirname).replace("/", ".")
-
-
-if not OmegaConf.has_resolver(RESOLVER):
-    OmegaConf.register_new_resolver(RESOLVER, record_subdir)
-if not OmegaConf.has_resolver(JOB_DIR_RESOLVER):
-    OmegaConf.register_new_resolver(JOB_DIR_RESOLVER, job_dir_name)
-
-
-class RunRecord(Callback):
-    """Hydra callback (conf/hydra/default.yaml): importing it registers the record resolver, and the run or
-    sweep directory is checked writable before Hydra creates it (else Hydra fails later with "Unable to
-    configure handler 'file'"); for train.py this process then owns it (covidnet/run_lock.py) before Hydra
-    writes its config record there, so a second process into it is refused having written nothing."""
-
-    def _check(self, directory: str, config: DictConfig, what: str) -> None:
-        try:
-            check_writable(directory, "output directory")
-            if config.get("task_name") == "train":  # before Hydra writes its record there (covidnet/run_lock.py)
-                run_lock.acquire(directory, what)
-        except UserError as err:
-            if debugging():
-                raise
-            print(f"Error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config.hydra.run.dir, config, "run directory")
-
-    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        run_lock.release(config.hydra.run.dir)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config.hydra.sweep.dir, config, "sweep directory")
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        run_lock.release(config.hydra.sweep.dir)
-
-
-# --- resume ---------------------------------------------------------------------------------------------
 # Compared between a run and its resume: what decides the result. Not compared: where things are written,
 # how many loader workers read the data, whether it may be downloaded, progress bars and logging.
 COMPARED = ("seed", "test", "data", "model", "trainer")
@@ -211,8 +134,6 @@ def check_resume(cfg: DictConfig, out: Path, record_dir: Path | None = None) -> 
     ``record_dir`` is this process's Hydra record (``.hydra/resume-<time>`` on a resume), where accepted
     changes are written. Returns None when ``ckpt_path`` is not set.
     """
-    from covidnet.checkpoint import read_checkpoint  # lazy: import cost (torch, the model), Hydra imports this callback in every process
-
     if cfg.get("ckpt_path") is None:
         return None
     path = resume_checkpoint_path(cfg, out)

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import rankdata
 
 THRESHOLD = 0.5
 METRICS = ("acc", "auroc", "f1", "sensitivity", "specificity", "precision")
@@ -55,22 +56,11 @@ def auroc(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels, bool)
     probs = np.asarray(probs, float)
     labels, probs = np.broadcast_arrays(labels, probs)
-    order = np.argsort(probs, axis=-1, kind="stable")
-    p = np.take_along_axis(probs, order, -1)
-    y = np.take_along_axis(labels, order, -1)
-    n = p.shape[-1]
-    # average ranks (1-based) within runs of tied values
-    ranks = np.broadcast_to(np.arange(1, n + 1, dtype=float), p.shape).copy()
-    new_run = np.ones(p.shape, bool)
-    new_run[..., 1:] = p[..., 1:] != p[..., :-1]
-    run_id = np.cumsum(new_run, axis=-1) - 1
-    flat_id = (run_id + (np.arange(int(np.prod(p.shape[:-1]))).reshape(p.shape[:-1] + (1,)) * n)).ravel()
-    sums = np.bincount(flat_id, weights=ranks.ravel(), minlength=flat_id.max() + 1)
-    counts = np.bincount(flat_id, minlength=flat_id.max() + 1)
-    ranks = (sums / np.maximum(counts, 1))[flat_id].reshape(p.shape)
-    n_pos = y.sum(-1)
-    n_neg = n - n_pos
-    u = (ranks * y).sum(-1) - n_pos * (n_pos + 1) / 2
+    # average ranks (1-based) within runs of tied values: multiples of 1/2, so their sums below are exact
+    ranks = rankdata(probs, method="average", axis=-1)
+    n_pos = labels.sum(-1)
+    n_neg = probs.shape[-1] - n_pos
+    u = (ranks * labels).sum(-1) - n_pos * (n_pos + 1) / 2
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
 

@@ -25,7 +25,7 @@ from covidnet.backbones import OPTIONS as BACKBONE_OPTIONS
 from covidnet.cam import OPTIONS as CAM_OPTIONS
 from covidnet.checkpoint import check_weights_fit, read_checkpoint
 from covidnet.datamodule import OPTIONS as DATA_OPTIONS
-from covidnet.entry import hydra_app
+from covidnet.cli import hydra_app
 from covidnet.errors import ConfigError
 from covidnet.evaluation import evaluate_trained, load_sets_for_training
 from covidnet.hardware import OPTIONS as HARDWARE_OPTIONS
@@ -36,10 +36,10 @@ from covidnet.model import OPTIONS as MODEL_OPTIONS
 from covidnet.multisource import OPTIONS as SOURCE_OPTIONS
 from covidnet.multisource import scalars as source_scalars
 from covidnet.multisource import source_metrics
-from covidnet.options import SEED, Across, Rule, Table, boolean, check_config, integer, optional
+from covidnet.options import SEED, Across, Rule, Table, boolean, check_config, in_group, integer, optional
 from covidnet.preprocess import OPTIONS as PREPROCESS_OPTIONS
-from covidnet.atomic import check_writable
 from covidnet.resume import Resume, accepted_record, check_resume
+from covidnet.write_check import check_writable
 from covidnet.run_files import LAST_CHECKPOINT
 from covidnet.run_lock import owning
 from covidnet.runs import RunDir
@@ -73,10 +73,12 @@ TRAIN: Table = {
     "trainer.check_val_every_n_epoch+trainer.max_epochs": Across(("trainer.check_val_every_n_epoch", "trainer.max_epochs"),
                                                                  lambda values: _validation_runs(values)),
     # the CAM callback (callbacks.cam; null switches it off): a bad value refused now, not after the first epoch
-    **{f"callbacks.cam.{key}": rule for key, rule in CAM_OPTIONS.items()},
-    "callbacks.cam.k": integer(1).because("images per class whose maps are logged"),
-    "callbacks.cam.every_n_epochs": integer(1),
-    "callbacks.cam.log_test": boolean(),
+    **in_group("callbacks.cam", {
+        **{f"callbacks.cam.{key}": rule for key, rule in CAM_OPTIONS.items()},
+        "callbacks.cam.k": integer(1).because("images per class whose maps are logged"),
+        "callbacks.cam.every_n_epochs": integer(1),
+        "callbacks.cam.log_test": boolean(),
+    }),
     **SET_OPTIONS,
     **HARDWARE_OPTIONS,  # speed settings resolved for the machine (auto) or forced
 }
@@ -148,7 +150,7 @@ def prepare_multirun_job_for_ddp() -> None:
 
 
 def record_dir() -> Path | None:
-    """This process's Hydra config record (``.hydra``, or ``.hydra/resume-<time>`` on a resume; covidnet/resume.py)."""
+    """This process's Hydra config record (``.hydra``, or ``.hydra/resume-<time>`` on a resume; covidnet/hydra_resolvers.py)."""
     if not HydraConfig.initialized():
         return None
     hydra_cfg = HydraConfig.get()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from covidnet.entry import hydra_app
+from covidnet.cli import hydra_app
 from covidnet.visualization import METHODS, VISUALIZE, VisualizeError, default_settings, visualize, visualize_runs
 
 

@@ -13,6 +13,9 @@ import numpy as np
 SIZE = 48
 SHUFFLED = np.array([2, 0, 3, 1])
 
+# COVID-CT-MD's folder names (conf/eval/covid_ct_md.yaml's class map applies as it is), five patients
+MD_FOLDERS = {"COVID-19 subjects": ["p1", "p2"], "Cap subjects": ["c1"], "Normal subjects": ["n1", "n2"]}
+
 
 def ct_slice(lungs: bool = True, marker_hu: float = 0.0) -> np.ndarray:
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]

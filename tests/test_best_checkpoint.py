@@ -20,7 +20,7 @@ from covidnet.datamodule import CovidCTDataModule
 from covidnet.predict import predict_probs
 from covidnet.stats import binary_metrics
 from synthetic import make_dataset
-from test_train import tiny_cfg
+from train_configs import tiny_cfg
 
 EPOCHS = 3
 

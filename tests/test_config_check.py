@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-from covidnet.entry import EXIT_USER_ERROR
+from covidnet.cli import EXIT_USER_ERROR
 from covidnet.errors import ConfigError
+from covidnet.evaluate import EVALUATE
+from covidnet.options import Across, Rule, in_group, integer, problems, unknown_keys
 from covidnet.options import check_config as check_table
-from covidnet.options import problems
 from covidnet.train import TRAIN, train
 from covidnet.visualize import VISUALIZE
 
@@ -38,6 +41,79 @@ def run_entry(script: str, *args: str, env: dict | None = None) -> subprocess.Co
 @pytest.mark.parametrize("overrides", [[], ["experiment=smoke"], ["experiment=cpu128"], ["init=imagenet"], ["init=ct"]])
 def test_shipped_configs_pass_the_check(overrides):
     assert problems(compose_cfg("train", overrides), TRAIN) == []
+
+
+# --- every rule names a key the config has -------------------------------------------------------------
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+# each app's table against its composed config: the defaults, each experiment, each optional group on and off
+APP_CONFIGS = (
+    [("train", TRAIN, []), ("train", TRAIN, ["data/source_aug=default"]), ("train", TRAIN, ["callbacks=none"])]
+    + [("train", TRAIN, [f"experiment={e}"]) for e in EXPERIMENTS]
+    + [("visualize", VISUALIZE, ["ckpt=a.ckpt"]), ("evaluate", EVALUATE, ["ckpt=a.ckpt"])]
+)
+
+
+def options_tables() -> dict[str, dict]:
+    """Every module-level ``*OPTIONS`` table of the package (found in the source, so a new module's table is walked
+    too), by ``module.NAME``."""
+    found = {}
+    for path in sorted((ROOT / "covidnet").glob("**/*.py")):
+        tree = ast.parse(path.read_text())
+        targets = [t for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                   for t in (n.targets if isinstance(n, ast.Assign) else [n.target])]
+        names = [t.id for t in targets if isinstance(t, ast.Name) and t.id.endswith("OPTIONS")]
+        if names:
+            module = importlib.import_module(".".join(("covidnet", *path.relative_to(ROOT / "covidnet").with_suffix("").parts)))
+            found.update({f"{module.__name__}.{name}": getattr(module, name) for name in names})
+    return found
+
+
+def keys_no_config_has(table: dict) -> list[str]:
+    """Keys of ``table`` absent from every app's default config with its optional groups on (a rule's group does
+    not excuse it here: a key of a group must exist where the group is on)."""
+    strict = {k: replace(r, group="") if isinstance(r, Rule) else r for k, r in table.items()}
+    cfgs = [compose_cfg("train", ["data/source_aug=default"]), compose_cfg("visualize", ["ckpt=a.ckpt"]), compose_cfg("evaluate", [])]
+    return sorted(set.intersection(*(set(unknown_keys(cfg, strict)) for cfg in cfgs)))
+
+
+@pytest.mark.parametrize(("app", "table", "overrides"), APP_CONFIGS, ids=[f"{a}{o}" for a, _, o in APP_CONFIGS])
+def test_every_rule_of_an_app_names_a_key_of_its_composed_config(app, table, overrides):
+    cfg = compose_cfg(app, overrides)
+    assert unknown_keys(cfg, table) == []
+    assert problems(cfg, table) == []  # and every rule across keys reads keys with rules of their own
+
+
+def test_every_options_table_of_the_package_names_keys_a_config_has():
+    tables = options_tables()
+    assert len(tables) >= 12 and {"covidnet.model.OPTIONS", "covidnet.hardware.TRAINER_OPTIONS", "covidnet.sets.SET_OPTIONS"} <= set(tables)
+    assert {name: keys_no_config_has(table) for name, table in tables.items() if keys_no_config_has(table)} == {}
+
+
+def test_a_misspelt_rule_fails_the_walk_and_the_check():
+    """A rule whose key the config lacks was silently skipped, so it never fired: now the walks above and the check
+    itself name it."""
+    cfg = compose_cfg("train", [])
+    misspelt = {**TRAIN, "data.batchsize": integer(2)}
+    assert unknown_keys(cfg, misspelt) == ["data.batchsize"]
+    assert keys_no_config_has({"data.batchsize": integer(2), "data.batch_size": integer(2)}) == ["data.batchsize"]
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg, misspelt)
+    assert "data.batchsize is not in the config (a misspelt rule, or a key deleted from the config): it must be an integer >= 2" in str(err.value)
+    # a key deleted on the command line is named before any work, not found out by a constructor
+    assert problems(compose_cfg("train", ["~data.fraction"]), TRAIN) == [
+        "data.fraction is not in the config (a misspelt rule, or a key deleted from the config): it must be a number in (0, 1]"]
+    # in an optional group: named where the group is on, not asked where it is switched off
+    in_cam = {**TRAIN, **in_group("callbacks.cam", {"callbacks.cam.kk": integer(1)})}
+    assert unknown_keys(cfg, in_cam) == ["callbacks.cam.kk"]
+    assert keys_no_config_has(in_group("callbacks.cam", {"callbacks.cam.kk": integer(1)})) == ["callbacks.cam.kk"]
+    assert unknown_keys(compose_cfg("train", ["callbacks.cam=null"]), in_cam) == []
+    assert unknown_keys(compose_cfg("train", ["callbacks=none"]), in_cam) == []
+    with pytest.raises(ValueError, match="not keys of that group"):
+        in_group("callbacks.cam", {"callbacks.came.k": integer(1)})
+    # a rule across keys over a misspelt key, or over a key without a rule of its own, would never be asked either
+    across = {**TRAIN, "x": Across(("trainer.max_epoch", "trainer.max_epochs"), lambda values: ["never asked"])}
+    assert unknown_keys(cfg, across) == ["trainer.max_epoch"]
+    assert "x: trainer.max_epoch has no rule of its own in this table, so this rule would never be asked" in problems(cfg, across)
 
 
 def test_source_aug_group_sweeps_between_none_and_default():

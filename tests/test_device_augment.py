@@ -141,7 +141,7 @@ def test_torchvision_pipeline_is_what_augment_params_mirrors():
 
 
 def test_training_runs_on_the_device_path(synthetic_root, tmp_path):
-    from test_train import tiny_cfg
+    from train_configs import tiny_cfg
 
     from covidnet.train import train
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import shutil
 import socket
@@ -11,12 +12,15 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 
 import covidnet.download as download
 from covidnet.covid_ct_layout import CLASSES, SPLITS, DatasetError, read_split
 from covidnet.download import download_covid_ct, fetch
+from mirror_md5 import mirror_md5
 from synthetic import make_dataset
 
+ROOT = Path(__file__).resolve().parents[1]
 COUNTS = {"train": 3, "val": 2, "test": 2}
 N_SYNTHETIC = 2 * sum(COUNTS.values())
 
@@ -39,7 +43,13 @@ def mirror(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def synthetic_count(monkeypatch):
+def mirror_sums(mirror, monkeypatch):
+    """The mirror's files in place of the official md5 sums (its images are not the official ones)."""
+    monkeypatch.setattr(download, "KNOWN_MD5", mirror_md5(mirror))
+
+
+@pytest.fixture
+def synthetic_count(mirror_sums, monkeypatch):
     """The check expects the official 746 images; the mirror has fewer."""
     monkeypatch.setattr(download, "N_IMAGES", N_SYNTHETIC)
 
@@ -73,7 +83,7 @@ def test_the_data_module_downloads_when_asked(mirror, tmp_path, synthetic_count,
     assert len(dm.datasets["train"]) == 2 * COUNTS["train"]
 
 
-def test_a_wrong_image_count_fails_and_leaves_nothing(mirror, tmp_path):
+def test_a_wrong_image_count_fails_and_leaves_nothing(mirror, tmp_path, mirror_sums):
     root = tmp_path / "covid-ct"  # N_IMAGES stays 746: the mirror's 14 images must be refused
     with pytest.raises(DatasetError, match="746"):
         download_covid_ct(root, base_url=mirror.as_uri())
@@ -160,3 +170,51 @@ def test_a_non_empty_root_is_never_overwritten(mirror, tmp_path, synthetic_count
     with pytest.raises(DatasetError, match="not empty"):
         download_covid_ct(root, base_url=mirror.as_uri())
     assert (root / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("altered", ["Data-split/COVID/valCT_COVID.txt", "Images-processed/CT_NonCOVID.zip"])
+def test_a_file_that_is_not_the_official_one_is_refused_and_leaves_nothing(mirror, tmp_path, synthetic_count, altered):
+    """A split file or an archive's images whose md5 is not the known one: refused, naming the file and both sums."""
+    site = tmp_path / "site"
+    shutil.copytree(mirror, site)
+    if altered.endswith(".zip"):
+        with zipfile.ZipFile(site / altered, "a") as zf:
+            zf.writestr("CT_NonCOVID/extra.png", b"not in the official archive")
+    else:
+        (site / altered).write_text((site / altered).read_text() + "extra.png\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(DatasetError, match=rf"(?s){altered}.*md5 [0-9a-f]{{32}}, expected {download.KNOWN_MD5[altered]}.*data.root="):
+        download_covid_ct(out / "covid-ct", base_url=site.as_uri())
+    assert leftovers(out) == []
+
+
+def test_the_known_sums_are_those_of_the_official_files(real_root):
+    """KNOWN_MD5 against a copy of the official dataset (the split files byte for byte, each archive's images)."""
+    from covidnet.download import images_md5
+
+    for rel, expected in download.KNOWN_MD5.items():
+        got = images_md5(real_root / rel[: -len(".zip")]) if rel.endswith(".zip") else hashlib.md5((real_root / rel).read_bytes()).hexdigest()
+        assert got == expected, rel
+
+
+def test_train_downloads_by_default_but_only_into_a_missing_or_empty_root(tmp_path, monkeypatch):
+    """The README's main command fetches the data on a fresh machine; a folder holding anything is never written to."""
+    import covidnet.datamodule as data
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"data.root={tmp_path / 'covid-ct'}"])
+    assert cfg.data.download is True
+    calls = []
+    monkeypatch.setattr(data, "download_covid_ct", lambda root: calls.append(Path(root)))
+    dm = data.CovidCTDataModule(root=str(tmp_path / "covid-ct"), download=True)
+    dm.prepare_data()  # missing: fetched
+    (tmp_path / "empty").mkdir()
+    data.CovidCTDataModule(root=str(tmp_path / "empty"), download=True).prepare_data()  # empty: fetched
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("mine")
+    used = data.CovidCTDataModule(root=str(tmp_path / "used"), download=True)
+    used.prepare_data()  # holds something: not touched, setup lists what is missing
+    assert calls == [(tmp_path / "covid-ct").resolve(), (tmp_path / "empty").resolve()]
+    with pytest.raises(DatasetError, match=r"COVID-CT data not found at .*used"):
+        used.setup()

@@ -145,7 +145,7 @@ def test_trained_checkpoint_rebuilds_alone_predicts_as_the_run_and_draws_cams(sy
     from covidnet.predict import predict_probs
     from covidnet.train import train
     from covidnet.visualize import visualize
-    from test_train import CONF, TINY
+    from train_configs import CONF, TINY
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[f"data.root={synthetic_root}", f"paths.output_dir={tmp_path / 'run'}", *TINY,

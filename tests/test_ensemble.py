@@ -12,7 +12,7 @@ import pytest
 
 from covidnet import stats
 from covidnet.report import main
-from test_report import fake_job
+from fake_runs import fake_job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def test_evaluate_scores_an_ensemble_as_the_mean_of_its_members_file_by_file(syn
 
     from hydra import compose, initialize_config_dir
     from PIL import Image
-    from test_train import tiny_cfg
+    from train_configs import tiny_cfg
 
     from covidnet.evaluate import evaluate
     from covidnet.train import train
@@ -135,7 +135,7 @@ def test_evaluate_scores_an_ensemble_as_the_mean_of_its_members_file_by_file(syn
 
 def test_an_ensemble_of_checkpoints_that_see_images_differently_is_refused(tmp_path):
     from hydra import compose, initialize_config_dir
-    from test_evaluate import make_checkpoint
+    from fake_runs import make_checkpoint
 
     from covidnet.errors import EvalError
     from covidnet.evaluate import evaluate

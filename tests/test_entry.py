@@ -1,5 +1,5 @@
 """The command-line apps: one ``main`` per app behind both a checkout's script (train.py, evaluate.py,
-visualize.py) and the installed console script (covidnet-train, ...), wired to Hydra by covidnet.entry."""
+visualize.py) and the installed console script (covidnet-train, ...), wired to Hydra by covidnet.cli."""
 
 from __future__ import annotations
 
@@ -73,3 +73,26 @@ def test_a_script_writes_hydra_outputs_under_its_task_name_and_shows_a_user_erro
     assert done.stderr.startswith("Error: ") and "Traceback" not in done.stderr
     (record,) = (tmp_path / "logs" / "visualize" / "runs").glob("*/.hydra/config.yaml")
     assert "task_name: visualize" in record.read_text()
+
+
+def test_resolvers_are_registered_by_the_apps_main_not_by_an_import():
+    """Importing an app, the Hydra callbacks or the resume check registers no resolver (an import's side effect
+    works only while that import happens to come first); ``register_resolvers`` does, and every app's ``main``
+    calls it before Hydra reads conf/hydra (its output_subdir and sweep subdir use them)."""
+    code = (
+        "import inspect\n"
+        "from omegaconf import OmegaConf\n"
+        "import covidnet.train, covidnet.evaluate, covidnet.visualize, covidnet.resume, covidnet.hydra_callbacks\n"
+        "from covidnet import cli, hydra_resolvers\n"
+        "names = list(hydra_resolvers.RESOLVERS)\n"
+        "assert names == ['covidnet_record', 'covidnet_job_dir'], names\n"
+        "assert not any(OmegaConf.has_resolver(n) for n in names), 'registered on import'\n"
+        "assert 'register_resolvers()' in inspect.getsource(cli.hydra_app)\n"
+        "hydra_resolvers.register_resolvers(); hydra_resolvers.register_resolvers()  # twice: no error\n"
+        "assert all(OmegaConf.has_resolver(n) for n in names)\n"
+        "cfg = OmegaConf.create({'o': 'data/source_aug=default,seed=1', 'd': '${covidnet_job_dir:${o}}'})\n"
+        "assert cfg.d == 'data.source_aug=default,seed=1', cfg.d\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from synthetic_dicom import write_scans
-from test_evaluate import make_checkpoint
+from fake_runs import make_checkpoint
 
 from covidnet.errors import EvalError
 from covidnet.evaluate import evaluate
@@ -75,7 +75,7 @@ def test_the_report_never_pools_different_copies_of_a_set(tmp_path, md):
     each, each saying what it holds; never one mean over both."""
     import shutil
 
-    from test_evaluate import make_run
+    from fake_runs import make_run
 
     from covidnet.external_summary import external_lines
 
@@ -173,17 +173,18 @@ def test_a_second_evaluation_into_the_same_out_dir_keeps_the_first_summary_rows(
 
 
 def test_a_result_directory_another_evaluation_is_writing_is_refused(tmp_path, md):
-    """Two evaluations into one out_dir: the one that finds the other's mark (its process alive) is refused before
-    any prediction; a mark whose process is gone (a killed evaluation) is taken over."""
+    """Two evaluations into one out_dir: the one that finds the other's mark locked (its process alive) is refused
+    before any prediction; a mark whose process is gone (a killed evaluation) is taken over."""
     import subprocess
     import sys
 
     ckpt = make_checkpoint(tmp_path / "m.ckpt")
     target = tmp_path / "out" / "scratch-resnet18" / "covid_ct_md"
-    target.mkdir(parents=True)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holds = f"from covidnet.eval_lock import claim; claim([__import__('pathlib').Path({str(target)!r})], 'other'); print('held', flush=True); input()"
+    other = subprocess.Popen([sys.executable, "-c", holds], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        (target / "INCOMPLETE").write_text(json.dumps({"pid": other.pid}))
+        assert other.stdout.readline().strip() == "held"
+        assert json.loads((target / "INCOMPLETE").read_text())["pid"] == other.pid
         with pytest.raises(EvalError, match=rf"being written by another evaluation \(process {other.pid}"):
             run_evaluate(tmp_path / "out", f"ckpt={ckpt}", *md_overrides(md))
         assert not (target / "metrics.json").exists()
@@ -192,6 +193,33 @@ def test_a_result_directory_another_evaluation_is_writing_is_refused(tmp_path, m
         other.wait()
     run_evaluate(tmp_path / "out", f"ckpt={ckpt}", *md_overrides(md))  # its process is gone: taken over
     assert (target / "metrics.json").is_file() and not (target / "INCOMPLETE").exists()
+
+
+def test_an_evaluation_on_another_node_is_refused_though_its_process_id_means_nothing_here(tmp_path):
+    """On a shared filesystem the writer may run on another node: its process id is no process here, yet its lock on
+    the mark says it is alive, so the directory is refused, naming that process and node; once the lock is freed
+    the mark is taken over."""
+    import subprocess
+    import sys
+
+    from covidnet.eval_lock import INCOMPLETE, claim, release
+
+    target = tmp_path / "out" / "m" / "s"
+    target.mkdir(parents=True)
+    holds = (f"from covidnet.eval_lock import lock_mark; from pathlib import Path; "
+             f"lock_mark(Path({str(target / INCOMPLETE)!r}), {{'pid': 4194305, 'host': 'node-b'}}); print('held', flush=True); input()")
+    other = subprocess.Popen([sys.executable, "-c", holds], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "held"
+        with pytest.raises(EvalError, match=r"being written by another evaluation \(process 4194305 on node-b;"):
+            claim([target], "this one")
+    finally:
+        other.kill()
+        other.wait()
+    (mark,) = claim([target], "this one")  # its lock is free: taken over
+    assert json.loads(mark.read_text())["what"] == "this one"
+    release(mark)
+    assert not mark.exists()
 
 
 KILL_AFTER_FIRST_PAIR = """
@@ -240,7 +268,7 @@ def test_an_evaluation_killed_midway_is_marked_incomplete(tmp_path, md, semiseg)
 
 # --- checked before work, with the message that helps -------------------------------------------------------------
 def test_an_unreadable_eval_image_fails_training_before_it_starts(synthetic_root, tmp_path):
-    from test_train import tiny_cfg
+    from train_configs import tiny_cfg
 
     from covidnet.train import train
 
@@ -282,7 +310,7 @@ def test_device_and_out_dir_are_checked_before_any_prediction(tmp_path, md):
 
 
 def test_evaluate_names_its_own_way_to_score_an_unfinished_run(tmp_path, md, capsys):
-    from test_evaluate import make_run
+    from fake_runs import make_run
 
     make_run(tmp_path / "sweep" / "a")
     (tmp_path / "sweep" / "b" / "checkpoints").mkdir(parents=True)  # started, never finished
@@ -349,7 +377,7 @@ def test_an_expected_error_in_a_multirun_job_is_raised_alone(monkeypatch, wrappe
     chain and no library frames for Hydra to print at the end of the sweep."""
     import traceback
 
-    from covidnet import entry
+    from covidnet import cli as entry
     from covidnet.sources.base import SourceError
 
     monkeypatch.setattr(entry, "_in_multirun", lambda: True)

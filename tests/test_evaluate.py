@@ -12,11 +12,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from synthetic import make_dataset
-from synthetic_dicom import write_scans
+from fake_runs import make_checkpoint, make_run
+from synthetic_dicom import MD_FOLDERS, write_scans
 
 from covidnet import arm_stats, stats
 from covidnet.checkpoint import CheckpointError
-from covidnet.datamodule import CovidCTDataModule
 from covidnet.preprocess import Preprocess, resize_grey
 from covidnet.errors import EvalError
 from covidnet.evaluate import evaluate
@@ -27,26 +27,7 @@ from covidnet.model import CovidClassifier
 from covidnet.sources import read_source
 
 ROOT = Path(__file__).resolve().parents[1]
-MD_FOLDERS = {"COVID-19 subjects": ["p1", "p2"], "Cap subjects": ["c1"], "Normal subjects": ["n1", "n2"]}
 pytest.importorskip("pydicom")
-
-
-def make_checkpoint(path: Path, image_size: int = 32, normalization: str = "imagenet", seed: int = 0, **data) -> Path:
-    """A covidnet checkpoint (random weights) with the data-module hyperparameters train.py stores (``data``: more of them)."""
-    torch.manual_seed(seed)
-    model = CovidClassifier(arch="resnet18", init="scratch")
-    dm = CovidCTDataModule(root=str(path.parent), image_size=image_size, normalization=normalization, **data)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "datamodule_hyper_parameters": dict(dm.hparams)}, path)
-    return path
-
-
-def make_run(run: Path, seed: int = 0, **kwargs) -> Path:
-    """A training run directory as train.py leaves it (metrics.json naming the best checkpoint)."""
-    ckpt = make_checkpoint(run / "checkpoints" / "epoch=001-val_auroc=0.5000.ckpt", seed=seed, **kwargs)
-    shutil.copy(ckpt, run / "checkpoints" / "last.ckpt")
-    (run / "metrics.json").write_text(json.dumps({"best_checkpoint": str(ckpt), "seed": seed, "init": "scratch", "test": {}}))
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +224,7 @@ def test_eval_list_without_brackets():
 
 # --- eval_sets in training ---------------------------------------------------------------------------------------
 def test_training_evaluates_its_best_checkpoint_on_each_eval_set(synthetic_root, semiseg, tmp_path):
-    from test_train import tiny_cfg
+    from train_configs import tiny_cfg
 
     from covidnet.train import train
 
@@ -306,7 +287,7 @@ def test_evaluate_py_gives_the_runs_own_test_probabilities(chest_root, tmp_path,
     """A model trained with a lung field and intensity is scored by evaluate.py (and by training's eval_sets)
     on the images it saw, as it saw them: the official test split gives the run's predictions_test.csv, digit
     for digit, under the run's precision (bf16 where the CPU has it), and metrics.json says so."""
-    from test_train import compose_cfg
+    from train_configs import compose_cfg
 
     from covidnet.train import train
 

@@ -26,6 +26,7 @@ from covidnet.covid_ct_layout import CLASSES, SPLITS, check_dataset, image_dir, 
 from covidnet.hardware import resolve
 from covidnet.runs import RunDirError, SweepDir
 from covidnet.train import check_run_dir, train
+from mirror_md5 import mirror_md5
 from synthetic import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,6 +241,7 @@ def leftovers(root: Path) -> list[Path]:
 def test_failed_download_leaves_nothing_and_retry_succeeds(tmp_path, monkeypatch):
     url, n = official_mirror(tmp_path)
     monkeypatch.setattr(download, "N_IMAGES", n)
+    monkeypatch.setattr(download, "KNOWN_MD5", mirror_md5(tmp_path / "mirror"))
     mirror = Path(url.removeprefix("file://"))
     root = tmp_path / "data" / "covid-ct"
     last_split = mirror / "Data-split/NonCOVID/testCT_NonCOVID.txt"
@@ -259,6 +261,7 @@ def test_failed_download_leaves_nothing_and_retry_succeeds(tmp_path, monkeypatch
 def test_sigkilled_download_looks_incomplete_and_next_run_retries_cleanly(tmp_path, monkeypatch):
     url, n = official_mirror(tmp_path)
     monkeypatch.setattr(download, "N_IMAGES", n)
+    monkeypatch.setattr(download, "KNOWN_MD5", mirror_md5(tmp_path / "mirror"))
     root = tmp_path / "data" / "covid-ct"
     pid = os.fork()
     if pid == 0:  # child: killed after the image archives and one split file arrived

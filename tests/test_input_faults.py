@@ -276,7 +276,7 @@ def test_train_py_gives_one_message_and_exit_2_for_the_late_options(tmp_path):
     import sys
     from pathlib import Path
 
-    from covidnet.entry import EXIT_USER_ERROR
+    from covidnet.cli import EXIT_USER_ERROR
 
     root = Path(__file__).resolve().parents[1]
     args = ["trainer.devices=0", "callbacks.cam.layer=layer9", "callbacks.cam.k=0", "trainer.check_val_every_n_epoch=5",

@@ -24,7 +24,7 @@ LAYER_NAMES = ("base", "domain", "composition", "apps")
 # module (dotted, without the leading "covidnet.") -> layer; a package name covers its submodules
 LAYERS = {
     # base: no knowledge of images or models
-    "errors": BASE, "atomic": BASE, "options": BASE, "configs": BASE, "timing": BASE, "processes": BASE,
+    "errors": BASE, "atomic": BASE, "write_check": BASE, "options": BASE, "configs": BASE, "timing": BASE, "processes": BASE,
     # domain: one concern each (images, sources, weights, networks, statistics, maps)
     "covid_ct_layout": DOMAIN, "sources": DOMAIN, "preprocess": DOMAIN, "lungs": DOMAIN, "augment": DOMAIN,
     "sampling": DOMAIN, "download": DOMAIN, "hardware": DOMAIN, "weights_io": DOMAIN, "ct_weights": DOMAIN,
@@ -35,16 +35,14 @@ LAYERS = {
     "image_cache": COMPOSITION, "selection": COMPOSITION, "datamodule": COMPOSITION, "multisource": COMPOSITION,
     "near_duplicates": COMPOSITION, "sets": COMPOSITION, "set_metrics": COMPOSITION, "set_scoring": COMPOSITION, "run_files": COMPOSITION,
     "runs": COMPOSITION, "run_lock": COMPOSITION, "run_checkpoints": COMPOSITION, "checkpoint": COMPOSITION,
-    "checkpoint_saving": COMPOSITION, "resume": COMPOSITION, "claims": COMPOSITION, "callbacks": COMPOSITION,
+    "checkpoint_saving": COMPOSITION, "resume": COMPOSITION, "hydra_resolvers": COMPOSITION, "eval_lock": COMPOSITION, "callbacks": COMPOSITION,
     "external_summary": COMPOSITION, "visualization": COMPOSITION, "evaluation": COMPOSITION,
     # apps: entry points and what they print or write for people
-    "entry": APPS, "train": APPS, "evaluate": APPS, "visualize": APPS, "report": APPS, "hydra_callbacks": APPS,
+    "cli": APPS, "train": APPS, "evaluate": APPS, "visualize": APPS, "report": APPS, "hydra_callbacks": APPS,
 }
 
 # (importing module, imported module): why it is imported inside a function
 LOCAL_IMPORTS: dict[tuple[str, str], str] = {
-    ("resume", "checkpoint"): "import cost: Hydra imports resume's RunRecord callback in the launching process; "
-                              "torch and the model are needed only when a resume is checked",
     ("hydra_callbacks", "report"): "import cost: matplotlib and the report only when a multirun ends",
     ("report.cam", "visualization"): "import cost: torch and the models only for the report's CAM step",
 }

@@ -314,8 +314,8 @@ def test_an_interrupted_evaluation_into_runs_is_listed_then_finished_by_the_same
     import subprocess
 
     pytest.importorskip("pydicom")
-    from test_evaluate import MD_FOLDERS, make_run
-    from synthetic_dicom import write_scans
+    from fake_runs import make_run
+    from synthetic_dicom import MD_FOLDERS, write_scans
 
     from covidnet.evaluate import evaluate
     from covidnet.report import write_report
@@ -365,7 +365,7 @@ def test_a_training_stopped_after_writing_an_eval_set_resumes_and_keeps_it(synth
     instead of refusing it after the whole resumed training: a stopped study resumes its job with ckpt_path=last."""
     import json
 
-    from test_train import tiny_cfg
+    from train_configs import tiny_cfg
 
     from covidnet.train import train
 
@@ -383,7 +383,7 @@ def test_an_evaluation_computed_otherwise_is_not_taken_for_the_same_one(tmp_path
     """same_result compares how the numbers were computed, not only the checkpoint and the set."""
     import json
 
-    from covidnet.claims import same_result
+    from covidnet.eval_lock import same_result
 
     d = tmp_path / "result"
     d.mkdir()

@@ -13,9 +13,10 @@ import yaml
 
 from covidnet.checkpoint import load_checkpoint
 from covidnet.model import CovidClassifier
+from covidnet.runs import RunDir
 from covidnet.training_recipe import NOT_SELECTABLE, selection_score, with_warmup
 from covidnet.train import train
-from test_train import compose_cfg, tiny_cfg
+from train_configs import compose_cfg, tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -246,7 +247,7 @@ def test_the_report_never_averages_a_score_no_epoch_earned(tmp_path):
     import math
 
     from covidnet.report import main
-    from test_report import fake_job, read_rows
+    from fake_runs import fake_job, read_rows
 
     labels = [0, 1] * 10
     for seed, extra in ((0, {"best_val_score": 0.8}), (1, {"best_val_score": NOT_SELECTABLE, "not_selectable": "no epoch met the rule"})):
@@ -257,3 +258,43 @@ def test_the_report_never_averages_a_score_no_epoch_earned(tmp_path):
     assert float(row["best_val_score_mean"]) == pytest.approx(0.8) and math.isnan(float(row["best_val_score_std"]))
     runs = {r["job"]: r for r in read_rows(tmp_path / "runs.csv")}
     assert "no epoch met the rule" in runs["init=scratch,seed=1"]["message"] and runs["init=scratch,seed=1"]["best_val_score"] == ""
+
+
+def test_field_study_resumes_on_another_machine_from_its_published_runs(study, monkeypatch, tmp_path):
+    """--publish keeps each finished job without its checkpoints and the sweep's launch records; --restore on a fresh
+    machine brings them back, so the choices made there are not trained again, and a restored seed-0 run (no
+    checkpoint) is retrained for the final set rather than copied without weights."""
+    fake, counter = fake_trainer(study, lambda init, v: {"scratch": 0.7, "imagenet": 0.9}[init] - abs(float(v["model.optimizer.lr"]) - 1e-2))
+    monkeypatch.setattr(study, "train", fake)
+    args = type("A", (), {"data_root": "d", "eval_data": "e", "override": []})()
+    first = tmp_path / "machine1" / "runs"
+    selection = study.select(args, first)
+    n = counter["n"]
+    for sweep in study.finished_sweeps(first):
+        (sweep / "multirun.yaml").write_text("hydra: {overrides: {task: [init=x]}}\n")
+        for job in sweep.iterdir():
+            if (job / "metrics.json").is_file():
+                (job / "checkpoints").mkdir()
+                (job / "checkpoints" / "best.ckpt").write_bytes(b"weights")
+                metrics = json.loads((job / "metrics.json").read_text())
+                (job / "metrics.json").write_text(json.dumps({**metrics, "best_checkpoint": "best.ckpt"}))
+        (sweep / "job-unfinished" / ".hydra").mkdir(parents=True)  # interrupted: no metrics.json
+        study.archive(sweep, tmp_path / "published" / sweep.name / study.RUNS, tmp_path / "machine1")
+    assert not list((tmp_path / "published").rglob("checkpoints")) and not list((tmp_path / "published").rglob("job-unfinished"))
+
+    second = tmp_path / "machine2" / "runs"
+    (second / "grid_scratch").mkdir(parents=True)
+    (second / "grid_scratch" / "multirun.yaml").write_text("this machine's own launch\n")
+    restored = study.restore(tmp_path / "published", second)
+    assert len(restored) == n and (second / "grid_scratch" / "multirun.yaml").read_text() == "this machine's own launch\n"
+    kept = list((second / "grid_scratch" / "launches").glob("multirun-*.yaml"))
+    assert [p.read_text() for p in kept] == ["hydra: {overrides: {task: [init=x]}}\n"]
+    assert kept[0].stat().st_mtime < (second / "grid_scratch" / "multirun.yaml").stat().st_mtime
+    assert study.select(args, second) == selection and counter["n"] == n  # nothing chosen twice
+    assert study.restore(tmp_path / "published", second) == []  # nothing overwritten, nothing twice
+    assert all(RunDir(p).read_metrics()["best_checkpoint"] == "best.ckpt" and RunDir(p).best_checkpoint() is None for p in restored)
+
+    monkeypatch.setattr(study, "job_cams", lambda args, out, run: None)
+    study.train_seeds(args, second, selection)
+    final_jobs = [json.loads((p / "metrics.json").read_text()) for p in (second / "final").iterdir() if (p / "metrics.json").is_file()]
+    assert len(final_jobs) == 2 * len(study.SEEDS) and counter["n"] == n + 2 * len(study.SEEDS)  # seed 0 retrained too

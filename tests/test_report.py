@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 from PIL import Image
+from fake_runs import fake_job, read_rows
 from synthetic import make_dataset
 from torchvision.models import resnet18
 
@@ -153,11 +154,6 @@ def tiny_sweep(tmp_path_factory) -> Path:
     return sweep
 
 
-def read_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def test_report_on_a_pipeline_sweep(tiny_sweep, tmp_path):
     report = write_report(tiny_sweep, n_boot=N_BOOT)
     text = report.read_text()
@@ -278,17 +274,6 @@ def test_unreadable_results_are_listed_and_the_rest_reported(tmp_path):
     problems = text.split("## Failed")[1]
     assert "init=scratch,seed=1 | unreadable |" in problems and "prob_covid" in problems
     assert read_rows(tmp_path / "summary.csv")[0]["runs"] == "1"
-
-
-def fake_job(job: Path, overrides: list[str], labels, probs, extra: dict | None = None) -> None:
-    """A job directory with the files covidnet.train writes (no training: for layouts only)."""
-    (job / ".hydra").mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
-    (job / "metrics.json").write_text(json.dumps({"best_epoch": 1, "fit_seconds": 1.0, **(extra or {})}))
-    with open(job / "predictions_test.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["file", "label", "prob_covid"])
-        w.writerows((f"img{i}.png", y, p) for i, (y, p) in enumerate(zip(labels, probs)))
 
 
 def test_data_fraction_sweep_gets_rows_comparisons_and_a_data_efficiency_curve(tmp_path):

@@ -17,7 +17,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from covidnet.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
-from covidnet.entry import EXIT_USER_ERROR
+from covidnet.cli import EXIT_USER_ERROR
 from covidnet.train import train
 from synthetic import make_dataset
 

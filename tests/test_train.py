@@ -15,9 +15,10 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torchvision import models
+
+from train_configs import CONF, TINY, compose_cfg, tiny_cfg
 
 from covidnet.checkpoint import load_checkpoint
 from covidnet.datamodule import CovidCTDataModule
@@ -25,28 +26,7 @@ from covidnet.predict import predict_probs
 from covidnet.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
-# Tiny settings: 32 px, one epoch, no progress bar.
-TINY = [
-    "data.image_size=32",
-    "data.batch_size=8",
-    "trainer.max_epochs=1",
-    "trainer.accelerator=cpu",
-    "trainer.log_every_n_steps=1",
-    "+trainer.enable_progress_bar=false",
-    "+trainer.enable_model_summary=false",
-    "++callbacks.cam=null",  # CAM images have their own tests
-]
 BEST_NAME = re.compile(r"epoch=(\d{3})-val_auroc=(\d\.\d{4})\.ckpt")
-
-
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
-
-
-def tiny_cfg(data_root: Path, out: Path, *extra: str):
-    return compose_cfg([f"data.root={data_root}", f"paths.output_dir={out}", *TINY, *extra])
 
 
 class EpochRecorder(L.Callback):

@@ -203,3 +203,16 @@ def test_a_copied_sweep_reads_its_own_checkpoints_and_skips_unfinished_jobs(run,
     # a run directory given alone that is unfinished: nothing to draw, and the message says why
     with pytest.raises(VisualizeError, match="unfinished"):
         visualize(config(f"ckpt='{copy / 'init=imagenet'}'", f"out_dir={tmp_path / 'out3'}", *base))
+
+
+def test_figure_columns_are_labelled_by_what_distinguishes_the_models():
+    from covidnet.cam_figure import column_labels
+
+    names = ["data.image_size=64,init=imagenet,trainer.max_epochs=1", "data.image_size=64,init=scratch,trainer.max_epochs=1"]
+    assert column_labels(names) == ["init=imagenet", "init=scratch"]
+    two = column_labels(["data.fraction=0.25,init=scratch,model.freeze=up_to_layer4,seed=0", "data.fraction=0.5,init=ct,model.freeze=up_to_layer4,seed=0"])
+    assert two == ["data.fraction=0.25\ninit=scratch", "data.fraction=0.5\ninit=ct"]  # wrapped to the column
+    long = column_labels(["model.weights_path_like_option=" + "x" * 40 + ",init=a", "init=b"])
+    assert all(len(line) <= 24 for label in long for line in label.split("\n"))
+    assert column_labels(["init=scratch"]) == ["init=scratch"]  # one model: its whole name
+    assert column_labels(["scratch-resnet18", "ct-resnet152"]) == ["scratch-resnet18", "ct-resnet152"]

@@ -15,16 +15,26 @@ checkpoint, so a stopped study resumes where it stopped.
 4. **Reports** (``python -m covidnet.report``, margin +-0.03 AUROC and accuracy, stated before the runs): per model
    and as each arm's 5-seed ensemble, in-split and on COVID-CT-MD and COVID-SemiSeg.
 5. **CAMs at output stride 16** (14 x 14 at 224 px): GradCAM and EigenCAM on the 50 SemiSeg slices for every final
-   run (lesion mass, pointing game, empty maps), and the 10 + 10 test-image figure of both arms' seed-0 models.
+   run (lesion mass, pointing game, empty maps), computed as soon as the run is trained (<out>/cams/<job>) and
+   gathered into <out>/cams/results.json; and the 10 + 10 test-image figure of both arms' seed-0 models.
 
-    python scripts/studies/field_study.py --out runs/field --data-root <covid-ct> --eval-data <folder of the eval sets>
+    python scripts/studies/field_study.py --out runs/field --data-root <covid-ct> --eval-data <folder of the eval sets> \
+        --restore docs/results/field
     python scripts/studies/field_study.py --out runs/field --publish docs/results/field   # the reports so far, committed
+
+A study outlives the machine it started on: ``--publish`` also copies every finished job (without its checkpoints)
+to ``docs/results/field/<sweep>/runs``, and ``--restore`` brings those back into ``--out`` on another machine, so the
+choices already made and the seeds already trained count there. Checkpoints are not kept (tens of MB each; a run
+retrains bit for bit): that is why each final run's CAM numbers are computed right after it trains (step 5), and why
+a seed-0 selection run whose checkpoint is gone is trained again for the final set rather than copied.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -138,13 +148,16 @@ def train_seeds(args, out: Path, selection: dict) -> Path:
     for seed in SEEDS:  # one job per call, seeds interleaved: a stopped study has both arms equally far
         for init in LR_GRID:
             chosen = selection[init]["chosen"]
-            if job(final, init, chosen, seed) is not None:
-                continue
-            if seed == 0:
-                final.mkdir(exist_ok=True)
-                shutil.copytree(job(out / f"grid_{init}", init, chosen, 0), final / f"init={init},seed=0")
-            else:
-                train(args, final, [f"init={init}", f"seed={seed}", *(f"{k}={v}" for k, v in chosen.items()), exclude])
+            if job(final, init, chosen, seed) is None:
+                selected = job(out / f"grid_{init}", init, chosen, 0) if seed == 0 else None
+                if selected is not None and RunDir(selected).best_checkpoint() is not None:
+                    final.mkdir(exist_ok=True)
+                    shutil.copytree(selected, final / f"init={init},seed=0")
+                else:  # a later seed, or a seed-0 run restored without its checkpoint: trained (again, with its seed)
+                    train(args, final, [f"init={init}", f"seed={seed}", *(f"{k}={v}" for k, v in chosen.items()), exclude])
+                    if selected is not None:
+                        record_reproduction(out, selected, job(final, init, chosen, seed))
+            job_cams(args, out, job(final, init, chosen, seed))
     return final
 
 
@@ -153,19 +166,62 @@ def report(final: Path) -> None:
     subprocess.run([sys.executable, "-m", "covidnet.report", str(final), *margins], cwd=ROOT, check=True)
 
 
+def record_reproduction(out: Path, first: Path, again: Path) -> None:
+    """<out>/reproduction.json: does a run trained again with the same seed and settings (on this machine) give the
+    same test predictions as the selection run (trained on the machine that published it)? The largest |dP(COVID)|."""
+    a, b = RunDir(first).read_predictions(), RunDir(again).read_predictions()
+    record = json.loads((out / "reproduction.json").read_text()) if (out / "reproduction.json").is_file() else {}
+    record[again.name] = {"first": str(first), "again": str(again), "same_images": sorted(a) == sorted(b),
+                          "max_abs_difference": max((abs(a[k] - b[k]) for k in a.keys() & b.keys()), default=None)}
+    (out / "reproduction.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+CAM_LAYER = "layer3"  # output stride 16: 14 x 14 cells at 224 px
+
+
+def visualize(args, ckpts: list[Path], out_dir: Path, *extra: str) -> None:
+    listed = "[" + ",".join(f"'{p}'" for p in ckpts) + "]"
+    subprocess.run([sys.executable, "visualize.py", f"ckpt={listed}", f"data.root={args.data_root}", f"layer={CAM_LAYER}",
+                    f"out_dir={out_dir}", *extra], cwd=ROOT, check=True)
+
+
+def job_cams(args, out: Path, run: Path) -> None:
+    """One final run's CAM numbers (GradCAM and EigenCAM: lesion mass and pointing game on the 50 SemiSeg slices,
+    faithfulness and lung share on the 10 + 10 drawn test images), while its checkpoint is at hand."""
+    target = out / "cams" / run.name
+    if (target / "results.json").is_file():
+        return
+    if RunDir(run).best_checkpoint() is None:
+        raise SystemExit(f"{run}: no checkpoint for its CAM numbers (a restored run). Remove the job directory from "
+                         f"{run.parent} and run the study again: it retrains the run bit for bit, then draws its CAMs.")
+    visualize(args, [run], target, f"localize={args.eval_data}/covid-semiseg")
+
+
+def gather_cams(out: Path, final: Path) -> Path:
+    """<out>/cams/results.json: the per-run CAM results in one file (scripts/studies/cam_summary.py reads it)."""
+    runs = sorted(p.name for p in final.iterdir() if (p / "metrics.json").is_file())
+    parts = [json.loads((out / "cams" / name / "results.json").read_text()) for name in runs]
+    merged = {k: v for k, v in parts[0].items() if not isinstance(v, dict)}
+    for key in ("models", "cam_grid", "not_computed", "faithfulness", "shortcut", "localisation"):
+        merged[key] = {name: value for part in parts for name, value in (part.get(key) or {}).items()}
+    merged["seconds"] = round(sum(part["seconds"] for part in parts), 1)
+    target = out / "cams" / "results.json"
+    target.write_text(json.dumps(merged, indent=1) + "\n")
+    return target
+
+
 def cams(args, out: Path, final: Path) -> None:
-    """CAM numbers on SemiSeg for every final run, and the 10 + 10 figure of both arms' seed-0 models (stride 16)."""
-    runs = sorted(p for p in final.iterdir() if (p / "metrics.json").is_file())
-    lesion = out / "cams"
-    if not (lesion / "results.json").is_file():
-        ckpts = "[" + ",".join(f"'{p}'" for p in runs) + "]"
-        subprocess.run([sys.executable, "visualize.py", f"ckpt={ckpts}", f"localize={args.eval_data}/covid-semiseg",
-                        "layer=layer3", f"out_dir={lesion}", "n_per_class=0"], cwd=ROOT, check=True)
+    """The gathered CAM numbers of every final run, and the 10 + 10 figure of both arms' seed-0 models (stride 16)."""
+    gather_cams(out, final)
     figure = out / "cam_figure"
-    if not (figure / "results.json").is_file():
-        seed0 = "[" + ",".join(f"'{final / f'init={i},seed=0'}'" for i in LR_GRID) + "]"
-        subprocess.run([sys.executable, "visualize.py", f"ckpt={seed0}", f"data.root={args.data_root}", "layer=layer3",
-                        "n_per_class=10", f"out_dir={figure}"], cwd=ROOT, check=True)
+    seed0 = [final / f"init={i},seed=0" for i in LR_GRID]
+    if (figure / "results.json").is_file():
+        return
+    if any(RunDir(p).best_checkpoint() is None for p in seed0):
+        print(f"cam figure: not drawn, a seed-0 checkpoint is not on this machine (restored runs keep none); retrain it with "
+              f"its command in {final}/report.md, then: python visualize.py ckpt=[...] layer={CAM_LAYER}", flush=True)
+        return
+    visualize(args, seed0, figure, "n_per_class=10")
 
 
 BUNDLE = ("report.md", "report.json", "jobs.json", "predictions.csv", "summary.csv", "runs.csv", "roc.png", "learning_curves.png")
@@ -206,9 +262,78 @@ def publish(out: Path, dest: Path) -> list[Path]:
         if changed:
             raise SystemExit(f"{target}: {', '.join(changed)} did not rebuild from its predictions as written")
         written.append(target)
+    for sweep in finished_sweeps(out):
+        archive(sweep, dest / sweep.name / RUNS, checkout)
+    if (out / "cams").is_dir():
+        for done in sorted((out / "cams").glob("*/results.json")):
+            copy_portable(done, dest / "cams" / done.parent.name / "results.json", checkout)
+        if (out / "cams" / "results.json").is_file():
+            copy_portable(out / "cams" / "results.json", dest / "cams" / "results.json", checkout)
     if (out / "selection.json").is_file():
-        (dest / "selection.json").write_text(portable((out / "selection.json").read_text(), checkout))
+        copy_portable(out / "selection.json", dest / "selection.json", checkout)
     return written
+
+
+# --- a study that outlives its machine --------------------------------------------------------------------------
+RUNS = "runs"  # docs/results/field/<sweep>/runs: the sweep's finished jobs without checkpoints
+TEXT = (".json", ".yaml", ".csv", ".log", ".md", ".jsonl", ".txt")
+
+
+def finished_sweeps(out: Path) -> list[Path]:
+    return sorted(p for p in out.iterdir() if p.is_dir() and any((j / "metrics.json").is_file() for j in p.iterdir() if j.is_dir()))
+
+
+def copy_portable(src: Path, dst: Path, checkout: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    data = src.read_bytes()
+    dst.write_bytes(portable(data.decode(), checkout).encode() if src.suffix in TEXT else data)
+
+
+def archive(sweep: Path, target: Path, checkout: Path) -> None:
+    """The sweep's launch records and every finished job (metrics.json written), without ``checkpoints/``, copied
+    to ``target`` with portable paths. An unfinished job is left out: it could only resume from its checkpoint."""
+    if target.exists():
+        shutil.rmtree(target)
+    for record in [sweep / "multirun.yaml", *sorted((sweep / "launches").glob("*.yaml")), sweep / "failed_jobs.jsonl"]:
+        if record.is_file():
+            copy_portable(record, target / record.relative_to(sweep), checkout)
+    for run in SweepDir(sweep).job_dirs():
+        if not run.read_metrics():
+            continue
+        for f in sorted(run.path.rglob("*")):
+            rel = f.relative_to(run.path)
+            if f.is_file() and rel.parts[0] != "checkpoints" and not f.name.endswith(".lock"):
+                copy_portable(f, target / run.path.name / rel, checkout)
+
+
+def restore(source: Path, out: Path) -> list[Path]:
+    """Bring back the jobs an earlier machine finished (``source/<sweep>/runs``, written by ``--publish``) and their
+    CAM results: whatever ``out`` lacks is copied; nothing there is overwritten. The earlier launch records go to the
+    sweep's ``launches/``, dated before this machine's own launches, so the report expects their jobs too."""
+    restored = []
+    for archived in sorted(source.glob(f"*/{RUNS}")):
+        sweep = out / archived.parent.name
+        records = [*sorted((archived / "launches").glob("*.yaml")), archived / "multirun.yaml"]
+        for order, record in enumerate(r for r in records if r.is_file()):
+            name = record.name if record.parent.name == "launches" else f"multirun-restored-{hashlib.sha1(record.read_bytes()).hexdigest()[:10]}.yaml"
+            kept = sweep / "launches" / name
+            if not kept.exists():
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(record, kept)
+                os.utime(kept, (order + 1, order + 1))  # the oldest launches: before anything this machine starts
+        if (archived / "failed_jobs.jsonl").is_file() and not (sweep / "failed_jobs.jsonl").exists():
+            shutil.copy2(archived / "failed_jobs.jsonl", sweep / "failed_jobs.jsonl")
+        for run in sorted(p for p in archived.iterdir() if (p / "metrics.json").is_file()):
+            if not (sweep / run.name).exists():
+                shutil.copytree(run, sweep / run.name)
+                restored.append(sweep / run.name)
+    for done in sorted(source.glob("cams/*/results.json")):
+        if not (out / "cams" / done.parent.name / "results.json").exists():
+            (out / "cams" / done.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(done, out / "cams" / done.parent.name / "results.json")
+    return restored
+
+
 
 
 def main(argv=None) -> None:
@@ -220,6 +345,8 @@ def main(argv=None) -> None:
                    help="added to every training job (a smoke test of the study: data.image_size=32 trainer.max_epochs=2)")
     p.add_argument("--until", choices=["select", "train", "report", "cams"], default="cams",
                    help="stop after this step (the later ones resume from the files the earlier ones left)")
+    p.add_argument("--restore", type=Path, metavar="DIR",
+                   help="first bring back the finished jobs published to DIR (docs/results/field) that --out lacks")
     p.add_argument("--publish", type=Path, metavar="DIR",
                    help="train nothing: write the reports of the sweeps done so far and copy them to DIR (docs/results/field)")
     args = p.parse_args(argv)
@@ -231,6 +358,9 @@ def main(argv=None) -> None:
     args.data_root = str(Path(args.data_root).expanduser().absolute())
     args.eval_data = str(Path(args.eval_data).expanduser().absolute())
     out.mkdir(parents=True, exist_ok=True)
+    if args.restore:
+        for run in restore(args.restore.expanduser().absolute(), out):
+            print(f"restored: {run}", flush=True)
     selection = select(args, out)
     if args.until == "select":
         return

@@ -1,16 +1,12 @@
-"""The small jobs with one home each: eval mode (covidnet/predict.py), draws per class (covidnet/sampling.py),
-atomic writes and stale temporaries (covidnet/atomic.py)."""
+"""Eval mode around a prediction (covidnet/predict.py) and the seeded draws per class (covidnet/sampling.py, and
+data.fraction's stratified subset in covidnet/selection.py)."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from covidnet.atomic import atomic_path, partial_name, remove_stale
 from covidnet.selection import stratified_subset
 from covidnet.covid_ct_layout import Sample
 from covidnet.predict import eval_mode, predict_batch
@@ -49,18 +45,3 @@ def test_training_fraction_keeps_the_images_it_always_kept(seed):
     assert stratified_subset(samples, 0.3, seed) == [s for i, s in enumerate(samples) if i in keep]
     with pytest.raises(ValueError, match=r"data.fraction=0 must be in \(0, 1\]"):
         stratified_subset(samples, 0, seed)
-
-
-def test_stale_temporaries_of_dead_writers_go_and_live_ones_stay(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
-    dead_pid = int(dead.stdout)
-    target = tmp_path / "last.ckpt"
-    partial_name(target, dead_pid).write_text("half")
-    partial_name(target, 1).write_text("live")  # pid 1 always runs: its writer may still be at work
-    (tmp_path / f".covid-ct.download-{dead_pid}-abc").mkdir()
-    (tmp_path / ".covid-ct.download-notapid").mkdir()
-    remove_stale(tmp_path, ".covid-ct.download-")
-    with atomic_path(target, durable=True) as tmp:
-        tmp.write_text("whole")
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == [".covid-ct.download-notapid", ".last.ckpt.1.partial", "last.ckpt"] and target.read_text() == "whole"

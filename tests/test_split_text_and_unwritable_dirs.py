@@ -1,4 +1,5 @@
-"""Smaller faults: split files with a byte-order mark, invisible characters, unwritable folders."""
+"""Split files with a byte-order mark or an invisible character in a name, and unwritable run or checkpoint folders:
+read right, or refused before any work."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from covidnet.covid_ct_layout import COVID, DatasetError, check_dataset, read_split, split_file
 from covidnet.errors import UserError
-from covidnet.atomic import check_writable
+from covidnet.write_check import check_writable
 from covidnet.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,38 +54,3 @@ def test_unwritable_checkpoint_dir_is_found_before_training(fresh_synthetic, tmp
     with pytest.raises(UserError, match=r"The checkpoint directory .*a-file/checkpoints cannot be written"):
         train(cfg)
     assert not (tmp_path / "batches.jsonl").exists()  # not a single step trained
-
-
-def test_figure_columns_are_labelled_by_what_distinguishes_the_models():
-    from covidnet.cam_figure import column_labels
-
-    names = ["data.image_size=64,init=imagenet,trainer.max_epochs=1", "data.image_size=64,init=scratch,trainer.max_epochs=1"]
-    assert column_labels(names) == ["init=imagenet", "init=scratch"]
-    two = column_labels(["data.fraction=0.25,init=scratch,model.freeze=up_to_layer4,seed=0", "data.fraction=0.5,init=ct,model.freeze=up_to_layer4,seed=0"])
-    assert two == ["data.fraction=0.25\ninit=scratch", "data.fraction=0.5\ninit=ct"]  # wrapped to the column
-    long = column_labels(["model.weights_path_like_option=" + "x" * 40 + ",init=a", "init=b"])
-    assert all(len(line) <= 24 for label in long for line in label.split("\n"))
-    assert column_labels(["init=scratch"]) == ["init=scratch"]  # one model: its whole name
-    assert column_labels(["scratch-resnet18", "ct-resnet152"]) == ["scratch-resnet18", "ct-resnet152"]
-
-
-def test_train_downloads_by_default_but_only_into_a_missing_or_empty_root(tmp_path, monkeypatch):
-    """The README's main command fetches the data on a fresh machine; a folder holding anything is never written to."""
-    import covidnet.datamodule as data
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"data.root={tmp_path / 'covid-ct'}"])
-    assert cfg.data.download is True
-    calls = []
-    monkeypatch.setattr(data, "download_covid_ct", lambda root: calls.append(Path(root)))
-    dm = data.CovidCTDataModule(root=str(tmp_path / "covid-ct"), download=True)
-    dm.prepare_data()  # missing: fetched
-    (tmp_path / "empty").mkdir()
-    data.CovidCTDataModule(root=str(tmp_path / "empty"), download=True).prepare_data()  # empty: fetched
-    (tmp_path / "used").mkdir()
-    (tmp_path / "used" / "notes.txt").write_text("mine")
-    used = data.CovidCTDataModule(root=str(tmp_path / "used"), download=True)
-    used.prepare_data()  # holds something: not touched, setup lists what is missing
-    assert calls == [(tmp_path / "covid-ct").resolve(), (tmp_path / "empty").resolve()]
-    with pytest.raises(DatasetError, match=r"COVID-CT data not found at .*used"):
-        used.setup()

@@ -7,6 +7,7 @@ installed console scripts (``covidnet-train``, ``covidnet-evaluate``, ``covidnet
 both call that ``main``, so they cannot drift apart. Hydra gets the configs' absolute path
 (:func:`covidnet.configs.config_dir`: ``conf/`` of a checkout, ``covidnet/conf`` of an installed package), so
 neither needs to know which of the two it runs from; the job name Hydra records stays the app's (``train``, ...).
+The resolvers Hydra's own config uses (covidnet.hydra_resolvers) are registered by ``main`` before Hydra starts.
 
 A ``UserError`` (a bad option, bad data, a bad checkpoint or weights file, a used run directory) is the
 user's to fix and its message says how, so it is printed alone on stderr and the process exits with status
@@ -34,6 +35,7 @@ from omegaconf import DictConfig
 
 from covidnet.configs import config_dir
 from covidnet.errors import DEBUG_VARS, UserError, debugging
+from covidnet.hydra_resolvers import register_resolvers
 
 EXIT_USER_ERROR = 2
 
@@ -84,7 +86,8 @@ def user_errors():
 
 def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[..., Any]]:
     """Decorator for an app's ``main(cfg)``: Hydra's command line over ``<config_dir>/<config_name>.yaml``
-    (overrides, ``-m``, ``--cfg job``, output directories), the body run under :func:`user_errors`.
+    (overrides, ``-m``, ``--cfg job``, output directories), the body run under :func:`user_errors`, the
+    resolvers of conf/hydra registered first.
 
     ``main()`` parses ``sys.argv``; ``main(cfg)`` runs the body on a composed config and returns its value
     (Hydra's passthrough), which is how a test calls an entry point without a command line."""
@@ -96,6 +99,13 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
                 return body(cfg)
 
         # absolute: Hydra then needs no package import to find the configs, from a checkout or a wheel
-        return hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(guarded)
+        hydra_main = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(guarded)
+
+        @functools.wraps(body)
+        def main(cfg_passthrough: DictConfig | None = None) -> Any:
+            register_resolvers()  # before Hydra resolves hydra.output_subdir and hydra.sweep.subdir
+            return hydra_main(cfg_passthrough)
+
+        return main
 
     return decorate
