@@ -4,7 +4,7 @@
 
 The per-map measures themselves (mass share, pointing game, removal drops, random controls, summaries) are
 :mod:`covidnet.cam_metrics`; this module runs them over a model's images, through the preprocessing the model
-was trained with. The app (:mod:`covidnet.visualize`) chooses models and images and writes the results; the
+was trained with. :mod:`covidnet.visualization` (what visualize.py runs) chooses models and images and writes the results; the
 figure is :mod:`covidnet.cam_figure`.
 """
 

@@ -255,7 +255,7 @@ class CovidClassifier(L.LightningModule):
         # may hold only one), synced across ranks in the same order on every rank. Computing them in an
         # on_*_epoch_end hook instead deadlocks DDP: rank 0's progress bar syncs the loss before that hook runs.
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(y))
-        return loss
+        return probs if stage == "test" else loss  # test: P(COVID) per image, for predictions_test.csv (covidnet/test_predictions.py)
 
     def on_train_epoch_start(self) -> None:
         self._train_outputs = []
@@ -318,7 +318,7 @@ class CovidClassifier(L.LightningModule):
                  on_step=False, on_epoch=True, rank_zero_only=False)
 
     def test_step(self, batch, batch_idx: int):
-        self._shared_step(batch, self.test_metrics, "test")
+        return self._shared_step(batch, self.test_metrics, "test")
 
     # --- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -26,6 +26,20 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+@contextmanager
+def on_images(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` taking images inside the block, also a model that callbacks/frozen_features.py left taking its cached
+    frozen features (``CovidClassifier.take_features``): what a freshly trained model is scored on images with."""
+    taking = bool(getattr(model, "feature_inputs", False))
+    if taking:
+        model.take_features(False)
+    try:
+        yield model
+    finally:
+        if taking:
+            model.take_features(True)
+
+
 def logits_of(model: nn.Module):
     """How to get logits of the batches the model's loaders serve: ``CovidClassifier.logits`` (images, or cached
     frozen features while callbacks/frozen_features.py serves them), else the module itself."""

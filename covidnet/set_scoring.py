@@ -1,7 +1,7 @@
 """How a checkpoint scores an image set: each image decoded once per input spec through the one preprocessing
 path (``covidnet.preprocess.prepare``), then predicted in the precision and memory format of the checkpoint's
-training run, so evaluation reproduces the run's own test predictions. Used by evaluate.py and by training's
-``eval_sets`` (through evaluate.evaluate_run)."""
+training run, so evaluation reproduces the run's own test predictions. Used by covidnet.evaluation, for evaluate.py and
+training's ``eval_sets``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tqdm import tqdm
 from covidnet.covid_ct_layout import DatasetError
 from covidnet.errors import EvalError
 from covidnet.hardware import precision_plugin
-from covidnet.predict import predict_batch
+from covidnet.predict import on_images, predict_batch
 from covidnet.preprocess import InputSpec, prepare
 from covidnet.run_checkpoints import run_of
 from covidnet.sets import EvalSet
@@ -60,11 +60,11 @@ def decode(s: EvalSet, specs: set[InputSpec], progress: bool = True) -> dict[Inp
 
 def predict(model: torch.nn.Module, preprocess, images: torch.Tensor, batch_size: int, device, desc: str, progress: bool = True,
             precision=None) -> np.ndarray:
-    """P(COVID) per image, in order, through covidnet.predict (eval mode, restored afterwards), under
+    """P(COVID) per image, in order, through covidnet.predict (eval mode, and images as input, restored afterwards), under
     ``precision`` (a Lightning precision plugin, :func:`covidnet.hardware.precision_plugin`; None: fp32)."""
     precision = precision or precision_plugin("32-true")
     probs = []
-    with precision.forward_context():
+    with precision.forward_context(), on_images(model):
         for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress, file=sys.stderr):
             x = torch.stack([preprocess(img) for img in images[start : start + batch_size]])
             probs.append(predict_batch(model, precision.convert_input(x)).flatten())

@@ -23,11 +23,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from covidnet.augment import OPTIONS as AUGMENT_OPTIONS
 from covidnet.backbones import OPTIONS as BACKBONE_OPTIONS
 from covidnet.cam import OPTIONS as CAM_OPTIONS
-from covidnet.checkpoint import check_weights_fit
+from covidnet.checkpoint import check_weights_fit, read_checkpoint
 from covidnet.datamodule import OPTIONS as DATA_OPTIONS
 from covidnet.cli import hydra_app
 from covidnet.errors import ConfigError
-from covidnet.evaluate import evaluate_run, load_sets_for_training
+from covidnet.evaluation import evaluate_trained, load_sets_for_training
 from covidnet.hardware import OPTIONS as HARDWARE_OPTIONS
 from covidnet.hardware import TRAINER_OPTIONS
 from covidnet.hardware import HardwareChoice, apply_threads, resolve
@@ -38,7 +38,6 @@ from covidnet.multisource import OPTIONS as SOURCE_OPTIONS
 from covidnet.multisource import scalars as source_scalars
 from covidnet.multisource import source_metrics
 from covidnet.options import SEED, Across, Rule, Table, boolean, check_config, in_group, integer, optional
-from covidnet.predict import predict_probs
 from covidnet.preprocess import OPTIONS as PREPROCESS_OPTIONS
 from covidnet.resume import Resume, accepted_record, check_resume
 from covidnet.write_check import check_writable
@@ -48,6 +47,7 @@ from covidnet.runs import RunDir
 from covidnet.selection import OPTIONS as SELECTION_OPTIONS
 from covidnet.sets import SET_OPTIONS
 from covidnet.stats import binary_metrics
+from covidnet.test_predictions import TestPredictions
 from covidnet.timing import EpochTimes
 from covidnet.training_recipe import NOT_SELECTABLE
 
@@ -206,7 +206,7 @@ def run(cfg: DictConfig, out: Path, resume: Resume | None) -> dict:
     if cfg.get("test"):
         metrics.update(score_test_split(trainer, model, datamodule, best_path, RunDir(out)))
     if eval_sets and best_path and trainer.is_global_zero:
-        metrics["eval_sets"] = evaluate_external(best_path, eval_sets, out, cfg, hardware, trainer)
+        metrics["eval_sets"] = evaluate_external(model, datamodule, best_path, eval_sets, out, cfg, hardware, trainer)
     metrics["wall_seconds"] = round(time.time() - start, 1)
     if trainer.is_global_zero:
         RunDir(out).write_metrics(metrics)
@@ -236,9 +236,10 @@ def build_model(cfg: DictConfig, hardware: HardwareChoice, resume: Resume | None
 
 def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, EpochTimes]:
     """The Trainer with the configured callbacks and loggers (the resolved config logged as hyperparameters), and
-    the epoch timer it carries; the checkpoint directory is checked writable before training, not after an epoch."""
+    the epoch timer it carries (and the test loop's predictions, covidnet/test_predictions.py); the checkpoint
+    directory is checked writable before training, not after an epoch."""
     epoch_times = EpochTimes()
-    callbacks = [*instantiate_all(cfg.get("callbacks")), epoch_times]
+    callbacks = [*instantiate_all(cfg.get("callbacks")), epoch_times, TestPredictions()]
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
@@ -309,9 +310,9 @@ def score_test_split(trainer: L.Trainer, model: L.LightningModule, datamodule, b
     out["test"] = {k: float(v) for k, v in results[0].items()} if results else {}
     if not trainer.is_global_zero:
         return out
-    # under the run's precision, as trainer.test computed metrics.json's test numbers from the same model
-    with trainer.precision_plugin.forward_context():
-        probs, labels = predict_probs(model, datamodule.test_dataloader())
+    # the test loop's own probabilities (covidnet/test_predictions.py): metrics.json's test numbers and the file agree
+    tested = next(cb for cb in trainer.callbacks if isinstance(cb, TestPredictions))
+    probs, labels = tested.probs, tested.labels
     names = datamodule.split_names("test")
     if len(datamodule.test_source_names()) > 1:
         # each source on its own as well as pooled (covidnet/multisource.py); never used to select the model
@@ -326,12 +327,16 @@ def score_test_split(trainer: L.Trainer, model: L.LightningModule, datamodule, b
     return out
 
 
-def evaluate_external(best_path: str, eval_sets: list, out: Path, cfg: DictConfig, hardware: HardwareChoice, trainer: L.Trainer) -> dict:
-    """The best checkpoint on each of ``eval_sets`` (written to <run dir>/eval/<set>/, docs/external.md); metrics.json
-    names where each went, and one line per set is printed."""
+def evaluate_external(model: L.LightningModule, datamodule, best_path: str, eval_sets: list, out: Path, cfg: DictConfig,
+                      hardware: HardwareChoice, trainer: L.Trainer) -> dict:
+    """The trained model with its best checkpoint's weights on each of ``eval_sets``, in memory with its data module's
+    input spec (covidnet.evaluation; written to <run dir>/eval/<set>/, docs/external.md); metrics.json names where
+    each went, and one line per set is printed."""
+    if not cfg.get("test"):  # trainer.test loaded the best weights into the model; without a test, they are loaded here
+        model.load_state_dict(read_checkpoint(best_path)["state_dict"])
     # in the run's precision, memory format and device, as its predictions_test.csv (same images, same numbers)
-    rows = evaluate_run(best_path, eval_sets, out, batch_size=int(cfg.data.batch_size), precision=hardware.precision,
-                        channels_last=hardware.channels_last, device=str(trainer.strategy.root_device))
+    rows = evaluate_trained(model, datamodule, best_path, eval_sets, out, batch_size=int(cfg.data.batch_size), precision=hardware.precision,
+                            channels_last=hardware.channels_last, device=str(trainer.strategy.root_device))
     for row in rows:
         if row["level"] == "slices" and row["subset"] == "all":
             print(f"{row['set']}: AUROC {row['auroc']}, sensitivity {row['sensitivity']}, mean P(COVID) {row['mean_prob_covid']:.3f}")

@@ -30,13 +30,13 @@ LAYERS = {
     "sampling": DOMAIN, "download": DOMAIN, "hardware": DOMAIN, "weights_io": DOMAIN, "ct_weights": DOMAIN,
     "lite_weights": DOMAIN, "archs": DOMAIN, "inits": DOMAIN, "backbones": DOMAIN, "bn_calibration": DOMAIN, "model": DOMAIN, "training_recipe": DOMAIN,
     "predict": DOMAIN, "stats": DOMAIN, "arm_stats": DOMAIN, "cam": DOMAIN, "cam_metrics": DOMAIN,
-    "cam_scores": DOMAIN, "cam_figure": DOMAIN,
+    "cam_scores": DOMAIN, "cam_figure": DOMAIN, "ensembles": DOMAIN, "test_predictions": DOMAIN,
     # composition: what trains, and what runs leave on disk, built from the domain
     "image_cache": COMPOSITION, "selection": COMPOSITION, "datamodule": COMPOSITION, "multisource": COMPOSITION,
     "near_duplicates": COMPOSITION, "sets": COMPOSITION, "set_metrics": COMPOSITION, "set_scoring": COMPOSITION, "run_files": COMPOSITION,
     "runs": COMPOSITION, "run_lock": COMPOSITION, "run_checkpoints": COMPOSITION, "checkpoint": COMPOSITION,
     "checkpoint_saving": COMPOSITION, "resume": COMPOSITION, "hydra_resolvers": COMPOSITION, "eval_lock": COMPOSITION, "callbacks": COMPOSITION,
-    "external_summary": COMPOSITION,
+    "external_summary": COMPOSITION, "visualization": COMPOSITION, "evaluation": COMPOSITION,
     # apps: entry points and what they print or write for people
     "cli": APPS, "train": APPS, "evaluate": APPS, "visualize": APPS, "report": APPS, "hydra_callbacks": APPS,
 }
@@ -44,9 +44,13 @@ LAYERS = {
 # (importing module, imported module): why it is imported inside a function
 LOCAL_IMPORTS: dict[tuple[str, str], str] = {
     ("hydra_callbacks", "report"): "import cost: matplotlib and the report only when a multirun ends",
-    ("report.cam", "visualize"): "import cost: torch and the models only for the report's CAM step",
+    ("report.cam", "visualization"): "import cost: torch and the models only for the report's CAM step",
 }
 MAX_LOCAL_IMPORTS = 5
+
+# the programs with a command line (python train.py, evaluate.py, visualize.py, python -m covidnet.report): each is
+# thin, and none imports another; what two of them share (evaluation, CAMs) is a library in the layers below
+PROGRAMS = ("train", "evaluate", "visualize", "report")
 MAX_MODULE_LINES = 350
 
 
@@ -165,6 +169,24 @@ def test_modules_stay_a_readable_size():
     long = {n or "covidnet": len(p.read_text().splitlines()) for n, p in modules().items()}
     over = {n: lines for n, lines in long.items() if lines >= MAX_MODULE_LINES}
     assert not over, f"split these modules by concern (>= {MAX_MODULE_LINES} lines): {over}"
+
+
+def program_of(name: str) -> str | None:
+    return next((p for p in PROGRAMS if name == p or name.startswith(p + ".")), None)
+
+
+def test_no_program_imports_another(graph):
+    crossing = [
+        f"covidnet.{a} ({program_of(a)}) imports covidnet.{b} ({program_of(b)}), line {line}: move what they share below the apps"
+        for a, imported in graph.items() if program_of(a)
+        for b, _, line in imported
+        if program_of(b) and program_of(b) != program_of(a)
+    ]
+    assert not crossing, "\n".join(crossing)
+    # the check sees what it is about: each program imports at least one covidnet module, and report's own modules
+    # (one program) import each other
+    assert all(graph.get(p) for p in PROGRAMS)
+    assert any(program_of(b) == "report" for b, _, _ in graph["report.sections"])
 
 
 def test_the_walk_sees_a_known_edge_and_a_local_import(graph):

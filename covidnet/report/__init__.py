@@ -19,7 +19,7 @@ that was interrupted or run in pieces). The job directories themselves are only 
 
 The package, by concern: ``sweep`` (reading a sweep: runs, their status, the swept factors),
 ``scoring`` (bootstrap intervals, seed means, paired comparisons), ``figures``, ``cam`` (the CAM step
-through ``covidnet.visualize.visualize_runs``), ``render`` (section types, formatting, the header),
+through ``covidnet.visualization.visualize_runs``), ``render`` (section types, formatting, the header),
 ``sections`` (the ordered list of section builders: how to add a section or column group), ``bundle``
 (the predictions a report folder carries, and reading them back), ``write`` (report.md, the CSVs, the
 command line).

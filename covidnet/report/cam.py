@@ -1,4 +1,4 @@
-"""The CAM step of a sweep report: covidnet.visualize on each complete run's best checkpoint, and the
+"""The CAM step of a sweep report: covidnet.visualization (what visualize.py runs) on each complete run's best checkpoint, and the
 per-row means of its faithfulness, shortcut and localisation numbers."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from covidnet.report.sweep import ReportError, Run, Sweep, dig
 
 
 def run_cam(sweep: Sweep, overrides: list[str]) -> tuple[Path, dict, dict[str, str]]:
-    """CAM numbers of every complete run's best checkpoint, by ``covidnet.visualize.visualize``.
+    """CAM numbers of every complete run's best checkpoint, by ``covidnet.visualization.visualize``.
 
     Results live in ``<sweep>/cam/results.json`` (then ``cam-2``, ...): an earlier computation for the
     same runs is reused; visualize never overwrites one. Returns (folder, results, {run name: model name}).
     """
-    from covidnet.visualize import VisualizeError, visualize_runs  # lazy: import cost (torch, the models), for the CAM step only
+    from covidnet.visualization import VisualizeError, visualize_runs  # lazy: import cost (torch, the models), for the CAM step only
 
     run_dirs = {str(r.path.resolve()): r.name for r in sweep.complete if r.run_dir.checkpoint_dir.is_dir()}
     if not run_dirs:

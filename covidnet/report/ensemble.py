@@ -2,7 +2,8 @@
 
 A user with five trained seeds of one setting gets the better model without new code: the ensemble's numbers come
 from the predictions the runs already wrote (predictions_test.csv, eval/<set>/predictions.csv), so a report
-rebuilt from its committed predictions has them too. Each ensemble has an interval over test images (patients
+rebuilt from its committed predictions has them too (averaged by covidnet.ensembles, as evaluate.py's
+``ensemble=true`` averages its checkpoints). Each ensemble has an interval over test images (patients
 where a set has them); the difference between two ensembles is paired on the same images, and its interval is
 for these ensembles only (one ensemble per arm: training randomness is not resampled), so it backs no verdict.
 """
@@ -13,28 +14,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from covidnet import arm_stats, stats
+from covidnet import arm_stats, ensembles, stats
 from covidnet.external_summary import SetRuns, collect
 from covidnet.report.render import Context, Section, diff_ci, md_table, with_ci
 from covidnet.report.scoring import label, reference_pairs
 from covidnet.report.sweep import Run
 
-MIN_RUNS = 2  # an ensemble of one run is that run
+MIN_RUNS = ensembles.MIN_MEMBERS  # an ensemble of one run is that run
 METRICS = ("auroc", "acc", "sensitivity", "specificity")
 
 
 def mean_probs(runs: list[Run]) -> tuple[list, np.ndarray, np.ndarray]:
     """Keys, labels and mean P(COVID) over ``runs`` of the test images every run predicted (the same split)."""
-    keys = sorted(set.intersection(*(set(r.predictions) for r in runs)))
-    probs = np.mean([[r.predictions[k] for k in keys] for r in runs], axis=0)
+    keys, probs = ensembles.mean_probs([r.predictions for r in runs])
     return keys, np.array([k[1] for k in keys]), probs
 
 
 def mean_set_probs(s: SetRuns) -> tuple[list[str], np.ndarray, np.ndarray, list | None]:
     """Paths, labels, mean P(COVID) and patients of one set's evaluations (covidnet.external_summary.collect, which
     keeps apart evaluations of different versions of a set) over the images every run scored."""
-    paths = sorted(set.intersection(*(set(p) for p in s.predictions)))
-    probs = np.mean([[p[k] for k in paths] for p in s.predictions], axis=0)
+    paths, probs = ensembles.mean_probs(s.predictions)
     patients = [s.patients.get(k) for k in paths]
     return paths, np.array([s.labels[k] for k in paths]), probs, (patients if all(patients) else None)
 
