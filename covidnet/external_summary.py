@@ -3,7 +3,8 @@
 Read by the sweep report (one column group per set) and usable on its own. Each run's evaluation holds
 ``metrics.json`` and ``predictions.csv`` (written by evaluate.py with ``into_runs=true`` or by training with
 ``eval_sets``). Per group (e.g. an init) and set: mean ± std over the runs (seeds) of slice-level AUROC,
-accuracy, sensitivity, specificity (the registry's ``external`` metrics) and mean P(COVID), and patient-level AUROC (mean slice probability);
+accuracy, sensitivity, specificity (covidnet.metric_registry's ``external`` metrics) and mean P(COVID), and
+patient-level AUROC (mean slice probability);
 per other group, the paired difference against the reference group on the same external images: the 95 %
 interval over seeds and images (patients where the set has them) behind the verdict, and the one for these trained
 models (images or patients only), both from covidnet.stats.
