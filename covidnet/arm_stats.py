@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from covidnet import metric_registry as registry
 from covidnet.stats import (
     DEFAULT_BOOT,
     DEFAULT_SEED,
-    METRICS,
     Interval,
     binary_metrics,
     bootstrap_indices,
@@ -91,7 +91,7 @@ def _run_metrics(labels: np.ndarray, runs: np.ndarray, resamples) -> dict[str, n
     """Every metric of every run (rows of ``runs``): shape (runs,) on all images (``resamples`` None), else
     (runs, n_boot) on each resample. Computed once per comparison, shared by both of its intervals."""
     per = [binary_metrics(labels, p) if resamples is None else metrics_on_resamples(labels, p, resamples) for p in runs]
-    return {m: np.stack([np.asarray(r[m], float) for r in per]) for m in METRICS}
+    return {m: np.stack([np.asarray(r[m], float) for r in per]) for m in registry.keys()}
 
 
 @dataclass(frozen=True)
@@ -157,8 +157,8 @@ def seed_paired_difference(
     metric of each arm's drawn runs on the drawn images. ``labels`` is (N,) 0/1; every run is (N,) P(COVID)
     in the same image order. ``paired`` defaults to True iff both arms have the same number of runs.
     """
-    if metric not in METRICS:
-        raise ValueError(f"Unknown metric {metric!r}; one of {', '.join(METRICS)}.")
+    if metric not in registry.keys():
+        raise ValueError(f"Unknown metric {metric!r}; one of {', '.join(registry.keys())}.")
     labels, a, b = _arms(labels, runs_a, runs_b)
     paired = _pairing(len(a), len(b), paired)
     if min(len(a), len(b)) < min_runs:  # no resampling needed: there will be no interval
@@ -224,8 +224,9 @@ def _seed_interval(metric: str, point_a: np.ndarray, point_b: np.ndarray, boot_a
 def verdict(interval: SeedInterval, margin: float | None = None) -> str:
     """What the seed-aware interval lets one say about B against A.
 
-    "better" / "worse": the interval excludes 0 (B above / below A; every metric here is higher-is-better), also
-    when it lies inside the margin (a difference, smaller than the margin).
+    "better" / "worse": the interval excludes 0 (B above / below A for a higher-is-better metric, the other way
+    round for one the registry marks lower-is-better), also when it lies inside the margin (a difference, smaller
+    than the margin).
     "equivalent": both ends within ±``margin``, a margin that must have been fixed before the runs (one
     chosen after seeing the interval proves nothing); without a margin there is no equivalence claim.
     "not resolved": anything else, including no finite interval. "not enough seeds to judge": an arm has
@@ -235,10 +236,11 @@ def verdict(interval: SeedInterval, margin: float | None = None) -> str:
     low, high = interval.low, interval.high
     if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
         return "not resolved"
+    higher = registry.get(interval.metric).higher_is_better if interval.metric in registry.keys() else True
     if low > 0:
-        return "better"
+        return "better" if higher else "worse"
     if high < 0:
-        return "worse"
+        return "worse" if higher else "better"
     if margin is not None and -margin <= low and high <= margin:
         return "equivalent"
     return "not resolved"

@@ -3,7 +3,8 @@
 Read by the sweep report (one column group per set) and usable on its own. Each run's evaluation holds
 ``metrics.json`` and ``predictions.csv`` (written by evaluate.py with ``into_runs=true`` or by training with
 ``eval_sets``). Per group (e.g. an init) and set: mean ± std over the runs (seeds) of slice-level AUROC,
-accuracy, sensitivity, specificity and mean P(COVID), and patient-level AUROC (mean slice probability);
+accuracy, sensitivity, specificity (covidnet.metric_registry's ``external`` metrics) and mean P(COVID), and
+patient-level AUROC (mean slice probability);
 per other group, the paired difference against the reference group on the same external images: the 95 %
 interval over seeds and images (patients where the set has them) behind the verdict, and the one for these trained
 models (images or patients only), both from covidnet.stats.
@@ -21,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from covidnet import arm_stats, stats
+from covidnet import metric_registry as registry
 from covidnet.runs import RunDir
-SLICE_METRICS = ("auroc", "acc", "sensitivity", "specificity")
 
 
 @dataclass
@@ -98,7 +99,7 @@ def estimate(block: dict | None, metric: str) -> float:
 def group_row(s: SetRuns) -> dict[str, tuple[float, float]]:
     """mean ± std over runs of the set's headline numbers."""
     row = {}
-    for m in (*SLICE_METRICS, "mean_prob_covid"):
+    for m in (*registry.shown_in("external"), "mean_prob_covid"):
         row[f"slice {m}"] = stats.mean_std([estimate(x["images"]["all"], m) for x in s.metrics])
     if all("patients" in x for x in s.metrics):
         row["patient auroc"] = stats.mean_std([estimate(x["patients"]["mean"]["all"], "auroc") for x in s.metrics])
@@ -107,14 +108,17 @@ def group_row(s: SetRuns) -> dict[str, tuple[float, float]]:
 
 def paired(arm: SetRuns, ref: SetRuns, n_boot: int, seed: int
            ) -> tuple[dict[str, stats.Interval], dict[str, arm_stats.SeedInterval], int]:
-    """Arm minus reference on the images every run of both has (AUROC, accuracy, sensitivity): the interval for
-    these trained models and the one over seeds (paired by seed where both ran the same seeds) and images."""
+    """Arm minus reference on the images every run of both has (the registry's ``external_differences`` metrics:
+    AUROC, accuracy, sensitivity; on a one-class set, a COVID-only one, those that need COVID images only, as accuracy
+    would repeat sensitivity there): the interval for these trained models and the one over seeds (paired by seed
+    where both ran the same seeds) and images."""
     keys = sorted(set.intersection(*(set(p) for p in arm.predictions + ref.predictions)))
     labels = np.asarray([ref.labels[k] for k in keys])
     a = np.asarray([[p[k] for k in keys] for p in arm.predictions])
     b = np.asarray([[p[k] for k in keys] for p in ref.predictions])
     groups = [ref.patients[k] for k in keys] if all(k in ref.patients for k in keys) else None
-    metrics = ("auroc", "acc", "sensitivity") if len(set(labels.tolist())) > 1 else ("sensitivity",)
+    shown = registry.shown_in("external_differences")
+    metrics = shown if len(set(labels.tolist())) > 1 else tuple(m for m in shown if registry.get(m).needs_classes == {1})
     known = None not in arm.seeds + ref.seeds
     fixed, seeded = arm_stats.arm_differences(labels, b, a, metrics, ref.seeds if known else None, arm.seeds if known else None,
                                           n_boot, seed, groups=groups)
@@ -191,8 +195,8 @@ def margin_arg(text: str) -> tuple[str, float]:
     import argparse
 
     metric, sep, value = text.partition("=")
-    if not sep or metric not in stats.METRICS:
-        raise argparse.ArgumentTypeError(f"expected METRIC=VALUE with METRIC one of {', '.join(stats.METRICS)}, not {text!r}")
+    if not sep or metric not in registry.keys():
+        raise argparse.ArgumentTypeError(f"expected METRIC=VALUE with METRIC one of {', '.join(registry.keys())}, not {text!r}")
     try:
         return metric, float(value)
     except ValueError:

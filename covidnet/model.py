@@ -8,16 +8,10 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 import torch
 from torch import nn
+import torchmetrics.classification
 from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryAUROC,
-    BinaryF1Score,
-    BinaryPrecision,
-    BinaryRecall,
-    BinarySpecificity,
-)
 
+from covidnet import metric_registry as registry
 from covidnet.archs import get_arch
 from covidnet.backbones import OPTIONS as BACKBONE_OPTIONS
 from covidnet.backbones import build_backbone
@@ -42,23 +36,24 @@ OPTIONS: dict[str, Rule | Across] = {
 
 
 def binary_metrics(prefix: str) -> MetricCollection:
-    """Metrics on P(COVID); sensitivity and precision are for COVID, specificity for non-COVID.
+    """Metrics on P(COVID), logged as ``<prefix><key>``: every metric of covidnet.metric_registry with a
+    ``logged_as`` torchmetrics class (COVID calls at the registry's threshold where the metric makes calls).
 
     ``validate_args=False``: the inputs are sigmoid outputs and 0/1 labels by construction, and the checks
     (``torch.unique``, range tests) would force a GPU-to-host sync on every step (docs/performance.md).
     """
-    checks = {"validate_args": False}
-    return MetricCollection(
-        {
-            "acc": BinaryAccuracy(**checks),
-            "auroc": BinaryAUROC(**checks),
-            "f1": BinaryF1Score(**checks),
-            "sensitivity": BinaryRecall(**checks),
-            "specificity": BinarySpecificity(**checks),
-            "precision": BinaryPrecision(**checks),
-        },
-        prefix=prefix,
-    )
+    collection = {}
+    for key in registry.keys():
+        metric = registry.get(key)
+        if metric.logged_as is None:
+            continue
+        cls = getattr(torchmetrics.classification, metric.logged_as, None)
+        if cls is None:
+            raise ValueError(f"metric {key!r}: logged_as={metric.logged_as!r} is no torchmetrics.classification class; "
+                             "name one (e.g. BinaryAccuracy) or None to leave it out of training's logs.")
+        threshold = {"threshold": registry.THRESHOLD} if metric.needs_threshold else {}
+        collection[key] = cls(validate_args=False, **threshold)
+    return MetricCollection(collection, prefix=prefix)
 
 
 def _sync_is_free(device: torch.device) -> bool:

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from covidnet import metric_registry as registry
 from covidnet import stats
 from covidnet.errors import EvalError
 from covidnet.sources.base import Record
-
-SUMMARY_METRICS = ("auroc", "acc", "sensitivity", "specificity", "f1")
 
 
 def _num(x: float) -> float | None:
@@ -31,13 +30,10 @@ def _interval(iv: stats.Interval) -> dict:
 
 
 def undefined_metrics(labels: np.ndarray) -> set[str]:
-    """Metrics without meaning on this subset: with no non-COVID image, AUROC, specificity and precision; with no COVID image, AUROC, sensitivity, F1 and precision."""
-    out = set()
-    if not (labels == 0).any():
-        out |= {"auroc", "specificity", "precision"}
-    if not (labels == 1).any():
-        out |= {"auroc", "sensitivity", "f1", "precision"}
-    return out
+    """Metrics without meaning on this subset (their ``needs_classes`` in the registry): with no non-COVID image, AUROC,
+    specificity and precision; with no COVID image, AUROC, sensitivity, F1 and precision."""
+    present = set(np.unique(labels).tolist())
+    return {m for m in registry.keys() if not registry.defined(m, present)}
 
 
 def block(labels: np.ndarray, probs: np.ndarray, groups: list | None, n_boot: int, seed: int) -> dict:
@@ -98,7 +94,7 @@ def set_metrics(records: list[Record], probs: np.ndarray, n_boot: int, seed: int
         "n_covid": int(labels.sum()),
         "diagnoses": {d: sum(r.diagnosis == d for r in records) for d in sorted({r.diagnosis for r in records})},
         "n_patients": len(set(groups)) if groups else None,
-        "threshold": stats.THRESHOLD,
+        "threshold": registry.THRESHOLD,
         "notes": list(notes),
         "images": {},
     }
@@ -133,7 +129,7 @@ def summary_rows(model: str, metrics: dict) -> list[dict]:
     for level, blocks in levels:
         for subset, b in blocks.items():
             row = {"model": model, "set": metrics["set"], "level": level, "subset": subset, "n": b["n"], "n_covid": b["n_covid"]}
-            for m in SUMMARY_METRICS:
+            for m in registry.shown_in("sets"):
                 iv = b["metrics"].get(m)
                 row[m] = iv["estimate"] if iv else None
                 row[f"{m}_low"], row[f"{m}_high"] = (iv["low"], iv["high"]) if iv else (None, None)

@@ -1,9 +1,9 @@
 """Test-set metrics from saved predictions, and percentile-bootstrap intervals over test images.
 
-Metrics follow torchmetrics (what training logs): COVID (label 1) is positive, a prediction is
-positive when P(COVID) > 0.5, a ratio with an empty denominator is 0, and AUROC counts ties as
-half (Mann-Whitney). So the point values here match ``metrics.json`` up to the 6-decimal rounding
-of ``predictions_test.csv``.
+The metrics are those of :mod:`covidnet.metric_registry` (one record each), with torchmetrics' conventions (what
+training logs): COVID (label 1) is positive, a prediction is positive when P(COVID) > 0.5, a ratio with an empty
+denominator is 0, and AUROC counts ties as half (Mann-Whitney). So the point values here match ``metrics.json`` up to
+the 6-decimal rounding of ``predictions_test.csv``.
 
 Bootstrap protocol (the same everywhere, so an interval can be recomputed independently):
 ``np.random.default_rng(seed).integers(0, n, size=(n_boot, n))`` gives the resampled image indices,
@@ -35,55 +35,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 
-THRESHOLD = 0.5
-METRICS = ("acc", "auroc", "f1", "sensitivity", "specificity", "precision")
+from covidnet import metric_registry as registry
+from covidnet.metric_registry import THRESHOLD
+
 DEFAULT_BOOT = 2000
 DEFAULT_SEED = 0
 # fewer units (images, or patients where patients are resampled) than this in a class: no interval (module docstring)
 MIN_UNITS_PER_CLASS = 5
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """num/den, 0 where den is 0 (torchmetrics' convention)."""
-    num, den = np.asarray(num, float), np.asarray(den, float)
-    return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den != 0)
-
-
-def auroc(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """AUROC along the last axis (rows are independent samples); NaN where a row lacks a class."""
-    labels = np.asarray(labels, bool)
-    probs = np.asarray(probs, float)
-    labels, probs = np.broadcast_arrays(labels, probs)
-    # average ranks (1-based) within runs of tied values: multiples of 1/2, so their sums below are exact
-    ranks = rankdata(probs, method="average", axis=-1)
-    n_pos = labels.sum(-1)
-    n_neg = probs.shape[-1] - n_pos
-    u = (ranks * labels).sum(-1) - n_pos * (n_pos + 1) / 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
-
-
 def binary_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
-    """All of ``METRICS`` along the last axis (scalars for 1-D input)."""
-    y = np.asarray(labels, bool)
-    pred = np.asarray(probs, float) > THRESHOLD
-    y, pred = np.broadcast_arrays(y, pred)
-    tp = (pred & y).sum(-1)
-    tn = (~pred & ~y).sum(-1)
-    fp = (pred & ~y).sum(-1)
-    fn = (~pred & y).sum(-1)
-    precision = _ratio(tp, tp + fp)
-    sensitivity = _ratio(tp, tp + fn)
-    return {
-        "acc": _ratio(tp + tn, y.shape[-1]),
-        "auroc": auroc(y, probs),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "sensitivity": sensitivity,
-        "specificity": _ratio(tn, tn + fp),
-        "precision": precision,
-    }
+    """Every registered metric along the last axis (scalars for 1-D input), in registration order."""
+    return {key: registry.get(key).compute(labels, probs, THRESHOLD) for key in registry.keys()}
 
 
 def bootstrap_indices(n: int, n_boot: int = DEFAULT_BOOT, seed: int = DEFAULT_SEED) -> np.ndarray:
@@ -126,7 +90,7 @@ def metrics_on_resamples(labels: np.ndarray, probs: np.ndarray, resamples) -> di
     if isinstance(resamples, np.ndarray) and resamples.ndim == 2:
         return binary_metrics(labels[resamples], probs[resamples])
     rows = [binary_metrics(labels[idx], probs[idx]) for idx in resamples]
-    return {m: np.asarray([r[m] for r in rows], float) for m in METRICS}
+    return {m: np.asarray([r[m] for r in rows], float) for m in registry.keys()}
 
 
 def too_few_units(labels: Sequence[int], groups: Sequence | None = None, minimum: int = MIN_UNITS_PER_CLASS) -> str | None:
@@ -188,10 +152,10 @@ def bootstrap_metrics(
     point = binary_metrics(labels, probs)
     note = too_few_units(labels, groups)
     if note:
-        return {m: no_interval(float(point[m]), note) for m in METRICS}
+        return {m: no_interval(float(point[m]), note) for m in registry.keys()}
     idx = resample(len(labels), groups, labels, n_boot, seed)
     boot = metrics_on_resamples(labels, probs, idx)
-    return {m: percentile_interval(float(point[m]), boot[m], alpha) for m in METRICS}
+    return {m: percentile_interval(float(point[m]), boot[m], alpha) for m in registry.keys()}
 
 
 def bootstrap_mean(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from covidnet.stats import THRESHOLD
+from covidnet.metric_registry import THRESHOLD
 
 # the selection score of an epoch that may not be selected: below any AUROC
 NOT_SELECTABLE = -1.0

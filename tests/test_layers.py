@@ -29,7 +29,7 @@ LAYERS = {
     "covid_ct_layout": DOMAIN, "sources": DOMAIN, "preprocess": DOMAIN, "lungs": DOMAIN, "augment": DOMAIN,
     "sampling": DOMAIN, "download": DOMAIN, "hardware": DOMAIN, "weights_io": DOMAIN, "ct_weights": DOMAIN,
     "lite_weights": DOMAIN, "archs": DOMAIN, "inits": DOMAIN, "backbones": DOMAIN, "bn_calibration": DOMAIN, "model": DOMAIN, "training_recipe": DOMAIN,
-    "predict": DOMAIN, "stats": DOMAIN, "arm_stats": DOMAIN, "cam": DOMAIN, "cam_metrics": DOMAIN,
+    "predict": DOMAIN, "metric_registry": DOMAIN, "stats": DOMAIN, "arm_stats": DOMAIN, "cam": DOMAIN, "cam_metrics": DOMAIN,
     "cam_scores": DOMAIN, "cam_figure": DOMAIN, "ensembles": DOMAIN, "test_predictions": DOMAIN,
     # composition: what trains, and what runs leave on disk, built from the domain
     "image_cache": COMPOSITION, "selection": COMPOSITION, "datamodule": COMPOSITION, "multisource": COMPOSITION,

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from covidnet import arm_stats, ensembles, stats
+from covidnet import metric_registry as registry
 from covidnet.external_summary import SetRuns, collect
 from covidnet.report.render import Context, Section, diff_ci, md_table, with_ci
 from covidnet.report.scoring import label, reference_pairs
 from covidnet.report.sweep import Run
 
 MIN_RUNS = ensembles.MIN_MEMBERS  # an ensemble of one run is that run
-METRICS = ("auroc", "acc", "sensitivity", "specificity")
 
 
 def mean_probs(runs: list[Run]) -> tuple[list, np.ndarray, np.ndarray]:
@@ -77,7 +77,7 @@ def ensemble_numbers(ctx: Context) -> dict:
             ia, ib = ({k: i for i, k in enumerate(sc.keys)} for sc in (a, b))
             at, bt = [ia[k] for k in common], [ib[k] for k in common]  # paired on the images both scored
             groups = [a.patients[i] for i in at] if a.patients else None
-            diff = arm_stats.paired_difference(a.labels[at], a.probs[at][None], b.probs[bt][None], METRICS, ctx.n_boot, ctx.seed, groups=groups)
+            diff = arm_stats.paired_difference(a.labels[at], a.probs[at][None], b.probs[bt][None], registry.shown_in("ensemble"), ctx.n_boot, ctx.seed, groups=groups)
             diffs.append({"set": name, "arm": arm, "reference": base, "n": len(common), "metrics": diff})
     ctx.cache["ensembles"] = {"sets": {k: v for k, v in sets.items() if v}, "n_runs": {r: len(v) for r, v in grouped.items()}, "diffs": diffs}
     return ctx.cache["ensembles"]
@@ -92,9 +92,9 @@ def _cell(iv: stats.Interval, notes: set[str], fmt_interval) -> str:
 
 
 def defined_metrics(labels_present: set[int]) -> list[str]:
-    """The metrics a set's labels define: AUROC needs both classes, sensitivity COVID, specificity non-COVID."""
-    need = {"auroc": {0, 1}, "acc": set(), "sensitivity": {1}, "specificity": {0}}
-    return [m for m in METRICS if need[m] <= labels_present]
+    """The ensemble metrics a set's labels define (the registry's ``needs_classes``: AUROC needs both classes,
+    sensitivity COVID, specificity non-COVID)."""
+    return [m for m in registry.shown_in("ensemble") if registry.defined(m, labels_present)]
 
 
 def ensemble_section(ctx: Context) -> Section | None:
@@ -128,6 +128,6 @@ def ensemble_record(ctx: Context) -> dict:
                 "high": None if i.note or not np.isfinite(i.high) else i.high, "note": i.note or None}
 
     numbers = ensemble_numbers(ctx)
-    sets = {where: {row: {m: iv(sc.metrics[m]) for m in METRICS} for row, sc in rows.items()} for where, rows in numbers["sets"].items()}
-    diffs = [{**d, "metrics": {m: iv(d["metrics"][m]) for m in METRICS}} for d in numbers["diffs"]]
+    sets = {where: {row: {m: iv(sc.metrics[m]) for m in registry.shown_in("ensemble")} for row, sc in rows.items()} for where, rows in numbers["sets"].items()}
+    diffs = [{**d, "metrics": {m: iv(d["metrics"][m]) for m in registry.shown_in("ensemble")}} for d in numbers["diffs"]]
     return {"n_runs": numbers["n_runs"], "sets": sets, "differences": diffs} if numbers["sets"] else {}

@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 
 from covidnet import arm_stats, stats
+from covidnet import metric_registry as registry
 from covidnet.atomic import write_text
 from covidnet.external_summary import collect as collect_external
 from covidnet.external_summary import group_row, paired
@@ -69,7 +70,7 @@ def summary_record(ctx: Context) -> list[dict]:
     for row in ctx.summary:
         out = {"row": ", ".join(f"{f}={row[f]}" for f in ctx.sweep.factors) or "all runs",
                **{f: row[f] for f in ctx.sweep.factors}, "runs": row["runs"], "seeds": row["seeds"]}
-        for m in (*stats.METRICS, "best_epoch", "fit_seconds", "seconds_per_epoch"):
+        for m in (*registry.keys(), "best_epoch", "fit_seconds", "seconds_per_epoch"):
             if f"{m}_mean" in row:
                 out[m] = [_num(row[f"{m}_mean"]), _num(row[f"{m}_std"])]
         rows.append(out)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from covidnet import arm_stats, stats
+from covidnet import metric_registry as registry
 from covidnet.report.sweep import REFERENCE_INIT, ReportError, Run, Sweep
 
 # metrics.json entries shown per run and averaged per group
@@ -72,7 +73,7 @@ def summary_rows(sweep: Sweep) -> list[dict]:
         row["runs"] = len(done)
         row["not complete"] = len(runs) - len(done)
         row["seeds"] = " ".join(r.seed for r in done)
-        for m in stats.METRICS:
+        for m in registry.keys():
             row[f"{m}_mean"], row[f"{m}_std"] = stats.mean_std([r.points[m] for r in done])
         for name in RUN_FIELDS:
             row[f"{name}_mean"], row[f"{name}_std"] = stats.mean_std([run_field(r, name) for r in done])
@@ -82,8 +83,6 @@ def summary_rows(sweep: Sweep) -> list[dict]:
     return rows
 
 
-COMPARED = ("auroc", "acc")  # the metrics every comparison reports
-METRIC_NAMES = {"auroc": "AUROC", "acc": "accuracy"}
 MIN_RUNS = 3  # runs per arm below which no seed-aware interval is given (covidnet.arm_stats.seed_paired_difference)
 
 
@@ -116,7 +115,7 @@ class Comparison:
     def sentence(self, metric: str) -> str:
         """What the comparison lets one say, in words: the seed-aware verdict, then the fixed-model interval."""
         si, iv = self.seed_diffs[metric], self.diffs[metric]
-        name, verdict, margin = METRIC_NAMES.get(metric, metric), self.verdict(metric), self.margins.get(metric)
+        name, verdict, margin = registry.words(metric), self.verdict(metric), self.margins.get(metric)
         head = f"{name}: {self.arm} minus {self.reference} = {si.estimate:+.3f}"
         if verdict == "not enough seeds to judge":
             claim = (f"not enough seeds to judge ({self.n_arm} / {self.n_reference} runs; a seed-aware interval needs at least "
@@ -180,7 +179,7 @@ def comparisons(sweep: Sweep, n_boot: int, seed: int, margins: dict[str, float] 
         labels = np.array([k[1] for k in common])
         a = np.stack([arrays(r, common)[1] for r in arm])
         b = np.stack([arrays(r, common)[1] for r in ref])
-        diffs, seed_diffs = arm_stats.arm_differences(labels, b, a, COMPARED, [r.seed for r in ref], [r.seed for r in arm], n_boot, seed,
+        diffs, seed_diffs = arm_stats.arm_differences(labels, b, a, registry.shown_in("comparison"), [r.seed for r in ref], [r.seed for r in arm], n_boot, seed,
                                                   min_runs=MIN_RUNS)
         out.append(Comparison(context, arm_name, ref_name, len(arm), len(ref), len(common), len(union) - len(common), diffs, seed_diffs,
                               dict(margins or {})))
@@ -192,7 +191,7 @@ def run_rows(sweep: Sweep) -> list[dict]:
     rows = []
     for r in sweep.runs:
         row = {"job": r.name, **{k: r.params.get(k, "") for k in sweep.factors}, "seed": r.seed, "status": r.status}
-        for m in stats.METRICS:
+        for m in registry.keys():
             iv = r.intervals.get(m)
             row[m], row[f"{m}_low"], row[f"{m}_high"] = (iv.estimate, iv.low, iv.high) if iv else (None, None, None)
         for name in RUN_FIELDS:

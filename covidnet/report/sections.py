@@ -22,14 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from covidnet import stats
+from covidnet import metric_registry as registry
 from covidnet.report.cam import cam_section
 from covidnet.report.ensemble import ensemble_section
 from covidnet.report.external import external_section, missing_evaluations_section
 from covidnet.report.figures import figures_section
 from covidnet.report.provenance import provenance_section
 from covidnet.report.render import Context, Section, diff_ci, fmt, md_table, pm, with_ci
-from covidnet.report.scoring import COMPARED, METRIC_NAMES, MIN_RUNS, group_key, sort_value
+from covidnet.report.scoring import MIN_RUNS, group_key, sort_value
 from covidnet.report.sources import sources_section
 from covidnet.report.sweep import REFERENCE_INIT
 
@@ -38,13 +38,13 @@ SectionBuilder = Callable[[Context], "Section | None"]
 
 def summary_section(ctx: Context) -> Section:
     factors = ctx.sweep.factors
-    header = factors + ["runs", "acc", "AUROC", "F1", "sensitivity", "specificity", "precision", "best val epoch", "epochs", "fit time (s)", "s / epoch"]
+    header = factors + ["runs", *(registry.get(m).header for m in registry.keys()), "best val epoch", "epochs", "fit time (s)", "s / epoch"]
     table = []
     for row in ctx.summary:
         table.append(
             [row[k] for k in factors]
             + [f"{row['runs']}" + (f" (+{row['not complete']} not complete)" if row["not complete"] else "")]
-            + [pm(row[f"{m}_mean"], row[f"{m}_std"]) for m in stats.METRICS]
+            + [pm(row[f"{m}_mean"], row[f"{m}_std"]) for m in registry.keys()]
             + [pm(row["best_epoch_mean"], row["best_epoch_std"], 1), pm(row["epochs_trained_mean"], row["epochs_trained_std"], 1),
                pm(row["fit_seconds_mean"], row["fit_seconds_std"], 0), pm(row["seconds_per_epoch_mean"], row["seconds_per_epoch_std"], 1)]
         )
@@ -68,25 +68,26 @@ def comparison_section(ctx: Context) -> Section:
         if len(sweep.factors) > 1:
             why, hint = "no two rows differ in one factor only, with one of them at that factor's reference level", "see the failed jobs below"
         return Section(title, [f"No comparison: {why} (inits with complete runs: {', '.join(inits) or 'none'}; in the sweep: {', '.join(swept)}); {hint}."])
+    compared = registry.shown_in("comparison")
     refs = ", ".join(f"{k}: {v}" for k, v in sweep.references.items() if k in sweep.factors)
-    margins = ", ".join(f"{METRIC_NAMES.get(m, m)} ±{v}" for m, v in comps[0].margins.items()) or "none stated, so no equivalence is claimed"
+    margins = ", ".join(f"{registry.words(m)} ±{v}" for m, v in comps[0].margins.items()) or "none stated, so no equivalence is claimed"
     intro = [f"Each init against {REFERENCE_INIT}, and each other swept setting against its reference level (the first value "
              f"the sweep lists), the other factors held fixed. References: {refs}. Equivalence margins: {margins}.", ""]
     table = []
     for c in comps:
         row = [c.context, f"{c.arm} − {c.reference}", f"{c.n_arm} / {c.n_reference}", "yes" if c.paired else "no",
                f"{c.n_images}" + (f" ({c.n_dropped} not in every run, left out)" if c.n_dropped else "")]
-        for m in COMPARED:
+        for m in compared:
             row += [diff_ci(c.seed_diffs[m]), c.verdict(m), diff_ci(c.diffs[m])]
         table.append(row)
     header = ["other factors", "difference", "runs (arm / ref)", "paired by seed", "test images"]
-    for m in COMPARED:
-        name = "Δ " + METRIC_NAMES.get(m, m)
+    for m in compared:
+        name = "Δ " + registry.words(m)
         header += [f"{name} [95% CI over seeds and images]", "verdict", f"{name} for these trained models [95% CI]"]
     lines = intro + md_table(header, table) + [""]
     for c in comps:
         prefix = f"{c.context}: " if len(comps) > 1 else ""
-        lines += [f"- {prefix}{c.sentence(m)}" for m in COMPARED]
+        lines += [f"- {prefix}{c.sentence(m)}" for m in compared]
     lines += [
         "",
         f"How: test images are paired by file name. The interval behind the verdict covers both sources of chance: on each of "
@@ -103,10 +104,10 @@ def comparison_section(ctx: Context) -> Section:
 
 def runs_section(ctx: Context) -> Section:
     factors, done = ctx.sweep.factors, ctx.sweep.complete
-    header = ["job"] + list(factors) + ["seed", "acc", "AUROC", "F1", "sensitivity", "specificity", "precision", "best epoch", "fit s"]
+    header = ["job"] + list(factors) + ["seed", *(registry.get(m).header for m in registry.keys()), "best epoch", "fit s"]
     table = []
     for r in sorted(done, key=lambda r: (group_key(r, factors), sort_value(r.seed))):
-        table.append([r.name] + [r.params[k] for k in factors] + [r.seed] + [with_ci(r.intervals[m]) for m in stats.METRICS]
+        table.append([r.name] + [r.params[k] for k in factors] + [r.seed] + [with_ci(r.intervals[m]) for m in registry.keys()]
                      + [fmt(r.metrics.get("best_epoch")), fmt(r.metrics.get("fit_seconds"), 0)])
     lines = md_table(header, table) if table else ["No complete run."]
     undefined = sum(r.intervals["auroc"].n_undefined for r in done)

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from covidnet import metric_registry as registry
 from covidnet.report.render import Context, Section, md_table, pm
 
-# (column, path in a source's block of test_by_source, metric)
-LEVELS = (
-    ("AUROC", ("images", "all"), "auroc"),
-    ("sensitivity", ("images", "all"), "sensitivity"),
-    ("specificity", ("images", "all"), "specificity"),
+# (column, path in a source's block of test_by_source, metric) after the per-slice columns of levels()
+OTHER_LEVELS = (
     ("infected-slice AUROC", ("infected_slices",), "auroc"),
     ("patient AUROC (mean P)", ("patients", "mean", "all"), "auroc"),
 )
+
+
+def levels() -> list[tuple[str, tuple[str, ...], str]]:
+    """The columns: every metric of the registry's ``sources`` table per image (slice), then :data:`OTHER_LEVELS`."""
+    return [(registry.get(m).header, ("images", "all"), m) for m in registry.shown_in("sources")] + list(OTHER_LEVELS)
 
 
 def estimate(block: dict | None, path: tuple[str, ...], metric: str) -> float | None:
@@ -35,16 +38,16 @@ def sources_section(ctx: Context) -> Section | None:
     if not sources:
         return None
     factors = ctx.sweep.factors
-    table = []
+    columns, table = levels(), []
     for key, runs in groups.items():
         for source in sources:
             row = list(key) + [source, str(sum(source in (r.metrics.get("test_by_source") or {}) for r in runs))]
-            for _, path, metric in LEVELS:
+            for _, path, metric in columns:
                 values = [estimate((r.metrics.get("test_by_source") or {}).get(source), path, metric) for r in runs]
                 values = [v for v in values if v is not None]
                 row.append(pm(float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")) if values else "–")
             table.append(row)
-    lines = md_table(factors + ["test source", "runs"] + [c for c, _, _ in LEVELS], table) + [
+    lines = md_table(factors + ["test source", "runs"] + [c for c, _, _ in columns], table) + [
         "",
         "Per test source (metrics.json `test_by_source`), mean ± std over seeds. COVID-CT: its official test split, per image. "
         "A source with patients: its held-out patients of the job's fold, per slice (slices keep their patient's label), "

@@ -41,6 +41,8 @@ import re
 import sys
 from pathlib import Path
 
+from covidnet import metric_registry
+
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP, SOURCES, EXTERNAL = "sweep report", "sources study", "external study"
 
@@ -95,7 +97,6 @@ MARK = re.compile(r"(^<!-- table:(?P<reports>[\w./+-]+):(?P<kind>\w+) -->\n)(?P<
 DEFAULT_RECIPE = {"data.image_size": "224", "trainer.max_epochs": "30"}  # conf/data, conf/trainer: the full budget
 ARCH_NAMES = {"efficientnet_lite0": "EfficientNet-Lite0", "resnet18": "ResNet-18", "resnet50": "ResNet-50", "resnet152": "ResNet-152"}
 INIT_NAMES = {"imagenet": "ImageNet weights", "scratch": "from scratch", "ct": "CT encoder weights"}
-METRIC_NAMES = {"auroc": "AUROC", "acc": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity", "f1": "F1"}
 SET_NAMES = {"test": "COVID-CT test split", "covid_ct_md": "COVID-CT-MD slices", "semiseg": "COVID-SemiSeg slices"}
 
 
@@ -193,7 +194,7 @@ def diffs_table(reports: list[tuple[str, dict]]) -> list[str]:
             where = f"{SET_NAMES.get(c['set'], c['set'])} ({units(c)})"
             context = "" if c["context"] == "all runs" else f" ({c['context']})"
             for metric, d in c["metrics"].items():
-                lines.append("| " + " | ".join([f"{c['arm']} − {c['reference']}{context}", where, METRIC_NAMES.get(metric, metric),
+                lines.append("| " + " | ".join([f"{c['arm']} − {c['reference']}{context}", where, metric_registry.words(metric),
                                                  num(d["estimate"], True), interval(d["seeds_and_images"], d.get("no_interval", {}).get("seeds_and_images")),
                                                  d["verdict"], interval(d["images_only"], d.get("no_interval", {}).get("images_only"))]) + " |")
     return lines
@@ -221,7 +222,7 @@ def answer_box(reports: list[tuple[str, dict]]) -> list[str]:
         for x in outside:
             metric = "auroc" if "auroc" in x["metrics"] else next(iter(x["metrics"]))
             d = x["metrics"][metric]
-            parts.append(f"{SET_NAMES.get(x['set'], x['set'])} ({units(x)}) {METRIC_NAMES.get(metric, metric)} "
+            parts.append(f"{SET_NAMES.get(x['set'], x['set'])} ({units(x)}) {metric_registry.words(metric)} "
                          f"{num(d['estimate'], True)} ({interval(d['seeds_and_images'], d.get('no_interval', {}).get('seeds_and_images'))}: {d['verdict']})")
         out += [">", "> Other CT sources: " + "; ".join(parts) + "."]
     lrs = []
