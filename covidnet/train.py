@@ -6,25 +6,21 @@ package): ``python train.py -m init=scratch,imagenet`` (see README.md)."""
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from covidnet.augment import OPTIONS as AUGMENT_OPTIONS
 from covidnet.backbones import OPTIONS as BACKBONE_OPTIONS
 from covidnet.cam import OPTIONS as CAM_OPTIONS
 from covidnet.checkpoint import check_weights_fit, read_checkpoint
 from covidnet.datamodule import OPTIONS as DATA_OPTIONS
+from covidnet import hydra_jobs
 from covidnet.cli import hydra_app
 from covidnet.errors import ConfigError
 from covidnet.evaluation import evaluate_trained, load_sets_for_training
@@ -120,44 +116,6 @@ def check_run_dir(out: Path, ckpt_path: str | None) -> None:
     RunDir(out).check_fresh(ckpt_path)
 
 
-# The distributed variables as this process started (Lightning's DDP launcher sets them in the launching process).
-_LAUNCH_ENV = {name: os.environ.get(name) for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")}
-
-
-def prepare_multirun_job_for_ddp() -> None:
-    """Let each job of a multirun (``-m init=scratch,imagenet trainer=ddp``) use DDP like a single run.
-
-    Lightning starts ranks > 0 as ``sys.argv + hydra.run.dir=<HydraConfig run.dir>``: in a multirun that
-    would start the whole sweep again in another directory, so the relaunch gets this job's overrides and
-    directory instead. And what the previous job's DDP left in this process is cleared: its process group
-    (Lightning would reuse it) and the rank variables Lightning set (with LOCAL_RANK set, Lightning would
-    not start the new job's other ranks and wait for them forever).
-    """
-    if not HydraConfig.initialized():
-        return
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    for name, value in _LAUNCH_ENV.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
-    with read_write(hydra_cfg.run):
-        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
-
-
-def record_dir() -> Path | None:
-    """This process's Hydra config record (``.hydra``, or ``.hydra/resume-<time>`` on a resume; covidnet/hydra_resolvers.py)."""
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    return Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir if hydra_cfg.output_subdir else None
-
-
 def choose_hardware(cfg: DictConfig) -> HardwareChoice:
     """Resolve ``trainer.precision=auto``, ``channels_last`` and ``threads`` for this machine and write the
     result into ``cfg``, so the Trainer, the logged hyperparameters and metrics.json all carry it."""
@@ -184,7 +142,7 @@ def train(cfg: DictConfig) -> dict:
     out = open_run(cfg)
     with owning(out):  # one process per run directory (covidnet/run_lock.py), from here until the run is written
         check_run_dir(out, cfg.get("ckpt_path"))
-        return run(cfg, out, check_resume(cfg, out, record_dir()))
+        return run(cfg, out, check_resume(cfg, out, hydra_jobs.record_dir()))
 
 
 def run(cfg: DictConfig, out: Path, resume: Resume | None) -> dict:
@@ -218,7 +176,7 @@ def open_run(cfg: DictConfig) -> Path:
     checks it is not another run's and that a resume continues the run it resumes (covidnet/resume.py)."""
     apply_arch_defaults(cfg)  # data.normalization=null: the architecture's own, so the data and the model's input spec agree
     check_config(cfg, TRAIN, ConfigError)  # every option, before any data is read or model built
-    prepare_multirun_job_for_ddp()
+    hydra_jobs.prepare_multirun_job_for_ddp()
     out = Path(cfg.paths.output_dir)
     check_writable(out, "run directory")
     out.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ LAYERS = {
     "image_cache": COMPOSITION, "selection": COMPOSITION, "datamodule": COMPOSITION, "multisource": COMPOSITION,
     "near_duplicates": COMPOSITION, "sets": COMPOSITION, "set_metrics": COMPOSITION, "set_scoring": COMPOSITION, "run_files": COMPOSITION,
     "runs": COMPOSITION, "run_lock": COMPOSITION, "run_checkpoints": COMPOSITION, "checkpoint": COMPOSITION,
-    "checkpoint_saving": COMPOSITION, "resume": COMPOSITION, "hydra_resolvers": COMPOSITION, "eval_lock": COMPOSITION, "callbacks": COMPOSITION,
+    "checkpoint_saving": COMPOSITION, "resume": COMPOSITION, "hydra_resolvers": COMPOSITION, "hydra_jobs": COMPOSITION, "eval_lock": COMPOSITION, "callbacks": COMPOSITION,
     "external_summary": COMPOSITION, "visualization": COMPOSITION, "evaluation": COMPOSITION,
     # apps: entry points and what they print or write for people
     "cli": APPS, "train": APPS, "evaluate": APPS, "visualize": APPS, "report": APPS, "hydra_callbacks": APPS,
