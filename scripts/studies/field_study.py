@@ -182,7 +182,7 @@ CAM_LAYER = "layer3"  # output stride 16: 14 x 14 cells at 224 px
 def visualize(args, ckpts: list[Path], out_dir: Path, *extra: str) -> None:
     listed = "[" + ",".join(f"'{p}'" for p in ckpts) + "]"
     subprocess.run([sys.executable, "visualize.py", f"ckpt={listed}", f"data.root={args.data_root}", f"layer={CAM_LAYER}",
-                    f"out_dir={out_dir}", *extra], cwd=ROOT, check=True)
+                    f"out_dir='{out_dir}'", *extra], cwd=ROOT, check=True)
 
 
 def job_cams(args, out: Path, run: Path) -> None:
