@@ -1,6 +1,6 @@
-"""Train a COVID-CT classifier: `python train.py -m init=scratch,imagenet` (see README.md; the app: covidnet/train.py)."""
+"""Train a COVID-CT classifier: `python train.py -m init=scratch,imagenet` (see README.md; the app: covidnet/apps/train.py)."""
 
-from covidnet.train import main  # the same main as the installed covidnet-train (pyproject.toml)
+from covidnet.apps.train import main  # the same main as the installed covidnet-train (pyproject.toml)
 
 if __name__ == "__main__":
     main()

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from covidnet.runs import RunDir
+from covidnet.rundirs.runs import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 

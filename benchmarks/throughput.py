@@ -38,9 +38,9 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics import MetricCollection
 
-from covidnet.archs import ARCHS
-from covidnet.datamodule import CovidCTDataModule
-from covidnet.model import CovidClassifier
+from covidnet.models.archs import ARCHS
+from covidnet.data.datamodule import CovidCTDataModule
+from covidnet.models.model import CovidClassifier
 
 PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 DEFAULT_DATA = "data/covid-ct"  # as train.py: relative to the launch directory; COVIDNET_DATA or --data-root override it

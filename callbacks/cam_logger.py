@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from covidnet.cam_metrics import mass_share
-from covidnet.lungs import segment_lungs
-from covidnet.cam import OPTIONS as CAM_OPTIONS
-from covidnet.cam import (
+from covidnet.explain.cam_metrics import mass_share
+from covidnet.images.lungs import segment_lungs
+from covidnet.explain.cam import OPTIONS as CAM_OPTIONS
+from covidnet.explain.cam import (
     cam_defaults,
     cam_grid,
     caption,
@@ -26,8 +26,8 @@ from covidnet.cam import (
     panel_grid,
     target_text,
 )
-from covidnet.predict import predict_batch
-from covidnet.sampling import draw_per_class
+from covidnet.models.predict import predict_batch
+from covidnet.images.sampling import draw_per_class
 
 
 class CamLogger(L.Callback):
@@ -57,7 +57,7 @@ class CamLogger(L.Callback):
         self._chosen: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
         self._lungs: dict[str, list[np.ndarray | None]] = {}
         self._warned = False
-        self._coarse: str | None = None  # why the maps cannot localise (covidnet.cam.grid_problem), once found
+        self._coarse: str | None = None  # why the maps cannot localise (covidnet.explain.cam.grid_problem), once found
 
     # --- Lightning hooks ---------------------------------------------------------------------------------
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -138,7 +138,7 @@ class CamLogger(L.Callback):
         return self._chosen[split]
 
     def lung_fields(self, split: str, greys: np.ndarray) -> list[np.ndarray | None]:
-        """Lung field of each fixed image (covidnet/lungs.py on the network input), segmented once per split."""
+        """Lung field of each fixed image (covidnet/images/lungs.py on the network input), segmented once per split."""
         key = f"lungs_{split}"
         if key not in self._lungs:
             self._lungs[key] = [segment_lungs(g) for g in greys]

@@ -23,9 +23,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import Dataset
 
 from covidnet.callbacks.cam_logger import CamLogger
-from covidnet.atomic import atomic_path
-from covidnet.predict import eval_mode
-from covidnet.weights_io import tensors_sha256
+from covidnet.core.atomic import atomic_path
+from covidnet.models.predict import eval_mode
+from covidnet.models.weights_io import tensors_sha256
 
 SHARED_PREFIX_END = "layer3"  # last stage frozen in every freeze mode: what cache_dir holds
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from covidnet.datamodule import CovidCTDataModule
-from covidnet.model import CovidClassifier
+from covidnet.data.datamodule import CovidCTDataModule
+from covidnet.models.model import CovidClassifier
 from synthetic import make_dataset
 
 IMAGE_SIZE = 64  # layer4 is a 2 x 2 grid at this size

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from covidnet.datamodule import CovidCTDataModule
-from covidnet.model import CovidClassifier
+from covidnet.data.datamodule import CovidCTDataModule
+from covidnet.models.model import CovidClassifier
 
 
 def make_checkpoint(path: Path, image_size: int = 32, normalization: str = "imagenet", seed: int = 0, **data) -> Path:
@@ -35,7 +35,7 @@ def make_run(run: Path, seed: int = 0, **kwargs) -> Path:
 
 
 def fake_job(job: Path, overrides: list[str], labels, probs, extra: dict | None = None) -> None:
-    """A job directory with the files covidnet.train writes (no training: for layouts only)."""
+    """A job directory with the files covidnet.apps.train writes (no training: for layouts only)."""
     (job / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
     (job / "metrics.json").write_text(json.dumps({"best_epoch": 1, "fit_seconds": 1.0, **(extra or {})}))

@@ -1,4 +1,4 @@
-"""The md5 sums (covidnet.download.KNOWN_MD5's form) of a test mirror of the official COVID-CT files, computed
+"""The md5 sums (covidnet.images.download.KNOWN_MD5's form) of a test mirror of the official COVID-CT files, computed
 here from the mirror's files and archives, independently of covidnet's own code, so a download test can put them
 in place of the official ones."""
 
@@ -8,7 +8,7 @@ import hashlib
 import zipfile
 from pathlib import Path
 
-from covidnet.download import official_urls
+from covidnet.images.download import official_urls
 
 
 def mirror_md5(site: Path) -> dict[str, str]:

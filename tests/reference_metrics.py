@@ -1,4 +1,4 @@
-"""Independent reference implementations, for tests that check covidnet.stats against the definitions."""
+"""Independent reference implementations, for tests that check covidnet.metrics.stats against the definitions."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 COVID images (label 1) carry a bright blob at a random position; non-COVID images do not. Modes and
 sizes are mixed like the real data (RGB, RGBA, L; landscape and portrait). ``kind="chest"`` draws axial
 slices instead (body, two dark lungs, a frame and a caption outside them; COVID: a bright opacity in a
-lung), in which covidnet.lungs finds the lung field, so ``data.field`` and ``data.intensity`` change what
+lung), in which covidnet.images.lungs finds the lung field, so ``data.field`` and ``data.intensity`` change what
 the network sees.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from covidnet.covid_ct_layout import CLASSES, SPLITS, image_dir, split_file
+from covidnet.images.covid_ct_layout import CLASSES, SPLITS, image_dir, split_file
 
 MODES = ("RGB", "RGBA", "L")
 SIZES = ((96, 80), (120, 140), (64, 64), (150, 110))
@@ -34,7 +34,7 @@ def blob_image(rng: np.random.Generator, covid: bool, size: tuple[int, int]) -> 
     return np.clip(img, 0, 255).astype(np.uint8), centre
 
 
-CHEST_SIZES = ((240, 200), (170, 190), (180, 180), (250, 210))  # (w, h) where covidnet.lungs finds these lungs
+CHEST_SIZES = ((240, 200), (170, 190), (180, 180), (250, 210))  # (w, h) where covidnet.images.lungs finds these lungs
 
 
 def chest_image(rng: np.random.Generator, covid: bool, size: tuple[int, int]) -> tuple[np.ndarray, tuple[float, float] | None]:

@@ -1,4 +1,4 @@
-"""The architecture registry (covidnet/archs.py): a registered architecture is picked up by every consumer (model
+"""The architecture registry (covidnet/models/archs.py): a registered architecture is picked up by every consumer (model
 building, the config check, the default normalisation, the CAM layer lookup by output stride) without another file."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from covidnet.archs import ARCHS, LAYER_STRIDES, Arch, get_arch, register, unregister
-from covidnet.backbones import OPTIONS, build_backbone
-from covidnet.cam import LAYERS, compute_cams, target_layer
-from covidnet.inits import apply_arch_defaults
-from covidnet.model import CovidClassifier
-from covidnet.weights_io import WeightsError
+from covidnet.models.archs import ARCHS, LAYER_STRIDES, Arch, get_arch, register, unregister
+from covidnet.models.backbones import OPTIONS, build_backbone
+from covidnet.explain.cam import LAYERS, compute_cams, target_layer
+from covidnet.models.inits import apply_arch_defaults
+from covidnet.models.model import CovidClassifier
+from covidnet.models.weights_io import WeightsError
 
 
 class Tiny(nn.Module):

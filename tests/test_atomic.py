@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from covidnet.atomic import atomic_path, partial_name, remove_stale, write_json
+from covidnet.core.atomic import atomic_path, partial_name, remove_stale, write_json
 
 
 def test_an_interrupted_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

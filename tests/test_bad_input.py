@@ -1,7 +1,7 @@
 """Bad input gets an error that names the thing and the fix; odd-but-valid input works.
 
 Covers the dataset (layout, split lists, image files), configuration values, pretrained weights files,
-checkpoints (covidnet.checkpoint.load_checkpoint), non-finite losses, and that nothing is unpickled with
+checkpoints (covidnet.trained.checkpoint.load_checkpoint), non-finite losses, and that nothing is unpickled with
 code execution. docs/reliability.md maps each case to its test.
 """
 
@@ -20,14 +20,14 @@ from hydra.errors import ConfigCompositionException, InstantiationException, Mis
 from hydra.utils import instantiate
 from PIL import Image
 
-import covidnet.covid_ct_layout as dataset
-from covidnet.backbones import build_backbone
-from covidnet.weights_io import WeightsError, read_state_dict
-from covidnet.checkpoint import CheckpointError, load_checkpoint
-from covidnet.datamodule import CovidCTDataModule
-from covidnet.covid_ct_layout import COVID, NON_COVID, DatasetError, image_dir, load_grey, split_file
-from covidnet.model import CovidClassifier
-from covidnet.train import train
+import covidnet.images.covid_ct_layout as dataset
+from covidnet.models.backbones import build_backbone
+from covidnet.models.weights_io import WeightsError, read_state_dict
+from covidnet.trained.checkpoint import CheckpointError, load_checkpoint
+from covidnet.data.datamodule import CovidCTDataModule
+from covidnet.images.covid_ct_layout import COVID, NON_COVID, DatasetError, image_dir, load_grey, split_file
+from covidnet.models.model import CovidClassifier
+from covidnet.apps.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -309,7 +309,7 @@ def test_weights_file_with_code_is_refused_and_the_code_does_not_run(tmp_path):
 def test_every_torch_load_in_the_package_is_weights_only():
     """Guards future code: each torch.load / Trainer load in covidnet/ must say weights_only=True."""
     offenders = []
-    for path in sorted((ROOT / "covidnet").glob("*.py")):
+    for path in sorted((ROOT / "covidnet").glob("**/*.py")):
         text = path.read_text()
         for match in re.finditer(r"torch\.load\(|\.fit\(|\.test\(|\.validate\(|\.predict\(|load_from_checkpoint\(|get_state_dict\(", text):
             line_start = text.rfind("\n", 0, match.start()) + 1

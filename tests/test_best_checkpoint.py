@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from covidnet.checkpoint import load_checkpoint
-from covidnet.datamodule import CovidCTDataModule
-from covidnet.predict import predict_probs
-from covidnet.stats import binary_metrics
+from covidnet.trained.checkpoint import load_checkpoint
+from covidnet.data.datamodule import CovidCTDataModule
+from covidnet.models.predict import predict_probs
+from covidnet.metrics.stats import binary_metrics
 from synthetic import make_dataset
 from train_configs import tiny_cfg
 
@@ -45,7 +45,7 @@ def ckpt_probs(path):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from covidnet.train import train
+    from covidnet.apps.train import train
 
     root = tmp_path_factory.mktemp("best-data") / "covid-ct"
     make_dataset(root, {"train": 8, "val": 4, "test": 4}, seed=2)  # small: three epochs in seconds

@@ -1,5 +1,5 @@
 """BatchNorm statistics of frozen random layers estimated on the training images (model.calibrate_bn,
-covidnet/bn_calibration.py): the random-features baseline is broken without it, the statistics are those of the
+covidnet/models/bn_calibration.py): the random-features baseline is broken without it, the statistics are those of the
 training images (and only those), and a resumed run keeps them."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-import covidnet.model
+import covidnet.models.model
 from covidnet.callbacks import FrozenFeatureCache
-from covidnet.datamodule import CovidCTDataModule
-from covidnet.model import CovidClassifier
+from covidnet.data.datamodule import CovidCTDataModule
+from covidnet.models.model import CovidClassifier
 
 QUIET = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
 
@@ -141,8 +141,8 @@ def test_calibration_is_idempotent_and_a_resumed_run_keeps_the_checkpoints_stati
     assert bool(saved["bn_calibrated"]) and not torch.equal(saved["net.bn1.running_var"], torch.ones_like(saved["net.bn1.running_var"]))
 
     calls = []
-    real = covidnet.model.estimate_batchnorm_statistics
-    monkeypatch.setattr(covidnet.model, "estimate_batchnorm_statistics", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = covidnet.models.model.estimate_batchnorm_statistics
+    monkeypatch.setattr(covidnet.models.model, "estimate_batchnorm_statistics", lambda *a, **k: calls.append(1) or real(*a, **k))
     resumed = random_frozen("up_to_layer4")  # fresh random model: the checkpoint must supply the statistics
     L.Trainer(max_epochs=2, enable_checkpointing=False, **QUIET).fit(
         resumed, datamodule=data(synthetic_root), ckpt_path=tmp_path / "last.ckpt", weights_only=True

@@ -17,13 +17,13 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 
 from covidnet.callbacks import CamLogger
 from cam_training import IMAGE_SIZE, blob_run
-from covidnet.cam import compute_cams, oriented_projection
-from covidnet.archs import LAYER_STRIDES
-from covidnet.cam_metrics import block_random_cams, confidence_drop, mass_share, pointing_hit
+from covidnet.explain.cam import compute_cams, oriented_projection
+from covidnet.models.archs import LAYER_STRIDES
+from covidnet.explain.cam_metrics import block_random_cams, confidence_drop, mass_share, pointing_hit
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
-from covidnet.model import CovidClassifier
-from covidnet.predict import predict_batch
-from covidnet.train import instantiate_all
+from covidnet.models.model import CovidClassifier
+from covidnet.models.predict import predict_batch
+from covidnet.apps.train import instantiate_all
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

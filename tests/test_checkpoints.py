@@ -1,4 +1,4 @@
-"""covidnet.run_checkpoints decides which checkpoint stands for a run; covidnet.checkpoint.load_model rebuilds it."""
+"""covidnet.rundirs.run_checkpoints decides which checkpoint stands for a run; covidnet.trained.checkpoint.load_model rebuilds it."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from covidnet.checkpoint import CheckpointError, load_model
-from covidnet.datamodule import CovidCTDataModule
-from covidnet.model import CovidClassifier
-from covidnet.preprocess import InputSpec
-from covidnet.run_checkpoints import NoCheckpointError, best_checkpoint, resolve_checkpoints, run_of
+from covidnet.trained.checkpoint import CheckpointError, load_model
+from covidnet.data.datamodule import CovidCTDataModule
+from covidnet.models.model import CovidClassifier
+from covidnet.images.preprocess import InputSpec
+from covidnet.rundirs.run_checkpoints import NoCheckpointError, best_checkpoint, resolve_checkpoints, run_of
 
 
 def checkpoint(path: Path, dm: bool = True, **data) -> Path:

@@ -1,6 +1,6 @@
 """Sweeps through submitit (the `cluster` extra): conf/hydra/launcher/slurm.yaml composes to the SLURM launcher, and
 a real two-job sweep of train.py runs through submitit's local executor, each job in a process of its own, as on a
-cluster: both runs finish with metrics.json, each job owned its run directory (covidnet/run_lock.py) and let it go,
+cluster: both runs finish with metrics.json, each job owned its run directory (covidnet/rundirs/run_lock.py) and let it go,
 and the sweep report, written by the launching process when the jobs have ended, covers both."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from train_configs import CONF, TINY
 
-from covidnet import run_lock
+from covidnet.rundirs import run_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")

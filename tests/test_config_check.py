@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from covidnet.cli import EXIT_USER_ERROR
-from covidnet.errors import ConfigError
-from covidnet.evaluate import EVALUATE
-from covidnet.options import Across, Rule, in_group, integer, problems, unknown_keys
-from covidnet.options import check_config as check_table
-from covidnet.train import TRAIN, train
-from covidnet.visualize import VISUALIZE
+from covidnet.apps.cli import EXIT_USER_ERROR
+from covidnet.core.errors import ConfigError
+from covidnet.apps.evaluate import EVALUATE
+from covidnet.core.options import Across, Rule, in_group, integer, problems, unknown_keys
+from covidnet.core.options import check_config as check_table
+from covidnet.apps.train import TRAIN, train
+from covidnet.apps.visualize import VISUALIZE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def test_every_rule_of_an_app_names_a_key_of_its_composed_config(app, table, ove
 
 def test_every_options_table_of_the_package_names_keys_a_config_has():
     tables = options_tables()
-    assert len(tables) >= 12 and {"covidnet.model.OPTIONS", "covidnet.hardware.TRAINER_OPTIONS", "covidnet.sets.SET_OPTIONS"} <= set(tables)
+    assert len(tables) >= 12 and {"covidnet.models.model.OPTIONS", "covidnet.core.hardware.TRAINER_OPTIONS", "covidnet.data.sets.SET_OPTIONS"} <= set(tables)
     assert {name: keys_no_config_has(table) for name, table in tables.items() if keys_no_config_has(table)} == {}
 
 
@@ -181,8 +181,8 @@ def test_missing_ckpt_is_named():
 
 
 def test_the_rule_engine_imports_no_covidnet_module():
-    """covidnet/options.py is the bottom of the config layer: the owners of the keys import it, never it them."""
-    tree = ast.parse((ROOT / "covidnet" / "options.py").read_text())
+    """covidnet/core/options.py is the bottom of the config layer: the owners of the keys import it, never it them."""
+    tree = ast.parse((ROOT / "covidnet" / "core" / "options.py").read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not [m for m in imported if m and m.split(".")[0] == "covidnet"], imported

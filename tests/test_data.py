@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-import covidnet.datamodule as data_module
-from covidnet.datamodule import CovidCTDataModule
-from covidnet.covid_ct_layout import COVID, NON_COVID, SPLITS, image_dir, load_grey, read_names, split_file
-from covidnet.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+import covidnet.data.datamodule as data_module
+from covidnet.data.datamodule import CovidCTDataModule
+from covidnet.images.covid_ct_layout import COVID, NON_COVID, SPLITS, image_dir, load_grey, read_names, split_file
+from covidnet.images.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 SIZE = 32
 

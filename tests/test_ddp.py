@@ -19,10 +19,10 @@ from torchmetrics.functional.classification import (
     binary_specificity,
 )
 
-from covidnet.checkpoint import load_checkpoint
-from covidnet.datamodule import CovidCTDataModule
-from covidnet.covid_ct_layout import NON_COVID, split_file
-from covidnet.predict import predict_probs
+from covidnet.trained.checkpoint import load_checkpoint
+from covidnet.data.datamodule import CovidCTDataModule
+from covidnet.images.covid_ct_layout import NON_COVID, split_file
+from covidnet.models.predict import predict_probs
 from synthetic import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from covidnet.augment import augment_batch, augment_params, train_augment
-from covidnet.datamodule import CovidCTDataModule
+from covidnet.images.augment import augment_batch, augment_params, train_augment
+from covidnet.data.datamodule import CovidCTDataModule
 
 SIZE = 64
 OPTIONS = dict(image_size=SIZE, crop_scale_min=0.7, hflip=True, rotate_degrees=10.0, jitter=0.1)
@@ -143,7 +143,7 @@ def test_torchvision_pipeline_is_what_augment_params_mirrors():
 def test_training_runs_on_the_device_path(synthetic_root, tmp_path):
     from train_configs import tiny_cfg
 
-    from covidnet.train import train
+    from covidnet.apps.train import train
 
     metrics = train(tiny_cfg(synthetic_root, tmp_path, "data.device_augment=true", "test=false"))
     assert metrics["epochs_trained"] == 1 and metrics["train_images"] > 0

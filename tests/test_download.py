@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-import covidnet.download as download
-from covidnet.covid_ct_layout import CLASSES, SPLITS, DatasetError, read_split
-from covidnet.download import download_covid_ct, fetch
+import covidnet.images.download as download
+from covidnet.images.covid_ct_layout import CLASSES, SPLITS, DatasetError, read_split
+from covidnet.images.download import download_covid_ct, fetch
 from mirror_md5 import mirror_md5
 from synthetic import make_dataset
 
@@ -73,7 +73,7 @@ def test_download_from_a_mirror_gives_the_official_layout(mirror, tmp_path, synt
 
 
 def test_the_data_module_downloads_when_asked(mirror, tmp_path, synthetic_count, monkeypatch):
-    from covidnet.datamodule import CovidCTDataModule
+    from covidnet.data.datamodule import CovidCTDataModule
 
     monkeypatch.setattr(download, "BASE_URL", mirror.as_uri())
     monkeypatch.setattr(download.download_covid_ct, "__defaults__", (mirror.as_uri(),))
@@ -191,7 +191,7 @@ def test_a_file_that_is_not_the_official_one_is_refused_and_leaves_nothing(mirro
 
 def test_the_known_sums_are_those_of_the_official_files(real_root):
     """KNOWN_MD5 against a copy of the official dataset (the split files byte for byte, each archive's images)."""
-    from covidnet.download import images_md5
+    from covidnet.images.download import images_md5
 
     for rel, expected in download.KNOWN_MD5.items():
         got = images_md5(real_root / rel[: -len(".zip")]) if rel.endswith(".zip") else hashlib.md5((real_root / rel).read_bytes()).hexdigest()
@@ -200,7 +200,7 @@ def test_the_known_sums_are_those_of_the_official_files(real_root):
 
 def test_train_downloads_by_default_but_only_into_a_missing_or_empty_root(tmp_path, monkeypatch):
     """The README's main command fetches the data on a fresh machine; a folder holding anything is never written to."""
-    import covidnet.datamodule as data
+    import covidnet.data.datamodule as data
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"data.root={tmp_path / 'covid-ct'}"])

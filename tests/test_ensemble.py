@@ -1,5 +1,5 @@
 """Ensembles: each sweep-report row's runs scored as one model (covidnet/report/ensemble.py), and evaluate.py's
-``ensemble=true`` (covidnet/evaluation.py); both average through covidnet/ensembles.py."""
+``ensemble=true`` (covidnet/trained/evaluation.py); both average through covidnet/metrics/ensembles.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from covidnet import stats
+from covidnet.metrics import stats
 from covidnet.report import main
 from fake_runs import fake_job
 
@@ -79,7 +79,7 @@ def test_ensembles_are_paired_on_the_images_both_scored(tmp_path):
     assert diff["metrics"]["auroc"]["estimate"] == pytest.approx(float(want))
 
 
-# --- evaluate.py ensemble=true: checkpoints scored as one model (covidnet.evaluation) -----------------------------
+# --- evaluate.py ensemble=true: checkpoints scored as one model (covidnet.trained.evaluation) -----------------------------
 def _probs(path) -> dict[str, float]:
     import csv
 
@@ -94,8 +94,8 @@ def test_evaluate_scores_an_ensemble_as_the_mean_of_its_members_file_by_file(syn
     from PIL import Image
     from train_configs import tiny_cfg
 
-    from covidnet.evaluate import evaluate
-    from covidnet.train import train
+    from covidnet.apps.evaluate import evaluate
+    from covidnet.apps.train import train
 
     for seed in (0, 1):
         train(tiny_cfg(synthetic_root, tmp_path / f"seed{seed}", f"seed={seed}"))
@@ -137,8 +137,8 @@ def test_an_ensemble_of_checkpoints_that_see_images_differently_is_refused(tmp_p
     from hydra import compose, initialize_config_dir
     from fake_runs import make_checkpoint
 
-    from covidnet.errors import EvalError
-    from covidnet.evaluate import evaluate
+    from covidnet.core.errors import EvalError
+    from covidnet.apps.evaluate import evaluate
 
     a = make_checkpoint(tmp_path / "a" / "m.ckpt", image_size=32)
     b = make_checkpoint(tmp_path / "b" / "m.ckpt", image_size=48)

@@ -1,5 +1,5 @@
 """The command-line apps: one ``main`` per app behind both a checkout's script (train.py, evaluate.py,
-visualize.py) and the installed console script (covidnet-train, ...), wired to Hydra by covidnet.cli."""
+visualize.py) and the installed console script (covidnet-train, ...), wired to Hydra by covidnet.apps.cli."""
 
 from __future__ import annotations
 
@@ -41,14 +41,14 @@ def test_console_script_and_checkout_script_run_the_same_main(app):
 def test_covidnet_train_returns_no_auroc_for_an_untested_run(monkeypatch, tmp_path):
     """metrics.json records ``"test": null`` when no best checkpoint was saved (fast_dev_run): the console
     script must end normally then, as train.py does (it failed with AttributeError on None.get)."""
-    import covidnet.train
+    import covidnet.apps.train
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"paths.output_dir={tmp_path}"])
     main = console_script("covidnet-train")
-    monkeypatch.setattr(covidnet.train, "train", lambda cfg: {"test": None, "not_tested": "no best checkpoint"})
+    monkeypatch.setattr(covidnet.apps.train, "train", lambda cfg: {"test": None, "not_tested": "no best checkpoint"})
     assert main(cfg) is None
-    monkeypatch.setattr(covidnet.train, "train", lambda cfg: {"test": {"test/auroc": 0.75}})
+    monkeypatch.setattr(covidnet.apps.train, "train", lambda cfg: {"test": {"test/auroc": 0.75}})
     assert main(cfg) == 0.75
 
 
@@ -82,8 +82,8 @@ def test_resolvers_are_registered_by_the_apps_main_not_by_an_import():
     code = (
         "import inspect\n"
         "from omegaconf import OmegaConf\n"
-        "import covidnet.train, covidnet.evaluate, covidnet.visualize, covidnet.resume, covidnet.hydra_callbacks\n"
-        "from covidnet import cli, hydra_resolvers\n"
+        "import covidnet.apps.train, covidnet.apps.evaluate, covidnet.apps.visualize, covidnet.trained.resume, covidnet.apps.hydra_callbacks\n"
+        "from covidnet.apps import cli; from covidnet.rundirs import hydra_resolvers\n"
         "names = list(hydra_resolvers.RESOLVERS)\n"
         "assert names == ['covidnet_record', 'covidnet_job_dir'], names\n"
         "assert not any(OmegaConf.has_resolver(n) for n in names), 'registered on import'\n"

@@ -11,12 +11,12 @@ from hydra import compose, initialize_config_dir
 from synthetic_dicom import write_scans
 from fake_runs import make_checkpoint
 
-from covidnet.errors import EvalError
-from covidnet.evaluate import evaluate
+from covidnet.core.errors import EvalError
+from covidnet.apps.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("pydicom")
-# two patients per diagnosis: a two-fold patient split of it is possible (covidnet.multisource)
+# two patients per diagnosis: a two-fold patient split of it is possible (covidnet.data.multisource)
 TWO_EACH = {"COVID-19 subjects": ["p1", "p2"], "Cap subjects": ["c1", "c2"], "Normal subjects": ["n1", "n2"]}
 
 
@@ -77,7 +77,7 @@ def test_the_report_never_pools_different_copies_of_a_set(tmp_path, md):
 
     from fake_runs import make_run
 
-    from covidnet.external_summary import external_lines
+    from covidnet.trained.external_summary import external_lines
 
     small = tmp_path / "small"
     shutil.copytree(md, small)
@@ -97,7 +97,7 @@ def test_the_report_refuses_a_truncated_predictions_file(tmp_path, cut):
     """predictions_test.csv cut short (mid-line, or after whole rows where metrics.json counts the predictions):
     the job is reported unreadable with the reason, never pooled as complete."""
     from covidnet.report.sweep import read_job
-    from covidnet.runs import RunDir
+    from covidnet.rundirs.runs import RunDir
 
     job = tmp_path / "sweep" / "seed=0"
     rd = RunDir(job)
@@ -119,8 +119,8 @@ def test_every_file_of_a_set_is_read_or_named(tmp_path):
 
     from PIL import Image
 
-    from covidnet.sources import read_source
-    from covidnet.sources.base import SourceError
+    from covidnet.images.sources import read_source
+    from covidnet.images.sources.base import SourceError
 
     folder = tmp_path / "folder"
     for cls in ("COVID", "Normal"):
@@ -180,7 +180,7 @@ def test_a_result_directory_another_evaluation_is_writing_is_refused(tmp_path, m
 
     ckpt = make_checkpoint(tmp_path / "m.ckpt")
     target = tmp_path / "out" / "scratch-resnet18" / "covid_ct_md"
-    holds = f"from covidnet.eval_lock import claim; claim([__import__('pathlib').Path({str(target)!r})], 'other'); print('held', flush=True); input()"
+    holds = f"from covidnet.rundirs.eval_lock import claim; claim([__import__('pathlib').Path({str(target)!r})], 'other'); print('held', flush=True); input()"
     other = subprocess.Popen([sys.executable, "-c", holds], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert other.stdout.readline().strip() == "held"
@@ -202,11 +202,11 @@ def test_an_evaluation_on_another_node_is_refused_though_its_process_id_means_no
     import subprocess
     import sys
 
-    from covidnet.eval_lock import INCOMPLETE, claim, release
+    from covidnet.rundirs.eval_lock import INCOMPLETE, claim, release
 
     target = tmp_path / "out" / "m" / "s"
     target.mkdir(parents=True)
-    holds = (f"from covidnet.eval_lock import lock_mark; from pathlib import Path; "
+    holds = (f"from covidnet.rundirs.eval_lock import lock_mark; from pathlib import Path; "
              f"lock_mark(Path({str(target / INCOMPLETE)!r}), {{'pid': 4194305, 'host': 'node-b'}}); print('held', flush=True); input()")
     other = subprocess.Popen([sys.executable, "-c", holds], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -225,8 +225,8 @@ def test_an_evaluation_on_another_node_is_refused_though_its_process_id_means_no
 KILL_AFTER_FIRST_PAIR = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-import covidnet.evaluate as ev
-import covidnet.run_files as run_files
+import covidnet.apps.evaluate as ev
+import covidnet.rundirs.run_files as run_files
 from hydra import compose, initialize_config_dir
 write, done = run_files.write_json, []
 def die_at_second_metrics(path, data):
@@ -270,7 +270,7 @@ def test_an_evaluation_killed_midway_is_marked_incomplete(tmp_path, md, semiseg)
 def test_an_unreadable_eval_image_fails_training_before_it_starts(synthetic_root, tmp_path):
     from train_configs import tiny_cfg
 
-    from covidnet.train import train
+    from covidnet.apps.train import train
 
     data = tmp_path / "sets"
     (data / "covid-semiseg" / "images").mkdir(parents=True)
@@ -290,8 +290,8 @@ def test_an_unreadable_eval_image_fails_training_before_it_starts(synthetic_root
 ])
 def test_bad_training_sources_are_refused_before_any_image_is_read(tmp_path, sources, fold, match):
     """The data module refuses them when it is built: before COVID-CT is decoded (here it does not even exist)."""
-    from covidnet.datamodule import CovidCTDataModule
-    from covidnet.sources.base import SourceError
+    from covidnet.data.datamodule import CovidCTDataModule
+    from covidnet.images.sources.base import SourceError
 
     with pytest.raises(SourceError, match=match):
         CovidCTDataModule(root=str(tmp_path / "no-data"), sources=sources, fold=fold, sets_root=str(tmp_path))
@@ -325,8 +325,8 @@ def test_dicom_faults_get_their_own_message(tmp_path):
     for what it is, before any image is decoded, never a traceback or another fault's message."""
     import pydicom
 
-    from covidnet.sources import read_source
-    from covidnet.sources.base import SourceError
+    from covidnet.images.sources import read_source
+    from covidnet.images.sources.base import SourceError
 
     classes = {"COVID": 1, "Normal": 0}
     root = write_scans(tmp_path / "scans", {"COVID": ["p1"], "Normal": ["n1"]})
@@ -377,8 +377,8 @@ def test_an_expected_error_in_a_multirun_job_is_raised_alone(monkeypatch, wrappe
     chain and no library frames for Hydra to print at the end of the sweep."""
     import traceback
 
-    from covidnet import cli as entry
-    from covidnet.sources.base import SourceError
+    from covidnet.apps import cli as entry
+    from covidnet.images.sources.base import SourceError
 
     monkeypatch.setattr(entry, "_in_multirun", lambda: True)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
@@ -389,7 +389,7 @@ def test_an_expected_error_in_a_multirun_job_is_raised_alone(monkeypatch, wrappe
             raise SourceError("data.fold=2 must be in 0..1 (data.n_folds=2).")
         except SourceError as err:
             if wrapped:  # as Hydra's instantiate wraps what a constructor raised
-                raise RuntimeError("Error in call to target 'covidnet.datamodule.CovidCTDataModule'") from err
+                raise RuntimeError("Error in call to target 'covidnet.data.datamodule.CovidCTDataModule'") from err
             raise
 
     with pytest.raises(SourceError) as caught:

@@ -1,5 +1,5 @@
-"""Eval mode around a prediction (covidnet/predict.py) and the seeded draws per class (covidnet/sampling.py, and
-data.fraction's stratified subset in covidnet/selection.py)."""
+"""Eval mode around a prediction (covidnet/models/predict.py) and the seeded draws per class (covidnet/images/sampling.py, and
+data.fraction's stratified subset in covidnet/data/selection.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from covidnet.selection import stratified_subset
-from covidnet.covid_ct_layout import Sample
-from covidnet.predict import eval_mode, predict_batch
-from covidnet.sampling import draw_per_class
+from covidnet.data.selection import stratified_subset
+from covidnet.images.covid_ct_layout import Sample
+from covidnet.models.predict import eval_mode, predict_batch
+from covidnet.images.sampling import draw_per_class
 
 
 def test_eval_mode_restores_the_mode_also_after_an_error():

@@ -15,16 +15,16 @@ from synthetic import make_dataset
 from fake_runs import make_checkpoint, make_run
 from synthetic_dicom import MD_FOLDERS, write_scans
 
-from covidnet import arm_stats, stats
-from covidnet.checkpoint import CheckpointError
-from covidnet.preprocess import Preprocess, resize_grey
-from covidnet.errors import EvalError
-from covidnet.evaluate import evaluate
-from covidnet.run_files import EVAL_COLUMNS
-from covidnet.runs import RunDir
-from covidnet.sets import set_config
-from covidnet.model import CovidClassifier
-from covidnet.sources import read_source
+from covidnet.metrics import arm_stats, stats
+from covidnet.trained.checkpoint import CheckpointError
+from covidnet.images.preprocess import Preprocess, resize_grey
+from covidnet.core.errors import EvalError
+from covidnet.apps.evaluate import evaluate
+from covidnet.rundirs.run_files import EVAL_COLUMNS
+from covidnet.rundirs.runs import RunDir
+from covidnet.data.sets import set_config
+from covidnet.models.model import CovidClassifier
+from covidnet.images.sources import read_source
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("pydicom")
@@ -159,7 +159,7 @@ def test_sweep_into_runs_writes_each_runs_eval_area_once(tmp_path, scans, semise
     in_out_dir = (tmp_path / "out" / metrics["model"] / "covid_ct_md" / "predictions.csv").read_text()
     assert {r["path"] for r in rows} == {r["path"] for r in csv.DictReader(in_out_dir.splitlines())}
     # the report's external columns read them back: per group mean over runs, paired difference on the same images
-    from covidnet.external_summary import external_lines
+    from covidnet.trained.external_summary import external_lines
 
     lines = external_lines({"init=scratch": [sweep / "seed=0"], "init=ct": [sweep / "seed=1"]}, "init=scratch", n_boot=100)
     text = "\n".join(lines)
@@ -215,7 +215,7 @@ def test_set_configs_resolve_their_root_below_eval_data(monkeypatch):
 
 
 def test_eval_list_without_brackets():
-    from covidnet import evaluate as entry  # evaluate.py and covidnet-evaluate both run covidnet.evaluate.main
+    from covidnet.apps import evaluate as entry  # evaluate.py and covidnet-evaluate both run covidnet.apps.evaluate.main
 
     assert entry.list_overrides(["evaluate.py", "ckpt=x", "eval=covid_ct_md,semiseg"]) == ["evaluate.py", "ckpt=x", "eval=[covid_ct_md,semiseg]"]
     assert entry.list_overrides(["evaluate.py", "-m", "eval=a,b"]) == ["evaluate.py", "-m", "eval=a,b"]
@@ -226,13 +226,13 @@ def test_eval_list_without_brackets():
 def test_training_evaluates_its_best_checkpoint_on_each_eval_set(synthetic_root, semiseg, tmp_path):
     from train_configs import tiny_cfg
 
-    from covidnet.train import train
+    from covidnet.apps.train import train
 
     data = tmp_path / "sets"
     data.mkdir()
     (data / "covid-ct").symlink_to(synthetic_root)
     (data / "covid-semiseg").symlink_to(semiseg)
-    from covidnet.errors import ConfigError
+    from covidnet.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"eval_sets=.*nope.*: must be a list of eval sets among covid_ct_md"):
         train(tiny_cfg(synthetic_root, tmp_path / "bad", "eval_sets=[semiseg,nope]", f"eval_data={data}"))
@@ -255,7 +255,7 @@ def test_training_evaluates_its_best_checkpoint_on_each_eval_set(synthetic_root,
 
 
 def test_old_sweeps_group_jobs_by_name_without_seed_and_pair_inits_with_scratch(tmp_path):
-    from covidnet.external_summary import main, sweep_groups
+    from covidnet.trained.external_summary import main, sweep_groups
 
     for job in ("init=scratch,model.arch=resnet18,seed=0", "init=scratch,model.arch=resnet18,seed=1", "init=ct,model.arch=resnet18,seed=0"):
         (tmp_path / job).mkdir()
@@ -289,7 +289,7 @@ def test_evaluate_py_gives_the_runs_own_test_probabilities(chest_root, tmp_path,
     for digit, under the run's precision (bf16 where the CPU has it), and metrics.json says so."""
     from train_configs import compose_cfg
 
-    from covidnet.train import train
+    from covidnet.apps.train import train
 
     run = tmp_path / "run"
     metrics = train(compose_cfg([

@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from covidnet.archs import LAYER_STRIDES
-from covidnet.cam_metrics import (
+from covidnet.models.archs import LAYER_STRIDES
+from covidnet.explain.cam_metrics import (
     RemoveTopFraction,
     block_random_cams,
     confidence_drop,

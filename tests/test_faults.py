@@ -20,12 +20,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-import covidnet.download as download
-from covidnet.checkpoint_saving import AtomicCheckpointIO, atomic_torch_save
-from covidnet.covid_ct_layout import CLASSES, SPLITS, check_dataset, image_dir, is_complete_layout, split_file
-from covidnet.hardware import resolve
-from covidnet.runs import RunDirError, SweepDir
-from covidnet.train import check_run_dir, train
+import covidnet.images.download as download
+from covidnet.rundirs.checkpoint_saving import AtomicCheckpointIO, atomic_torch_save
+from covidnet.images.covid_ct_layout import CLASSES, SPLITS, check_dataset, image_dir, is_complete_layout, split_file
+from covidnet.core.hardware import resolve
+from covidnet.rundirs.runs import RunDirError, SweepDir
+from covidnet.apps.train import check_run_dir, train
 from mirror_md5 import mirror_md5
 from synthetic import make_dataset
 
@@ -92,7 +92,7 @@ def test_same_seed_same_machine_gives_identical_test_metrics(tiny_root, referenc
 
 def test_a_different_seed_trains_on_different_batches(tiny_root, reference, tmp_path):
     """The order is seeded, not fixed: otherwise the test above could not fail."""
-    from covidnet.sampling import EpochSampler
+    from covidnet.images.sampling import EpochSampler
 
     a, b = EpochSampler(16, seed=0), EpochSampler(16, seed=1)
     assert list(a) != list(b)

@@ -14,10 +14,10 @@ from hydra.utils import instantiate
 
 from covidnet.callbacks import CamLogger
 from covidnet.callbacks.frozen_features import FeatureDataset, FrozenFeatureCache
-from covidnet.checkpoint import load_checkpoint
-from covidnet.datamodule import CovidCTDataModule
-from covidnet.model import CovidClassifier
-from covidnet.train import train
+from covidnet.trained.checkpoint import load_checkpoint
+from covidnet.data.datamodule import CovidCTDataModule
+from covidnet.models.model import CovidClassifier
+from covidnet.apps.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 QUIET = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from covidnet import hardware
-from covidnet.hardware import HardwareConfigError, resolve
-from covidnet.model import CovidClassifier
+from covidnet.core import hardware
+from covidnet.core.hardware import HardwareConfigError, resolve
+from covidnet.models.model import CovidClassifier
 
 
 @pytest.fixture

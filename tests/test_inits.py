@@ -1,4 +1,4 @@
-"""The init registry (covidnet/inits.py) and the init config groups (conf/init): the values each init sets, the
+"""The init registry (covidnet/models/inits.py) and the init config groups (conf/init): the values each init sets, the
 normalisation that depends on the init and the architecture, saved configs of earlier runs, no import cycle."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from covidnet.archs import ARCHS
-from covidnet.backbones import build_backbone
-from covidnet.inits import INITS, apply_arch_defaults, config_default, get_init, init_settings, resolve_init_defaults, saved_config
+from covidnet.models.archs import ARCHS
+from covidnet.models.backbones import build_backbone
+from covidnet.models.inits import INITS, apply_arch_defaults, config_default, get_init, init_settings, resolve_init_defaults, saved_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,13 +68,13 @@ BY_EXPERIMENT = {
 
 
 def normalizations():
-    from covidnet.preprocess import NORMALIZATIONS
+    from covidnet.images.preprocess import NORMALIZATIONS
 
     return NORMALIZATIONS
 
 
 def compose_train(overrides: list[str]):
-    """A train config as a run builds from it (covidnet.train fills the architecture's normalisation in)."""
+    """A train config as a run builds from it (covidnet.apps.train fills the architecture's normalisation in)."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return apply_arch_defaults(compose("train", overrides=overrides))
 
@@ -156,7 +156,7 @@ def test_a_run_saved_with_the_resolver_resumes_without_a_difference(name, arch):
     every value the same, so its resume is not refused."""
     from omegaconf import OmegaConf
 
-    from covidnet.resume import differences
+    from covidnet.trained.resume import differences
 
     now = compose_train([f"init={name}", f"model.arch={arch}"])
     then = OmegaConf.to_container(now, resolve=False)
@@ -180,7 +180,7 @@ def test_configs_compose_without_any_import_side_effect():
         f"with initialize_config_dir({str(ROOT / 'conf')!r}, version_base='1.3'):\n"
         "    cfg = compose('train', overrides=['init=ct'])\n"
         "assert (cfg.model.arch, cfg.data.normalization) == ('resnet152', 'unit'), (cfg.model.arch, cfg.data.normalization)\n"
-        "import covidnet.model, covidnet.train\n"
+        "import covidnet.models.model, covidnet.apps.train\n"
         "assert not OmegaConf.has_resolver('covidnet.init')\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -188,13 +188,13 @@ def test_configs_compose_without_any_import_side_effect():
 
 
 def test_weights_modules_import_without_a_cycle():
-    """weights_io is the bottom (of covidnet only covidnet.errors); ct_weights and inits never import backbones."""
+    """weights_io is the bottom (of covidnet only covidnet.core.errors); ct_weights and inits never import backbones."""
     code = (
         "import sys\n"
-        "import covidnet.weights_io\n"
-        "assert not [m for m in sys.modules if m.startswith('covidnet.') and m not in ('covidnet.weights_io', 'covidnet.errors')], sorted(sys.modules)\n"
-        "import covidnet.ct_weights, covidnet.inits\n"
-        "assert 'covidnet.backbones' not in sys.modules and 'covidnet.model' not in sys.modules\n"
+        "import covidnet.models.weights_io\n"
+        "assert not [m for m in sys.modules if m.startswith('covidnet.') and m not in ('covidnet.models.weights_io', 'covidnet.core.errors')], sorted(sys.modules)\n"
+        "import covidnet.models.ct_weights, covidnet.models.inits\n"
+        "assert 'covidnet.models.backbones' not in sys.modules and 'covidnet.models.model' not in sys.modules\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covidnet.covid_ct_layout import DatasetError, check_dataset, load_grey, read_split, split_file
-from covidnet.sources import read_source
-from covidnet.sources.base import SourceError
+from covidnet.images.covid_ct_layout import DatasetError, check_dataset, load_grey, read_split, split_file
+from covidnet.images.sources import read_source
+from covidnet.images.sources.base import SourceError
 
 
 # --- split lists ------------------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ def test_a_series_without_rescale_says_what_was_assumed_and_uses_pydicoms_modali
     assert stored.startswith(f"dicom set at {tmp_path}: 2 of 6 slices (e.g. COVID/p1/") and "HU would be off by 1024" in stored
     assert "unsigned values" in stored
     assert any("2 of 6 slices" in n and "no RescaleSlope: taken as 1" in n for n in notes)
-    from covidnet.sources.dicom_files import read_hu
+    from covidnet.images.sources.dicom_files import read_hu
 
     by_key = {r.key: r for r in records}
     body = hu[24, 24]  # 40 HU of soft tissue, stored as 40 + 1024
@@ -130,8 +130,8 @@ def test_a_series_without_rescale_says_what_was_assumed_and_uses_pydicoms_modali
 def test_the_extension_hint_is_a_setting_hydra_takes(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from covidnet.configs import config_dir
-    from covidnet.sets import load_set
+    from covidnet.core.configs import config_dir
+    from covidnet.data.sets import load_set
 
     scans = _scans(tmp_path)
     (scans / "COVID" / "p1" / "IM0001").write_bytes((scans / "COVID" / "p1" / "000.dcm").read_bytes())
@@ -146,8 +146,8 @@ def test_the_extension_hint_is_a_setting_hydra_takes(tmp_path):
 
 # --- intervals from too few units -------------------------------------------------------------------------
 def test_one_patient_per_class_gives_no_interval_instead_of_a_zero_width_one():
-    from covidnet import arm_stats, stats
-    from covidnet.set_metrics import block
+    from covidnet.metrics import arm_stats, stats
+    from covidnet.metrics.set_metrics import block
 
     labels = np.array([1] * 6 + [0] * 6)
     probs = np.linspace(0.2, 0.9, 12)
@@ -177,8 +177,8 @@ def _tiny_checkpoint(root, path):
     import lightning as L
     import torch
 
-    from covidnet.datamodule import CovidCTDataModule
-    from covidnet.model import CovidClassifier
+    from covidnet.data.datamodule import CovidCTDataModule
+    from covidnet.models.model import CovidClassifier
 
     L.seed_everything(0)
     dm = CovidCTDataModule(root=str(root), image_size=32, batch_size=4, num_workers=0)
@@ -197,9 +197,9 @@ def test_a_one_by_one_cam_map_gives_no_cam_numbers_and_says_so(fresh_synthetic, 
     from hydra import compose, initialize_config_dir
 
     from covidnet.callbacks import CamLogger
-    from covidnet.cam import cam_grid, grid_problem
-    from covidnet.configs import config_dir
-    from covidnet.visualize import visualize
+    from covidnet.explain.cam import cam_grid, grid_problem
+    from covidnet.core.configs import config_dir
+    from covidnet.apps.visualize import visualize
 
     model, dm = _tiny_checkpoint(fresh_synthetic, tmp_path / "tiny.ckpt")
     x = torch.zeros(2, 3, 32, 32)
@@ -228,9 +228,9 @@ def test_a_one_by_one_cam_map_gives_no_cam_numbers_and_says_so(fresh_synthetic, 
 def _train_problems(*overrides: str) -> list[str]:
     from hydra import compose, initialize_config_dir
 
-    from covidnet.configs import config_dir
-    from covidnet.options import problems
-    from covidnet.train import TRAIN
+    from covidnet.core.configs import config_dir
+    from covidnet.core.options import problems
+    from covidnet.apps.train import TRAIN
 
     with initialize_config_dir(str(config_dir()), version_base=None):
         return problems(compose("train", overrides=list(overrides)), TRAIN)
@@ -262,7 +262,7 @@ def test_gpu_without_a_gpu_is_refused_before_training():
 
 
 def test_a_single_source_name_is_a_list_of_one_and_a_bad_test_source_is_named(fresh_synthetic):
-    from covidnet.datamodule import CovidCTDataModule
+    from covidnet.data.datamodule import CovidCTDataModule
 
     assert _train_problems("data.sources=covid_ct") == []
     assert CovidCTDataModule(root=str(fresh_synthetic), sources="covid_ct").hparams.sources == ["covid_ct"]
@@ -276,7 +276,7 @@ def test_train_py_gives_one_message_and_exit_2_for_the_late_options(tmp_path):
     import sys
     from pathlib import Path
 
-    from covidnet.cli import EXIT_USER_ERROR
+    from covidnet.apps.cli import EXIT_USER_ERROR
 
     root = Path(__file__).resolve().parents[1]
     args = ["trainer.devices=0", "callbacks.cam.layer=layer9", "callbacks.cam.k=0", "trainer.check_val_every_n_epoch=5",

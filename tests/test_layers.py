@@ -1,10 +1,12 @@
-"""Imports point down: base -> domain -> composition -> apps (an AST walk over the package, no import of it).
+"""Imports point down the layers, and the layers are the package's folders (an AST walk, no import of the package).
 
 Why: an app that owns what training needs (the set catalogue, checkpoint discovery) turns the package into one
 import cycle held together by function-local imports, and the next feature then has no single place to land.
-Every covidnet module is placed in a layer below; a module may import its own layer and the layers under it.
-Function-local imports of covidnet modules count like any other (they hide cycles, they do not break them), and
-are allowed only where listed in ``LOCAL_IMPORTS`` with the reason.
+Every covidnet module lives in a folder, and each folder is a layer: ``LAYERS`` orders them, lowest first, so a
+reader of the tree sees the architecture and this test keeps it true. A module may import its own folder and the
+folders of the layers under it (each folder's ``__init__.py`` says what it owns and may import). Function-local
+imports of covidnet modules count like any other (they hide cycles, they do not break them), and are allowed only
+where listed in ``LOCAL_IMPORTS`` with the reason.
 """
 
 from __future__ import annotations
@@ -18,40 +20,32 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "covidnet"
 
-BASE, DOMAIN, COMPOSITION, APPS = range(4)
-LAYER_NAMES = ("base", "domain", "composition", "apps")
+# the folders of covidnet/, lowest layer first; folders in one tuple share a layer
+LAYERS: list[tuple[str, ...]] = [
+    ("core",),       # plumbing: errors, atomic writes, options, configs; no knowledge of images or models
+    ("images",),     # one CT image from disk to the network's input (COVID-CT layout, sources/, preprocessing)
+    ("metrics",),    # numbers from predictions: metrics, intervals, verdicts
+    ("models",),     # networks, their weights, the LightningModule
+    ("explain",),    # class activation maps and their numbers
+    ("callbacks",),  # Lightning callbacks (covidnet/callbacks links to the top-level callbacks/)
+    ("rundirs",),    # what runs leave on disk: run and sweep directories, their files, locks, checkpoints
+    ("data",),       # what a run trains and is tested on: the data module, sets, sources mixed in
+    ("trained",),    # trained runs read back: checkpoints, resumes, scored sets
+    ("apps", "report"),  # entry points, and what they print or write for people
+]
+LAYER_OF = {folder: i for i, group in enumerate(LAYERS) for folder in group}
+LAYER_NAMES = {i: "/".join(group) for i, group in enumerate(LAYERS)}
 
-# module (dotted, without the leading "covidnet.") -> layer; a package name covers its submodules
-LAYERS = {
-    # base: no knowledge of images or models
-    "errors": BASE, "atomic": BASE, "write_check": BASE, "options": BASE, "configs": BASE, "timing": BASE, "processes": BASE,
-    # domain: one concern each (images, sources, weights, networks, statistics, maps)
-    "covid_ct_layout": DOMAIN, "sources": DOMAIN, "preprocess": DOMAIN, "lungs": DOMAIN, "augment": DOMAIN,
-    "sampling": DOMAIN, "download": DOMAIN, "hardware": DOMAIN, "weights_io": DOMAIN, "ct_weights": DOMAIN,
-    "lite_weights": DOMAIN, "archs": DOMAIN, "inits": DOMAIN, "backbones": DOMAIN, "bn_calibration": DOMAIN, "model": DOMAIN, "training_recipe": DOMAIN,
-    "predict": DOMAIN, "metric_registry": DOMAIN, "stats": DOMAIN, "arm_stats": DOMAIN, "cam": DOMAIN, "cam_metrics": DOMAIN,
-    "cam_scores": DOMAIN, "cam_figure": DOMAIN, "ensembles": DOMAIN, "test_predictions": DOMAIN,
-    # composition: what trains, and what runs leave on disk, built from the domain
-    "image_cache": COMPOSITION, "selection": COMPOSITION, "datamodule": COMPOSITION, "multisource": COMPOSITION,
-    "near_duplicates": COMPOSITION, "sets": COMPOSITION, "set_metrics": COMPOSITION, "set_scoring": COMPOSITION, "run_files": COMPOSITION,
-    "runs": COMPOSITION, "run_lock": COMPOSITION, "run_checkpoints": COMPOSITION, "checkpoint": COMPOSITION,
-    "checkpoint_saving": COMPOSITION, "resume": COMPOSITION, "hydra_resolvers": COMPOSITION, "hydra_jobs": COMPOSITION, "eval_lock": COMPOSITION, "callbacks": COMPOSITION,
-    "external_summary": COMPOSITION, "visualization": COMPOSITION, "evaluation": COMPOSITION,
-    # apps: entry points and what they print or write for people
-    "cli": APPS, "train": APPS, "evaluate": APPS, "visualize": APPS, "report": APPS, "hydra_callbacks": APPS,
-}
-
-# (importing module, imported module): why it is imported inside a function
+# (importing module, imported module), dotted without the leading "covidnet.": why it is imported inside a function
 LOCAL_IMPORTS: dict[tuple[str, str], str] = {
-    ("hydra_callbacks", "report"): "import cost: matplotlib and the report only when a multirun ends",
-    ("report.cam", "visualization"): "import cost: torch and the models only for the report's CAM step",
+    ("apps.hydra_callbacks", "report"): "import cost: matplotlib and the report only when a multirun ends",
+    ("report.cam", "trained.visualization"): "import cost: torch and the models only for the report's CAM step",
 }
 MAX_LOCAL_IMPORTS = 5
-
-# the programs with a command line (python train.py, evaluate.py, visualize.py, python -m covidnet.report): each is
-# thin, and none imports another; what two of them share (evaluation, CAMs) is a library in the layers below
-PROGRAMS = ("train", "evaluate", "visualize", "report")
 MAX_MODULE_LINES = 350
+# the programs (python train.py, evaluate.py, visualize.py, python -m covidnet.report): none imports another; what
+# two of them share lives below the apps
+PROGRAMS = ("apps.train", "apps.evaluate", "apps.visualize", "report")
 
 
 def module_name(path: Path) -> str:
@@ -65,7 +59,8 @@ def modules() -> dict[str, Path]:
     """Every module of the package (a namespace package: there is no covidnet/__init__.py)."""
     found = {}
     # covidnet/callbacks is a link to the checkout's callbacks/: walk it as the package sees it
-    for folder, _, files in os.walk(PACKAGE, followlinks=True):
+    for folder, dirs, files in os.walk(PACKAGE, followlinks=True):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
         for file in files:
             if file.endswith(".py"):
                 found[module_name(Path(folder) / file)] = Path(folder) / file
@@ -73,11 +68,8 @@ def modules() -> dict[str, Path]:
 
 
 def layer_of(name: str) -> int | None:
-    parts = name.split(".")
-    for i in range(len(parts), 0, -1):
-        if ".".join(parts[:i]) in LAYERS:
-            return LAYERS[".".join(parts[:i])]
-    return None
+    """A module's layer is its top folder's; a module directly in covidnet/ has none."""
+    return LAYER_OF.get(name.split(".")[0]) if "." in name or (PACKAGE / name).is_dir() else None
 
 
 def imports_of(name: str, path: Path, known: set[str]) -> list[tuple[str, bool, int]]:
@@ -101,8 +93,9 @@ def imports_of(name: str, path: Path, known: set[str]) -> list[tuple[str, bool, 
                 module = ".".join(["covidnet", *[p for p in base if p], *([node.module] if node.module else [])])
             else:
                 module = node.module or ""
-            # `from covidnet.x import y`: y may be a module itself
-            targets = [module] + [f"{module}.{a.name}" for a in node.names]
+            # `from covidnet.x import y`: y may be a module itself; then it, not its package x, is what is imported
+            submodules = [f"{module}.{a.name}" for a in node.names if f"{module}.{a.name}"[len("covidnet."):] in known]
+            targets = submodules or [module]
         for target in targets:
             if target != "covidnet" and not target.startswith("covidnet."):
                 continue
@@ -118,9 +111,19 @@ def graph() -> dict[str, list[tuple[str, bool, int]]]:
     return {name: imports_of(name, path, set(mods)) for name, path in mods.items()}
 
 
-def test_every_module_has_a_layer():
-    missing = sorted(n for n in modules() if n and layer_of(n) is None)
-    assert not missing, f"place these modules in a layer (tests/test_layers.py LAYERS): {missing}"
+def test_every_module_is_in_a_layer_folder():
+    loose = sorted(n for n in modules() if n and "." not in n and not (PACKAGE / n).is_dir())
+    assert not loose, f"move these modules into the folder of their layer (tests/test_layers.py LAYERS): {loose}"
+    unplaced = sorted({n.split(".")[0] for n in modules() if n and layer_of(n) is None})
+    assert not unplaced, f"place these folders in a layer (tests/test_layers.py LAYERS): {unplaced}"
+    absent = sorted(f for f in LAYER_OF if not (PACKAGE / f / "__init__.py").is_file())
+    assert not absent, f"LAYERS names folders without an __init__.py: {absent}"
+
+
+def test_every_layer_folder_says_what_it_owns():
+    for folder in LAYER_OF:
+        doc = ast.get_docstring(ast.parse((PACKAGE / folder / "__init__.py").read_text(encoding="utf-8")))
+        assert doc and len(doc) > 40, f"covidnet/{folder}/__init__.py: a docstring saying what the folder owns"
 
 
 def test_no_import_goes_up(graph):
@@ -135,7 +138,6 @@ def test_no_import_goes_up(graph):
 
 def test_function_local_imports_are_the_listed_ones(graph):
     local = {(a, b) for a, imported in graph.items() for b, is_local, _ in imported if is_local}
-    # a submodule import counts once, as its top module pair
     unlisted = sorted(pair for pair in local if pair not in LOCAL_IMPORTS)
     assert not unlisted, f"function-local covidnet imports not in LOCAL_IMPORTS (import at module level): {unlisted}"
     assert len(LOCAL_IMPORTS) <= MAX_LOCAL_IMPORTS
@@ -191,5 +193,7 @@ def test_no_program_imports_another(graph):
 
 def test_the_walk_sees_a_known_edge_and_a_local_import(graph):
     # the checks above are only as good as the walk: it must see module-level and function-local imports
-    assert any(b == "errors" for b, _, _ in graph["covid_ct_layout"])
-    assert any(is_local for b, is_local, _ in graph["hydra_callbacks"] if b == "report")
+    assert any(b == "core.errors" for b, _, _ in graph["images.covid_ct_layout"])
+    assert any(is_local for b, is_local, _ in graph["apps.hydra_callbacks"] if b == "report")
+    # and a folder's layer must be what LAYERS says: an upward import is caught
+    assert layer_of("apps.train") > layer_of("core.errors") and layer_of("report.write") == layer_of("apps.cli")

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from covidnet.datamodule import CovidCTDataModule
-from covidnet.cam_scores import lesion_pairs, localisation
-from covidnet.checkpoint import LoadedModel
-from covidnet.run_checkpoints import Chosen
+from covidnet.data.datamodule import CovidCTDataModule
+from covidnet.explain.cam_scores import lesion_pairs, localisation
+from covidnet.trained.checkpoint import LoadedModel
+from covidnet.rundirs.run_checkpoints import Chosen
 
 SIDE = 96
 CENTRES = [(0.25, 0.70), (0.70, 0.30), (0.20, 0.45), (0.80, 0.60)]  # (y, x) fractions, off the diagonal
@@ -35,7 +35,7 @@ class BlobDetector(nn.Module):
     def __init__(self):
         super().__init__()
         self.net = nn.Module()
-        self.net.layer4 = nn.Sequential(Brightness())  # what covidnet.cam.target_layer looks for
+        self.net.layer4 = nn.Sequential(Brightness())  # what covidnet.explain.cam.target_layer looks for
         self.scale = nn.Parameter(torch.tensor(4.0))
 
     def forward(self, x):

@@ -1,5 +1,5 @@
-"""Lung fields (covidnet/lungs.py), the preprocessing path that uses them (covidnet/preprocess.py), the
-source augmentation (covidnet/augment.py) and the lung-mass indicator (covidnet/visualize.py)."""
+"""Lung fields (covidnet/images/lungs.py), the preprocessing path that uses them (covidnet/images/preprocess.py), the
+source augmentation (covidnet/images/augment.py) and the lung-mass indicator (covidnet/apps/visualize.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from covidnet.augment import SOURCE_AUG_DEFAULTS, SourceAugment
-from covidnet.datamodule import CovidCTDataModule
-from covidnet.covid_ct_layout import load_grey
-from covidnet.lungs import bounding_box, dice, segment_lungs
-from covidnet.model import CovidClassifier
-from covidnet.preprocess import InputSpec, Preprocess, prepare
-from covidnet.cam_scores import Maps, shortcut
+from covidnet.images.augment import SOURCE_AUG_DEFAULTS, SourceAugment
+from covidnet.data.datamodule import CovidCTDataModule
+from covidnet.images.covid_ct_layout import load_grey
+from covidnet.images.lungs import bounding_box, dice, segment_lungs
+from covidnet.models.model import CovidClassifier
+from covidnet.images.preprocess import InputSpec, Preprocess, prepare
+from covidnet.explain.cam_scores import Maps, shortcut
 from tests.synthetic import make_dataset
 
 
@@ -127,7 +127,7 @@ def test_fallback_uses_the_full_image_and_is_counted(tmp_path):
 
 def test_training_and_evaluation_see_the_same_tensor(tmp_path):
     """The cached training/test tensor of a file == what evaluation builds from the file's float grey image
-    with the checkpoint's input spec (covidnet.preprocess, the path evaluate.py and visualize.py use)."""
+    with the checkpoint's input spec (covidnet.images.preprocess, the path evaluate.py and visualize.py use)."""
     root = tmp_path / "covid-ct"
     make_dataset(root, {"train": 2, "val": 2, "test": 2})
     grey, _ = chest()

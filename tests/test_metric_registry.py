@@ -1,4 +1,4 @@
-"""A metric registered in covidnet.metric_registry alone reaches the statistics, training's logging and every report table.
+"""A metric registered in covidnet.metrics.metric_registry alone reaches the statistics, training's logging and every report table.
 
 The dummy metric (Matthews correlation, logged with torchmetrics' BinaryMatthewsCorrCoef) is registered for one test
 only and removed after it; no other file names it.
@@ -18,11 +18,11 @@ import torch
 from test_report import fake_job
 from torch.utils.data import DataLoader, TensorDataset
 
-from covidnet import arm_stats, metric_registry, stats
-from covidnet.model import CovidClassifier, binary_metrics
+from covidnet.metrics import arm_stats, metric_registry, stats
+from covidnet.models.model import CovidClassifier, binary_metrics
 from covidnet.report import main
-from covidnet.set_metrics import set_metrics, summary_rows
-from covidnet.sources.base import Record
+from covidnet.metrics.set_metrics import set_metrics, summary_rows
+from covidnet.images.sources.base import Record
 
 KEY = "mcc"
 

@@ -7,7 +7,7 @@ import functools
 import pytest
 import torch
 
-from covidnet.model import CovidClassifier
+from covidnet.models.model import CovidClassifier
 
 
 @pytest.mark.parametrize("freeze", ["backbone", "up_to_layer4"])

@@ -1,4 +1,4 @@
-"""Several training sources (covidnet/multisource.py): patient folds, slice labels, balanced sampling, per-source metrics."""
+"""Several training sources (covidnet/data/multisource.py): patient folds, slice labels, balanced sampling, per-source metrics."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from covidnet.datamodule import CovidCTDataModule
-from covidnet.multisource import SourceItem, patient_folds, sampling_weights, source_items, source_metrics, split_by_patient, training_label
-from covidnet.sampling import EpochSampler
-from covidnet.sources.base import Record, SourceError
+from covidnet.data.datamodule import CovidCTDataModule
+from covidnet.data.multisource import SourceItem, patient_folds, sampling_weights, source_items, source_metrics, split_by_patient, training_label
+from covidnet.images.sampling import EpochSampler
+from covidnet.images.sources.base import Record, SourceError
 
 
 def rec(patient: str, diagnosis: str, label: int, i: int, slice_label: int | None = None) -> Record:
@@ -159,7 +159,7 @@ def test_train_reports_each_source_and_writes_its_rows(synthetic_root, tmp_path)
 
     from hydra import compose, initialize_config_dir
 
-    from covidnet.train import train
+    from covidnet.apps.train import train
 
     src = write_folder_source(tmp_path / "second")
     conf = Path(__file__).resolve().parents[1] / "conf"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covidnet.datamodule import CovidCTDataModule
-from covidnet.covid_ct_layout import COVID, NON_COVID, image_dir, read_names, split_file
-from covidnet.near_duplicates import (
+from covidnet.data.datamodule import CovidCTDataModule
+from covidnet.images.covid_ct_layout import COVID, NON_COVID, image_dir, read_names, split_file
+from covidnet.data.near_duplicates import (
     Item,
     clean_effect,
     cross_split_names,
@@ -20,7 +20,7 @@ from covidnet.near_duplicates import (
     thumbnail,
     write_csv,
 )
-from covidnet.train import without_near_duplicates
+from covidnet.apps.train import without_near_duplicates
 
 
 def ct_like(rng: np.random.Generator, h: int = 96, w: int = 96) -> np.ndarray:
@@ -61,7 +61,7 @@ def test_data_module_warns_and_remembers_cross_split_copies(fresh_synthetic, cap
     with open(split_file(fresh_synthetic, COVID, "test"), "a") as f:
         f.write("copied.png\n")
     dm = CovidCTDataModule(root=str(fresh_synthetic), image_size=32)
-    with caplog.at_level(logging.WARNING, logger="covidnet.datamodule"):
+    with caplog.at_level(logging.WARNING, logger="covidnet.data.datamodule"):
         dm.setup("fit")
     assert dm.test_near_duplicates == {"copied.png"}
     assert "1 across splits, 1 with opposite labels" in caplog.text and train_name in caplog.text

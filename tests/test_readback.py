@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from covidnet.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from covidnet.trained.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 
 
 # --- checkpoints -------------------------------------------------------------------------------------------------
@@ -55,8 +55,8 @@ def compose_train(overrides: list[str]):
 def test_a_resume_before_the_first_checkpoint_is_compared_with_the_runs_config(tmp_path):
     from omegaconf import OmegaConf
 
-    from covidnet.errors import ConfigError
-    from covidnet.resume import check_resume
+    from covidnet.core.errors import ConfigError
+    from covidnet.trained.resume import check_resume
 
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
@@ -76,7 +76,7 @@ def job(path: Path, seed: int, probs=(0.9, 0.8, 0.3, 0.1)):
     """A finished job directory as train.py leaves it (no training): overrides, metrics.json, predictions_test.csv."""
     from omegaconf import OmegaConf
 
-    from covidnet.runs import RunDir
+    from covidnet.rundirs.runs import RunDir
 
     rd = RunDir(path)
     (path / ".hydra").mkdir(parents=True)
@@ -98,7 +98,7 @@ def replace_cell(path: Path, line: int, column: str, value: str) -> None:
 
 @pytest.mark.parametrize(("column", "value"), BAD_VALUES)
 def test_a_jobs_predictions_with_a_value_no_writer_writes_are_refused_with_file_and_line(tmp_path, column, value):
-    from covidnet.errors import ResultFileError
+    from covidnet.core.errors import ResultFileError
 
     rd = job(tmp_path / "run", 0)
     replace_cell(rd.predictions_path, 3, column, value)
@@ -108,9 +108,9 @@ def test_a_jobs_predictions_with_a_value_no_writer_writes_are_refused_with_file_
 
 @pytest.mark.parametrize(("column", "value"), BAD_VALUES)
 def test_an_eval_areas_predictions_with_a_value_no_writer_writes_are_refused(tmp_path, column, value):
-    from covidnet.errors import ResultFileError
-    from covidnet.run_files import read_eval, write_eval
-    from covidnet.sources.base import Record
+    from covidnet.core.errors import ResultFileError
+    from covidnet.rundirs.run_files import read_eval, write_eval
+    from covidnet.images.sources.base import Record
 
     records = [Record(f"{i}.png", Path(f"{i}.png"), y, "COVID" if y else "NonCOVID") for i, y in enumerate([1, 0, 1])]
     out = write_eval(tmp_path / "eval" / "s", records, [0.7, 0.2, 0.6], {"n_images": 3})
@@ -120,9 +120,9 @@ def test_an_eval_areas_predictions_with_a_value_no_writer_writes_are_refused(tmp
 
 
 def test_rows_cut_at_a_line_end_or_added_twice_are_named_for_what_they_are(tmp_path):
-    from covidnet.errors import ResultFileError
-    from covidnet.run_files import read_eval, write_eval
-    from covidnet.sources.base import Record
+    from covidnet.core.errors import ResultFileError
+    from covidnet.rundirs.run_files import read_eval, write_eval
+    from covidnet.images.sources.base import Record
 
     rd = job(tmp_path / "run", 0)
     text = rd.predictions_path.read_text()
@@ -187,9 +187,9 @@ def test_a_reports_predictions_are_checked_when_it_is_rebuilt(sweep):
 
 
 def test_a_truncated_eval_area_in_a_report_is_one_line_not_a_traceback(sweep):
-    from covidnet.run_files import write_eval
-    from covidnet.runs import RunDir
-    from covidnet.sources.base import Record
+    from covidnet.rundirs.run_files import write_eval
+    from covidnet.rundirs.runs import RunDir
+    from covidnet.images.sources.base import Record
 
     records = [Record(f"{i}.png", Path(f"{i}.png"), i % 2, "COVID") for i in range(4)]
     out = write_eval(RunDir(sweep / "seed=0").eval_dir("md"), records, [0.7, 0.2, 0.6, 0.4], {"n_images": 4})
@@ -201,7 +201,7 @@ def test_a_truncated_eval_area_in_a_report_is_one_line_not_a_traceback(sweep):
 
 
 # --- one process per run directory -------------------------------------------------------------------------------
-HOLD = ("import sys, time\nfrom covidnet.run_lock import acquire\nacquire(sys.argv[1], sys.argv[2])\n"
+HOLD = ("import sys, time\nfrom covidnet.rundirs.run_lock import acquire\nacquire(sys.argv[1], sys.argv[2])\n"
         "print('held', flush=True)\ntime.sleep(300)\n")
 
 
@@ -255,9 +255,9 @@ def test_a_second_sweep_into_a_sweep_directory_is_refused(tmp_path, holder):
 
 
 def test_a_job_directory_owned_by_another_process_is_refused_in_process(tmp_path, holder, monkeypatch):
-    from covidnet import run_lock
-    from covidnet.runs import RunDirError
-    from covidnet.train import train
+    from covidnet.rundirs import run_lock
+    from covidnet.rundirs.runs import RunDirError
+    from covidnet.apps.train import train
 
     run = tmp_path / "job"
     first = holder(run)
@@ -294,8 +294,8 @@ def test_a_second_launch_into_a_sweep_directory_keeps_the_first_launchs_record(t
 # --- interrupted evaluations: listed by the report, finished by the same command -------------------------------------
 INTERRUPT_AT_THIRD_RESULT = """
 import sys
-import covidnet.run_files as run_files
-from covidnet.evaluate import main
+import covidnet.rundirs.run_files as run_files
+from covidnet.apps.evaluate import main
 write, done = run_files.write_json, []
 def interrupt_at_third_metrics(path, data):
     if str(path).endswith("metrics.json"):
@@ -317,9 +317,9 @@ def test_an_interrupted_evaluation_into_runs_is_listed_then_finished_by_the_same
     from fake_runs import make_run
     from synthetic_dicom import MD_FOLDERS, write_scans
 
-    from covidnet.evaluate import evaluate
+    from covidnet.apps.evaluate import evaluate
     from covidnet.report import write_report
-    from covidnet.runs import RunDir
+    from covidnet.rundirs.runs import RunDir
 
     scans = write_scans(tmp_path / "scans", MD_FOLDERS)
     (tmp_path / "semiseg" / "images").mkdir(parents=True)
@@ -367,7 +367,7 @@ def test_a_training_stopped_after_writing_an_eval_set_resumes_and_keeps_it(synth
 
     from train_configs import tiny_cfg
 
-    from covidnet.train import train
+    from covidnet.apps.train import train
 
     run = tmp_path / "run"
     sets = ["eval_sets=[covid_ct_test]", f"eval_data={synthetic_root.parent}"]
@@ -383,7 +383,7 @@ def test_an_evaluation_computed_otherwise_is_not_taken_for_the_same_one(tmp_path
     """same_result compares how the numbers were computed, not only the checkpoint and the set."""
     import json
 
-    from covidnet.eval_lock import same_result
+    from covidnet.rundirs.eval_lock import same_result
 
     d = tmp_path / "result"
     d.mkdir()
@@ -410,7 +410,7 @@ def test_a_damaged_jobs_json_does_not_block_the_report_from_the_job_directories(
 
 def test_the_owner_record_goes_with_the_last_hold_of_the_lock(tmp_path):
     """A freed directory names no owner: a later refusal can never quote a process that has let go."""
-    from covidnet import run_lock
+    from covidnet.rundirs import run_lock
 
     d = tmp_path / "mine"
     assert run_lock.acquire(d) and run_lock.acquire(d)

@@ -11,11 +11,11 @@ import pytest
 import torch
 import yaml
 
-from covidnet.checkpoint import load_checkpoint
-from covidnet.model import CovidClassifier
-from covidnet.runs import RunDir
-from covidnet.training_recipe import NOT_SELECTABLE, selection_score, with_warmup
-from covidnet.train import train
+from covidnet.trained.checkpoint import load_checkpoint
+from covidnet.models.model import CovidClassifier
+from covidnet.rundirs.runs import RunDir
+from covidnet.models.training_recipe import NOT_SELECTABLE, selection_score, with_warmup
+from covidnet.apps.train import train
 from train_configs import compose_cfg, tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,8 +107,8 @@ def test_ema_checkpoints_hold_the_average_and_the_test_uses_it(synthetic_root, t
     model, _ = load_checkpoint(metrics["best_checkpoint"])
     with open(out / "predictions_test.csv") as f:
         rows = list(csv.DictReader(f))
-    from covidnet.datamodule import CovidCTDataModule
-    from covidnet.predict import predict_probs
+    from covidnet.data.datamodule import CovidCTDataModule
+    from covidnet.models.predict import predict_probs
 
     dm = CovidCTDataModule(root=str(synthetic_root), image_size=32, batch_size=8, normalization="imagenet")
     dm.setup("test")
@@ -177,8 +177,8 @@ def test_the_recipe_model_gives_the_same_probabilities_on_every_path(synthetic_r
     and it is the flip average of the averaged weights (not the raw weights, not one view)."""
     from hydra import compose, initialize_config_dir
 
-    from covidnet.evaluate import evaluate
-    from covidnet.visualize import visualize
+    from covidnet.apps.evaluate import evaluate
+    from covidnet.apps.visualize import visualize
 
     run = tmp_path / "run"
     metrics = train(tiny_cfg(synthetic_root, run, "trainer.max_epochs=2", "trainer.precision=32-true", "model.tta_flip=true",
@@ -203,7 +203,7 @@ def test_the_recipe_model_gives_the_same_probabilities_on_every_path(synthetic_r
                                                                     if c.endswith(":prob_covid")))
     assert shown and all(own[name] == pytest.approx(p, abs=1e-5) for name, p in shown.items())
     # what those numbers are: the flip average of the checkpoint's (averaged) weights
-    from covidnet.datamodule import CovidCTDataModule
+    from covidnet.data.datamodule import CovidCTDataModule
 
     model, _ = load_checkpoint(metrics["best_checkpoint"])
     dm = CovidCTDataModule(root=str(synthetic_root), image_size=32, batch_size=8, normalization="imagenet")
@@ -222,12 +222,12 @@ def test_the_weight_average_comes_after_the_cam_callback():
     """Lightning runs callbacks in list order: EMA swaps the raw weights back at validation epoch end, so the CAM
     callback, which draws then, must come before it to draw the validated (averaged) model."""
     cfg = compose_cfg(["callbacks.ema={_target_:covidnet.callbacks.EMA,decay:0.98}"])
-    names = list(cfg.callbacks)  # covidnet.train.instantiate_all builds them in this order
+    names = list(cfg.callbacks)  # covidnet.apps.train.instantiate_all builds them in this order
     assert cfg.callbacks.cam is not None and names.index("cam") < names.index("ema")
 
 
 def test_a_selection_rule_that_leaves_no_epoch_is_refused_before_training(synthetic_root, tmp_path):
-    from covidnet.errors import ConfigError
+    from covidnet.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="model.select_from_epoch=3 with trainer.max_epochs=2"):
         train(tiny_cfg(synthetic_root, tmp_path / "run", "trainer.max_epochs=2", "model.select_from_epoch=3"))
@@ -235,9 +235,9 @@ def test_a_selection_rule_that_leaves_no_epoch_is_refused_before_training(synthe
 
 
 def test_a_run_where_no_epoch_met_the_rule_says_so(synthetic_root, tmp_path, monkeypatch):
-    import covidnet.model
+    import covidnet.models.model
 
-    monkeypatch.setattr(covidnet.model, "selection_score", lambda *a: torch.tensor(NOT_SELECTABLE))
+    monkeypatch.setattr(covidnet.models.model, "selection_score", lambda *a: torch.tensor(NOT_SELECTABLE))
     metrics = train(tiny_cfg(synthetic_root, tmp_path / "run", "callbacks.model_checkpoint.monitor=val/select"))
     assert metrics["best_val_score"] == NOT_SELECTABLE and "chosen by no rule" in metrics["not_selectable"]
 

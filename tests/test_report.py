@@ -1,4 +1,4 @@
-"""Sweep report (covidnet.report), its statistics (covidnet.stats) and the end-of-sweep Hydra hook."""
+"""Sweep report (covidnet.report), its statistics (covidnet.metrics.stats) and the end-of-sweep Hydra hook."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from fake_runs import fake_job, read_rows
 from synthetic import make_dataset
 from torchvision.models import resnet18
 
-from covidnet import arm_stats, metric_registry, stats
+from covidnet.metrics import arm_stats, metric_registry, stats
 from reference_metrics import auroc_by_pairs
-from covidnet.hydra_callbacks import SweepReport
+from covidnet.apps.hydra_callbacks import SweepReport
 from covidnet.report import load_sweep, main, read_curves, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,12 +112,12 @@ def job_name(overrides: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory) -> Path:
-    """2 inits x 2 seeds trained by covidnet.train; a job with no metrics.json; one never started.
+    """2 inits x 2 seeds trained by covidnet.apps.train; a job with no metrics.json; one never started.
 
     Laid out as Hydra lays out a sweep (multirun.yaml, <job>/.hydra/{overrides,config}.yaml). ImageNet
     weights are a stand-in resnet18 state dict in a temporary TORCH_HOME.
     """
-    from covidnet.train import train
+    from covidnet.apps.train import train
 
     tmp = tmp_path_factory.mktemp("sweep")
     data = tmp / "covid-ct"

@@ -16,9 +16,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from covidnet.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
-from covidnet.cli import EXIT_USER_ERROR
-from covidnet.train import train
+from covidnet.trained.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from covidnet.apps.cli import EXIT_USER_ERROR
+from covidnet.apps.train import train
 from synthetic import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +149,7 @@ def test_random_bytes_through_each_entry_point(tiny_root, tmp_path, random_bytes
 
 def test_resume_from_weights_of_another_architecture_is_summarised(tiny_root, tmp_path):
     """A resume checkpoint whose tensors do not fit: counts and a few names, not PyTorch's list of hundreds."""
-    from covidnet.model import CovidClassifier
+    from covidnet.models.model import CovidClassifier
 
     other = CovidClassifier(arch="resnet50")
     path = tmp_path / "r50.ckpt"

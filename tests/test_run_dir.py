@@ -1,4 +1,4 @@
-"""covidnet.runs: what a run leaves on disk, read back through one type (RunDir, SweepDir)."""
+"""covidnet.rundirs.runs: what a run leaves on disk, read back through one type (RunDir, SweepDir)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from covidnet.configs import config_dir
-from covidnet.run_files import EVAL_COLUMNS, read_eval, write_eval
-from covidnet.runs import INTERRUPTED, NOT_TRAINED, TRAINED, FAILED, RunDir, SweepDir, job_name_of, not_job_keys
-from covidnet.sources.base import Record
+from covidnet.core.configs import config_dir
+from covidnet.rundirs.run_files import EVAL_COLUMNS, read_eval, write_eval
+from covidnet.rundirs.runs import INTERRUPTED, NOT_TRAINED, TRAINED, FAILED, RunDir, SweepDir, job_name_of, not_job_keys
+from covidnet.images.sources.base import Record
 
 
 def make_run(path: Path, overrides: list[str], best: bool = True, epoch: int = 2) -> RunDir:

@@ -1,4 +1,4 @@
-"""covidnet.sets: the catalogue of named sets is read where covidnet.configs finds the configs."""
+"""covidnet.data.sets: the catalogue of named sets is read where covidnet.core.configs finds the configs."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import covidnet.sets as sets
-from covidnet.configs import config_dir
-from covidnet.errors import EvalError
+import covidnet.data.sets as sets
+from covidnet.core.configs import config_dir
+from covidnet.core.errors import EvalError
 
 
 def test_the_catalogue_follows_config_dir_not_the_source_tree(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""covidnet.sources: DICOM series (order, windowing, compression, selection, labels), image folders, bad input."""
+"""covidnet.images.sources: DICOM series (order, windowing, compression, selection, labels), image folders, bad input."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from synthetic_dicom import ct_slice, write_scans, write_series, write_slice
 
-from covidnet.sources import read_source
-from covidnet.sources.base import SourceError
-from covidnet.sources.dicom import window_to_unit
+from covidnet.images.sources import read_source
+from covidnet.images.sources.base import SourceError
+from covidnet.images.sources.dicom import window_to_unit
 
 pydicom = pytest.importorskip("pydicom")
 CLASSES = {"COVID": {"label": 1, "diagnosis": "COVID-19"}, "CAP": {"label": 0, "diagnosis": "CAP"}, "Normal": {"label": 0, "diagnosis": "normal"}}

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from covidnet.covid_ct_layout import COVID, DatasetError, check_dataset, read_split, split_file
-from covidnet.errors import UserError
-from covidnet.write_check import check_writable
-from covidnet.train import train
+from covidnet.images.covid_ct_layout import COVID, DatasetError, check_dataset, read_split, split_file
+from covidnet.core.errors import UserError
+from covidnet.core.write_check import check_writable
+from covidnet.apps.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

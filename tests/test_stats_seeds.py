@@ -1,4 +1,4 @@
-"""The seed-aware paired difference (covidnet.arm_stats.seed_paired_difference) and its verdict.
+"""The seed-aware paired difference (covidnet.metrics.arm_stats.seed_paired_difference) and its verdict.
 
 The wide-interval, closed-form and pairing tests fail when the runs are not resampled (an image-only
 interval), the reference-loop tests when the documented draw protocol changes."""
@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from covidnet import arm_stats, stats
+from covidnet.metrics import arm_stats, stats
 from reference_metrics import auroc_by_pairs
 
 N_BOOT = 400
@@ -195,7 +195,7 @@ def test_arm_differences_pair_by_seed_name_and_show_both_intervals():
 
 def test_seed_mean_difference_covers_runs_and_images_and_skips_undefined_values():
     """A per-image quantity (CAM mass in a lesion): B − A of the seed means, NaN images left out of each run's mean."""
-    from covidnet.arm_stats import seed_mean_difference, verdict
+    from covidnet.metrics.arm_stats import seed_mean_difference, verdict
 
     rng = np.random.default_rng(0)
     a = rng.normal(0.10, 0.02, (5, 40))

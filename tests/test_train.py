@@ -20,10 +20,10 @@ from torchvision import models
 
 from train_configs import CONF, TINY, compose_cfg, tiny_cfg
 
-from covidnet.checkpoint import load_checkpoint
-from covidnet.datamodule import CovidCTDataModule
-from covidnet.predict import predict_probs
-from covidnet.train import train
+from covidnet.trained.checkpoint import load_checkpoint
+from covidnet.data.datamodule import CovidCTDataModule
+from covidnet.models.predict import predict_probs
+from covidnet.apps.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BEST_NAME = re.compile(r"epoch=(\d{3})-val_auroc=(\d\.\d{4})\.ckpt")

@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.functional.classification import binary_accuracy, binary_auroc
 
-from covidnet import model as model_module
-from covidnet.model import CovidClassifier
+from covidnet.models import model as model_module
+from covidnet.models.model import CovidClassifier
 
 
 def tiny_fit(model: CovidClassifier, loader: DataLoader, epochs: int = 1) -> L.Trainer:

@@ -18,9 +18,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from cam_training import blob_run
-from covidnet.checkpoint import CheckpointError
-from covidnet.errors import ConfigError
-from covidnet.visualize import VisualizeError, visualize
+from covidnet.trained.checkpoint import CheckpointError
+from covidnet.core.errors import ConfigError
+from covidnet.apps.visualize import VisualizeError, visualize
 from synthetic import blob_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,7 +206,7 @@ def test_a_copied_sweep_reads_its_own_checkpoints_and_skips_unfinished_jobs(run,
 
 
 def test_figure_columns_are_labelled_by_what_distinguishes_the_models():
-    from covidnet.cam_figure import column_labels
+    from covidnet.explain.cam_figure import column_labels
 
     names = ["data.image_size=64,init=imagenet,trainer.max_epochs=1", "data.image_size=64,init=scratch,trainer.max_epochs=1"]
     assert column_labels(names) == ["init=imagenet", "init=scratch"]

@@ -11,10 +11,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torchvision import models
 
-from covidnet.backbones import build_backbone
-from covidnet.archs import imagenet_weights_file
-from covidnet.inits import apply_arch_defaults
-from covidnet.weights_io import WeightsError
+from covidnet.models.backbones import build_backbone
+from covidnet.models.archs import imagenet_weights_file
+from covidnet.models.inits import apply_arch_defaults
+from covidnet.models.weights_io import WeightsError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 HUB_FILE = "resnet18-f37072fd.pth"  # torchvision's file name for ResNet18_Weights.IMAGENET1K_V1

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from covidnet.inits import apply_arch_defaults
+from covidnet.models.inits import apply_arch_defaults
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # Tiny settings: 32 px, one epoch, no progress bar.

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from covidnet.datamodule import CovidCTDataModule
+from covidnet.data.datamodule import CovidCTDataModule
 
 
 def main(src: str, dst: str, image_size: int = 224) -> None:

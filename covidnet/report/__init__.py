@@ -1,7 +1,7 @@
 """Sweep report: does transfer help, by how much, and how sure are we?
 
 ``python -m covidnet.report <sweep dir> [--cam] [--margin auroc=0.05]`` reads every job directory of a sweep
-(as written by ``covidnet.train``, read through ``covidnet.runs``) and writes, into the sweep directory:
+(as written by ``covidnet.apps.train``, read through ``covidnet.rundirs.runs``) and writes, into the sweep directory:
 
 - ``report.md``: settings, a summary table per init (and per other swept key), mean +- std over seeds;
   each init against ``scratch`` on the same test images, with the interval over seeds and images behind
@@ -14,12 +14,12 @@
   ``python -m covidnet.report --from-predictions <folder>`` rebuilds a copied report folder without the runs.
 
 These files are derived data: they are rewritten from the job directories each time the report runs
-(at the end of every multirun, see ``covidnet.hydra_callbacks.SweepReport``, or by hand for a sweep
+(at the end of every multirun, see ``covidnet.apps.hydra_callbacks.SweepReport``, or by hand for a sweep
 that was interrupted or run in pieces). The job directories themselves are only read.
 
 The package, by concern: ``sweep`` (reading a sweep: runs, their status, the swept factors),
 ``scoring`` (bootstrap intervals, seed means, paired comparisons), ``figures``, ``cam`` (the CAM step
-through ``covidnet.visualization.visualize_runs``), ``render`` (section types, formatting, the header),
+through ``covidnet.trained.visualization.visualize_runs``), ``render`` (section types, formatting, the header),
 ``sections`` (the ordered list of section builders: how to add a section or column group), ``bundle``
 (the predictions a report folder carries, and reading them back), ``write`` (report.md, the CSVs, the
 command line).

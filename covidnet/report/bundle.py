@@ -24,12 +24,12 @@ import csv
 import json
 from pathlib import Path
 
-from covidnet.atomic import atomic_path, write_text
-from covidnet.errors import ResultFileError
+from covidnet.core.atomic import atomic_path, write_text
+from covidnet.core.errors import ResultFileError
 from covidnet.report.figures import read_curves
 from covidnet.report.render import SETTING_KEYS
 from covidnet.report.sweep import ReportError, Run, Sweep, dig
-from covidnet.run_files import check_label, check_probability, read_table
+from covidnet.rundirs.run_files import check_label, check_probability, read_table
 
 PREDICTIONS = "predictions.csv"
 JOBS = "jobs.json"

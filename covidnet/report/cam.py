@@ -1,4 +1,4 @@
-"""The CAM step of a sweep report: covidnet.visualization (what visualize.py runs) on each complete run's best checkpoint, and the
+"""The CAM step of a sweep report: covidnet.trained.visualization (what visualize.py runs) on each complete run's best checkpoint, and the
 per-row means of its faithfulness, shortcut and localisation numbers."""
 
 from __future__ import annotations
@@ -6,19 +6,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from covidnet import stats
+from covidnet.metrics import stats
 from covidnet.report.render import Context, Section, md_table, pm
 from covidnet.report.scoring import ordered_groups
 from covidnet.report.sweep import ReportError, Run, Sweep, dig
 
 
 def run_cam(sweep: Sweep, overrides: list[str]) -> tuple[Path, dict, dict[str, str]]:
-    """CAM numbers of every complete run's best checkpoint, by ``covidnet.visualization.visualize``.
+    """CAM numbers of every complete run's best checkpoint, by ``covidnet.trained.visualization.visualize``.
 
     Results live in ``<sweep>/cam/results.json`` (then ``cam-2``, ...): an earlier computation for the
     same runs is reused; visualize never overwrites one. Returns (folder, results, {run name: model name}).
     """
-    from covidnet.visualization import VisualizeError, visualize_runs  # lazy: import cost (torch, the models), for the CAM step only
+    from covidnet.trained.visualization import VisualizeError, visualize_runs  # lazy: import cost (torch, the models), for the CAM step only
 
     run_dirs = {str(r.path.resolve()): r.name for r in sweep.complete if r.run_dir.checkpoint_dir.is_dir()}
     if not run_dirs:
@@ -58,12 +58,12 @@ def cam_section(ctx: Context) -> Section:
 def cam_lines(sweep: Sweep, compute: bool, overrides: list[str] | None = None) -> list[str]:
     if not compute:
         return ["Not computed. `python -m covidnet.report <sweep dir> --cam` adds the CAM numbers of each run's best checkpoint "
-                "(covidnet.visualize; `--cam-set localize=../shared/data/covid-semiseg` adds lesion localisation)."]
+                "(covidnet.apps.visualize; `--cam-set localize=../shared/data/covid-semiseg` adds lesion localisation)."]
     try:
         out, results, model_of = run_cam(sweep, overrides or [])
     except Exception as err:  # noqa: BLE001 - an optional section must not cost the rest of the report
         return [f"Asked for, but not computed: {type(err).__name__}: {err}", "",
-                "Fix the cause (see covidnet.visualize / conf/visualize.yaml; `--cam-set key=value` passes its settings) and rerun the report."]
+                "Fix the cause (see covidnet.apps.visualize / conf/visualize.yaml; `--cam-set key=value` passes its settings) and rerun the report."]
     methods = results.get("methods", [])
 
     def mean_of(runs: list[Run], section: str, *path: str) -> str:
@@ -100,7 +100,7 @@ def cam_lines(sweep: Sweep, compute: bool, overrides: list[str] | None = None) -
         table.append(row)
     rel = out.relative_to(sweep.path)
     lines = [
-        f"From `{rel}/results.json` (covidnet.visualize on each run's best checkpoint; figure `{rel}/figure.png`, per image "
+        f"From `{rel}/results.json` (covidnet.apps.visualize on each run's best checkpoint; figure `{rel}/figure.png`, per image "
         f"`{rel}/images.csv`): {results.get('n_scored')} {results.get('split')} images, GradCAM target = {results.get('target')}, "
         f"{results.get('faithfulness_fraction')} of the pixels removed for the confidence drop. Values are the mean ± std over the "
         "runs of a row of each run's mean over images.",
@@ -108,7 +108,7 @@ def cam_lines(sweep: Sweep, compute: bool, overrides: list[str] | None = None) -
         *md_table(header, table),
         "",
         "Reading: a faithful map loses more confidence than a random map when its top pixels are removed; CAM mass in the "
-        "lungs (covidnet/lungs.py's lung field) below the lung-field area means the model looks elsewhere (frame, text, body "
+        "lungs (covidnet/images/lungs.py's lung field) below the lung-field area means the model looks elsewhere (frame, text, body "
         "wall) more than a uniform map would. SemiSeg sensitivity: share of the COVID-SemiSeg slices (all COVID) with P >= 0.5.",
     ]
     if not local:

@@ -2,7 +2,7 @@
 
 A user with five trained seeds of one setting gets the better model without new code: the ensemble's numbers come
 from the predictions the runs already wrote (predictions_test.csv, eval/<set>/predictions.csv), so a report
-rebuilt from its committed predictions has them too (averaged by covidnet.ensembles, as evaluate.py's
+rebuilt from its committed predictions has them too (averaged by covidnet.metrics.ensembles, as evaluate.py's
 ``ensemble=true`` averages its checkpoints). Each ensemble has an interval over test images (patients
 where a set has them); the difference between two ensembles is paired on the same images, and its interval is
 for these ensembles only (one ensemble per arm: training randomness is not resampled), so it backs no verdict.
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from covidnet import arm_stats, ensembles, stats
-from covidnet import metric_registry as registry
-from covidnet.external_summary import SetRuns, collect
+from covidnet.metrics import arm_stats, ensembles, stats
+from covidnet.metrics import metric_registry as registry
+from covidnet.trained.external_summary import SetRuns, collect
 from covidnet.report.render import Context, Section, diff_ci, md_table, with_ci
 from covidnet.report.scoring import label, reference_pairs
 from covidnet.report.sweep import Run
@@ -31,7 +31,7 @@ def mean_probs(runs: list[Run]) -> tuple[list, np.ndarray, np.ndarray]:
 
 
 def mean_set_probs(s: SetRuns) -> tuple[list[str], np.ndarray, np.ndarray, list | None]:
-    """Paths, labels, mean P(COVID) and patients of one set's evaluations (covidnet.external_summary.collect, which
+    """Paths, labels, mean P(COVID) and patients of one set's evaluations (covidnet.trained.external_summary.collect, which
     keeps apart evaluations of different versions of a set) over the images every run scored."""
     paths, probs = ensembles.mean_probs(s.predictions)
     patients = [s.patients.get(k) for k in paths]

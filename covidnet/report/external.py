@@ -1,14 +1,14 @@
 """Report section: one column group per external set the sweep's runs were evaluated on (docs/external.md).
 
 Reads each run's ``eval/<set>/`` (training with ``eval_sets``, or ``evaluate.py ... into_runs=true`` for an old
-sweep) through covidnet.external_summary: per summary row, mean ± std over seeds; the same paired differences
+sweep) through covidnet.trained.external_summary: per summary row, mean ± std over seeds; the same paired differences
 as the in-split ones (each init against scratch, each other setting against its reference level, the other
 factors held fixed), on the same external images, with the same two intervals and verdict.
 """
 
 from __future__ import annotations
 
-from covidnet.external_summary import external_lines
+from covidnet.trained.external_summary import external_lines
 from covidnet.report.render import Context, Section, md_table
 from covidnet.report.scoring import reference_pairs
 

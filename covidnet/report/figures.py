@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidnet import stats
+from covidnet.metrics import stats
 from covidnet.report.render import Context, Section
 from covidnet.report.scoring import arrays, label, ordered_groups
 from covidnet.report.sweep import Run, Sweep

@@ -16,11 +16,11 @@ import json
 import math
 from pathlib import Path
 
-from covidnet import arm_stats, stats
-from covidnet import metric_registry as registry
-from covidnet.atomic import write_text
-from covidnet.external_summary import collect as collect_external
-from covidnet.external_summary import group_row, paired
+from covidnet.metrics import arm_stats, stats
+from covidnet.metrics import metric_registry as registry
+from covidnet.core.atomic import write_text
+from covidnet.trained.external_summary import collect as collect_external
+from covidnet.trained.external_summary import group_row, paired
 from covidnet.report.external import label as external_label
 from covidnet.report.ensemble import ensemble_record
 from covidnet.report.render import Context, common_settings

@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from covidnet import arm_stats, stats
+from covidnet.metrics import arm_stats, stats
 from covidnet.report.scoring import Comparison, ordered_groups
 from covidnet.report.sweep import Run, Sweep, dig
 

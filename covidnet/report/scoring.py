@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from covidnet import arm_stats, stats
-from covidnet import metric_registry as registry
+from covidnet.metrics import arm_stats, stats
+from covidnet.metrics import metric_registry as registry
 from covidnet.report.sweep import REFERENCE_INIT, ReportError, Run, Sweep
 
 # metrics.json entries shown per run and averaged per group
@@ -83,14 +83,14 @@ def summary_rows(sweep: Sweep) -> list[dict]:
     return rows
 
 
-MIN_RUNS = 3  # runs per arm below which no seed-aware interval is given (covidnet.arm_stats.seed_paired_difference)
+MIN_RUNS = 3  # runs per arm below which no seed-aware interval is given (covidnet.metrics.arm_stats.seed_paired_difference)
 
 
 @dataclass
 class Comparison:
     """One level against its reference, arm minus reference, on the test images all their runs share.
 
-    ``seed_diffs`` (test images and runs resampled, covidnet.arm_stats.seed_paired_difference) is the interval behind
+    ``seed_diffs`` (test images and runs resampled, covidnet.metrics.arm_stats.seed_paired_difference) is the interval behind
     the verdict; ``diffs`` (test images only) holds the trained models fixed and is shown labelled "for these
     trained models". ``margins``: equivalence margins per metric, stated before the runs (none: no equivalence claim)."""
 

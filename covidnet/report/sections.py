@@ -10,7 +10,7 @@ To add a column group (external evaluation sets, CAM mass in the lungs, per-sour
 
 1. write the builder in its own module under covidnet/report/ (e.g. ``external.py``), importing only
    ``Context``, ``Section``, the formatting helpers of render.py and the scoring helpers it needs; read a
-   run's extra files through ``run.run_dir`` (covidnet.runs.RunDir: ``eval_sets()``, ``read_eval()``);
+   run's extra files through ``run.run_dir`` (covidnet.rundirs.runs.RunDir: ``eval_sets()``, ``read_eval()``);
 2. add it to :data:`SECTIONS` below, where its section should appear;
 3. test it on a hand-made sweep (tests/test_report.py's ``fake_job`` writes job directories).
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from covidnet import metric_registry as registry
+from covidnet.metrics import metric_registry as registry
 from covidnet.report.cam import cam_section
 from covidnet.report.ensemble import ensemble_section
 from covidnet.report.external import external_section, missing_evaluations_section

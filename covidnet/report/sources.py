@@ -1,4 +1,4 @@
-"""Report section: each test source on its own (jobs trained with several sources, covidnet/multisource.py).
+"""Report section: each test source on its own (jobs trained with several sources, covidnet/data/multisource.py).
 
 A job whose test split holds several sources writes ``test_by_source`` into metrics.json: COVID-CT per image,
 and a source with patients per slice (patients resampled), per infected slice and per patient. This section
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from covidnet import metric_registry as registry
+from covidnet.metrics import metric_registry as registry
 from covidnet.report.render import Context, Section, md_table, pm
 
 # (column, path in a source's block of test_by_source, metric) after the per-slice columns of levels()

@@ -1,4 +1,4 @@
-"""Reading a sweep for the report: every job directory (through covidnet.runs) and every job that
+"""Reading a sweep for the report: every job directory (through covidnet.rundirs.runs) and every job that
 ``multirun.yaml`` expects, grouped by the factors that were swept."""
 
 from __future__ import annotations
@@ -8,15 +8,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from covidnet import stats
-from covidnet.errors import UserError
-from covidnet.inits import resolve_init_defaults
-from covidnet.run_files import EVAL_DIR, incomplete_results
-from covidnet.runs import FAILED, NOT_TRAINED, RunDir, SweepDir, not_job_keys, override_key
+from covidnet.metrics import stats
+from covidnet.core.errors import UserError
+from covidnet.models.inits import resolve_init_defaults
+from covidnet.rundirs.run_files import EVAL_DIR, incomplete_results
+from covidnet.rundirs.runs import FAILED, NOT_TRAINED, RunDir, SweepDir, not_job_keys, override_key
 
 REFERENCE_INIT = "scratch"
 # Keys that never name a factor of the comparison: the replicate key, and those that do not name a job
-# (covidnet.runs.not_job_keys: Hydra's override_dirname.exclude_keys in conf/hydra/default.yaml).
+# (covidnet.rundirs.runs.not_job_keys: Hydra's override_dirname.exclude_keys in conf/hydra/default.yaml).
 REPLICATE_KEY = "seed"
 NOT_FACTORS = {REPLICATE_KEY, *not_job_keys()}
 
@@ -55,7 +55,7 @@ class Run:
         return RunDir(self.path) if self.path is not None else None
 
     def eval_results(self) -> dict[str, tuple[dict, list[dict]]]:
-        """The run's external-set evaluations, ``{set: (metrics.json, prediction rows)}`` (covidnet.external_summary)."""
+        """The run's external-set evaluations, ``{set: (metrics.json, prediction rows)}`` (covidnet.trained.external_summary)."""
         if self.evals is not None:
             return self.evals
         rd = self.run_dir
@@ -198,7 +198,7 @@ def expand_sweep(arguments: list[str]) -> tuple[list[list[str]], set[str]]:
 
 
 def sweep_definition(sweep_dir: Path) -> tuple[list[str], list[list[str]], set[str], set[str]]:
-    """From every launch's ``multirun.yaml`` (covidnet.runs.SweepDir.launch_configs): (each launch's command, every
+    """From every launch's ``multirun.yaml`` (covidnet.rundirs.runs.SweepDir.launch_configs): (each launch's command, every
     job's override strings, swept keys, exclude keys); the jobs of all launches, in launch order."""
     commands, jobs, swept, exclude = [], [], set(), set()
     for cfg in SweepDir(sweep_dir).launch_configs():

@@ -8,9 +8,9 @@ import csv
 import sys
 from pathlib import Path
 
-from covidnet import stats
-from covidnet.atomic import atomic_path, write_text
-from covidnet.external_summary import margin_arg
+from covidnet.metrics import stats
+from covidnet.core.atomic import atomic_path, write_text
+from covidnet.trained.external_summary import margin_arg
 from covidnet.report.bundle import load_bundle, read_options, write_bundle
 from covidnet.report.numbers import write_record
 from covidnet.report.provenance import PROVENANCE, collect, environment_versions

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidnet.arm_stats import seed_mean_difference, verdict
+from covidnet.metrics.arm_stats import seed_mean_difference, verdict
 
 KEYS = ("mass_in_lesion", "pointing_game_hit_rate", "mass_in_lungs")
 
@@ -56,7 +56,7 @@ def summarize(results: dict, n_boot: int = 2000) -> str:
 
 def differences(arms: dict[str, list[tuple[str, dict]]], methods: list[str], n_boot: int) -> list[str]:
     """Each init minus scratch: mass in the lesion (over the non-empty maps) and the pointing game, B − A with the
-    interval over runs and slices (covidnet.arm_stats.seed_mean_difference) and its verdict (no margin: no equivalence)."""
+    interval over runs and slices (covidnet.metrics.arm_stats.seed_mean_difference) and its verdict (no margin: no equivalence)."""
     if "scratch" not in arms:
         return []
     out = []

@@ -1,5 +1,5 @@
 """Paired comparison of two sweeps' test predictions: arm A minus arm B, seed-mean metrics,
-percentile bootstrap over the test images (covidnet.arm_stats.paired_difference). Only runs present in both arms
+percentile bootstrap over the test images (covidnet.metrics.arm_stats.paired_difference). Only runs present in both arms
 by seed are paired; each arm's run list is printed.
 
     python scripts/studies/compare_sweeps.py --a 'runs/lungs/data.field=lung_crop,data.source_aug=none,*/predictions_test.csv' \
@@ -15,8 +15,8 @@ import re
 
 import numpy as np
 
-from covidnet import arm_stats, stats
-from covidnet.run_files import read_prediction_rows
+from covidnet.metrics import arm_stats, stats
+from covidnet.rundirs.run_files import read_prediction_rows
 
 
 def read(path: str) -> dict[str, tuple[int, float]]:

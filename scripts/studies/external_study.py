@@ -4,7 +4,7 @@ Reads, does not train or evaluate: each run's metrics.json (in-split test) and `
 with ``eval_sets=[...]`` or by ``evaluate.py ... into_runs=true``). Per group: mean ± std over its runs (seeds) of
 in-split test AUROC and accuracy (203 official test images), covid_ct_md slice AUROC (all, COVID vs normal,
 COVID vs CAP), patient AUROC (mean and top-k mean slice P(COVID)), semiseg sensitivity and mean P(COVID). Then
-covidnet.external_summary's per-set tables and the paired differences asked for (``--pair arm:ref``: on the same
+covidnet.trained.external_summary's per-set tables and the paired differences asked for (``--pair arm:ref``: on the same
 external images, patients resampled where the set has them): the interval over seeds and images behind the verdict,
 and the one for these trained models (``--margin auroc=0.05``: an equivalence margin stated before the runs).
 
@@ -25,11 +25,11 @@ import argparse
 import glob
 from pathlib import Path
 
-from covidnet import stats
-from covidnet.external_summary import estimate, external_lines, margin_arg
+from covidnet.metrics import stats
+from covidnet.trained.external_summary import estimate, external_lines, margin_arg
 from covidnet.report.bundle import load_bundle, read_options, write_bundle
 from covidnet.report.sweep import Run, Sweep, read_job
-from covidnet.runs import RunDir
+from covidnet.rundirs.runs import RunDir
 
 
 def columns(metrics: dict, evals: dict[str, tuple[dict, list[dict]]]) -> dict[str, float]:

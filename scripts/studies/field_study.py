@@ -40,7 +40,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from covidnet.runs import RunDir, SweepDir, not_job_keys
+from covidnet.rundirs.runs import RunDir, SweepDir, not_job_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "lite224"

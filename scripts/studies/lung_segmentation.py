@@ -1,4 +1,4 @@
-"""Measure covidnet/lungs.py: Dice on lung-masks-64 (test), lesion pixels inside the lung field on
+"""Measure covidnet/images/lungs.py: Dice on lung-masks-64 (test), lesion pixels inside the lung field on
 COVID-SemiSeg, failures on COVID-CT. Writes a JSON summary (docs/results/lungs/segmentation.json).
 
     python scripts/studies/lung_segmentation.py --data ../shared/data --out docs/results/lungs/segmentation.json
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from covidnet.covid_ct_layout import load_grey
-from covidnet.lungs import MIN_AREA, dice, segment_lungs
+from covidnet.images.covid_ct_layout import load_grey
+from covidnet.images.lungs import MIN_AREA, dice, segment_lungs
 
 
 def lung_masks_64(root: Path, split: str) -> dict:

@@ -1,11 +1,11 @@
 """Does the hardware default (bf16-mixed + channels-last on our CPU) cost accuracy? Paired on the same test images.
 
 Reads predictions_test.csv of the runs of two arms (one run directory per seed), checks that they hold the
-same images with the same labels, and prints the paired percentile-bootstrap intervals (covidnet.stats,
+same images with the same labels, and prints the paired percentile-bootstrap intervals (covidnet.metrics.stats,
 2000 resamples over the test images, seed 0) of test AUROC and accuracy, arm A minus arm B:
   1. pre-registered (COORD.md, 05:52 UTC, before any result was read): on the seed-averaged P(COVID) of each
      arm; equivalent if the AUROC interval lies inside +-0.05 and the accuracy interval inside +-0.06;
-  2. the mean over seeds of each seed's metric (covidnet.arm_stats.paired_difference, as a sweep report does);
+  2. the mean over seeds of each seed's metric (covidnet.metrics.arm_stats.paired_difference, as a sweep report does);
   3. each seed against the same seed of arm B.
 
     python scripts/studies/precision_equivalence.py --a runs/lungs --a-filter data.field=full,data.source_aug=none --b runs/fp32
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from covidnet.arm_stats import paired_difference
-from covidnet.runs import RunDir
+from covidnet.metrics.arm_stats import paired_difference
+from covidnet.rundirs.runs import RunDir
 
 MARGINS = {"auroc": 0.05, "acc": 0.06}
 

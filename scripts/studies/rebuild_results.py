@@ -41,7 +41,7 @@ import re
 import sys
 from pathlib import Path
 
-from covidnet import metric_registry
+from covidnet.metrics import metric_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP, SOURCES, EXTERNAL = "sweep report", "sources study", "external study"

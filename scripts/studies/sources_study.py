@@ -10,7 +10,7 @@ Reads, does not train:
 
 Writes ``<out>/summary.md`` and ``summary.json``: per arm mean ± std over seeds, and the paired difference
 mixed − baseline with two 95 % bootstrap intervals (COVID-CT test images resampled; COVID-CT-MD patients resampled):
-over seeds and images, paired by seed (covidnet.arm_stats.seed_paired_difference), the one behind the verdict; and for
+over seeds and images, paired by seed (covidnet.metrics.arm_stats.seed_paired_difference), the one behind the verdict; and for
 these trained models (images or patients only). ``--margin auroc=0.05`` states an equivalence margin (before the runs).
 
 Also writes ``<out>/predictions.csv``, the P(COVID) of every run on every image the summary uses (no image); the
@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from covidnet import arm_stats, stats
-from covidnet.external_summary import margin_arg
-from covidnet.run_files import EVAL_PREDICTIONS_FILE, read_eval_rows
-from covidnet.runs import RunDir
+from covidnet.metrics import arm_stats, stats
+from covidnet.trained.external_summary import margin_arg
+from covidnet.rundirs.run_files import EVAL_PREDICTIONS_FILE, read_eval_rows
+from covidnet.rundirs.runs import RunDir
 
 MD = "covid_ct_md"
 CT_SET = "covid_ct_test"

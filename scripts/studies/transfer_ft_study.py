@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from covidnet.runs import RunDir, SweepDir
+from covidnet.rundirs.runs import RunDir, SweepDir
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = {

@@ -1,0 +1,20 @@
+"""``python visualize.py`` / ``covidnet-visualize``: CAM figure and CAM numbers for trained checkpoints (docs/cam.md).
+
+The app is the command line only: the work is covidnet.trained.visualization's :func:`visualize`, which the sweep report's
+CAM step calls too. ``python visualize.py ckpt=[a.ckpt,b.ckpt]``.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from covidnet.apps.cli import hydra_app
+from covidnet.trained.visualization import METHODS, VISUALIZE, VisualizeError, default_settings, visualize, visualize_runs
+
+
+@hydra_app("visualize")
+def main(cfg: DictConfig) -> None:
+    visualize(cfg)
+
+
+__all__ = ["main", "visualize", "visualize_runs", "default_settings", "VisualizeError", "VISUALIZE", "METHODS"]
