@@ -5,7 +5,7 @@
     python benchmarks/throughput.py --image-size 64 --overheads   # what each Lightning feature costs per step
 
 Everything runs in one process on the real COVID-CT data (``--data-root``), with the same model,
-optimiser (AdamW, as conf/model/resnet.yaml), loss, batch size, image size and precision. The
+optimiser (AdamW, as conf/model/classifier.yaml), loss, batch size, image size and precision. The
 compared variants run interleaved (A B B A A B ...) and the table reports medians, so a machine that is
 busy with other work slows all variants alike and the ratios stay fair. Imports no Hydra and no
 grad-cam, so it runs on any box that has torch, torchvision, lightning and torchmetrics.
@@ -176,7 +176,7 @@ class Setup:
         self.precision = override.get("precision", args.precision)
         self.channels_last = override.get("channels_last", args.channels_last)
         self.compile = override.get("compile", args.compile)
-        self.optimizer = functools.partial(torch.optim.AdamW, lr=3e-4, weight_decay=1e-4)  # conf/model/resnet.yaml
+        self.optimizer = functools.partial(torch.optim.AdamW, lr=3e-4, weight_decay=1e-4)  # conf/model/classifier.yaml
         torch.manual_seed(0)
         self.init_state = copy.deepcopy(self._module().state_dict())
 

@@ -19,7 +19,7 @@ from covidnet.apps.evaluate import EVALUATE
 from covidnet.core.options import Across, Rule, in_group, integer, problems, unknown_keys
 from covidnet.core.options import check_config as check_table
 from covidnet.apps.train import TRAIN, train
-from covidnet.apps.visualize import VISUALIZE
+from covidnet.trained.visualization import VISUALIZE
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -152,7 +152,7 @@ def test_trained_checkpoint_rebuilds_alone_predicts_as_the_run_and_draws_cams(sy
     from covidnet.data.datamodule import CovidCTDataModule
     from covidnet.models.predict import predict_probs
     from covidnet.apps.train import train
-    from covidnet.apps.visualize import visualize
+    from covidnet.trained.visualization import visualize
     from train_configs import CONF, TINY
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -1,5 +1,5 @@
 """Eval mode around a prediction (covidnet/models/predict.py) and the seeded draws per class (covidnet/images/sampling.py, and
-data.fraction's stratified subset in covidnet/data/selection.py)."""
+data.fraction's stratified subset in covidnet/data/training_sources.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from covidnet.data.selection import stratified_subset
+from covidnet.data.training_sources import stratified_subset
 from covidnet.images.covid_ct_layout import Sample
 from covidnet.models.predict import eval_mode, predict_batch
 from covidnet.images.sampling import draw_per_class

@@ -199,7 +199,7 @@ def test_a_one_by_one_cam_map_gives_no_cam_numbers_and_says_so(fresh_synthetic, 
     from covidnet.callbacks import CamLogger
     from covidnet.explain.cam import cam_grid, grid_problem
     from covidnet.core.configs import config_dir
-    from covidnet.apps.visualize import visualize
+    from covidnet.trained.visualization import visualize
 
     model, dm = _tiny_checkpoint(fresh_synthetic, tmp_path / "tiny.ckpt")
     x = torch.zeros(2, 3, 32, 32)

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 
 from covidnet.explain.cam import cam_defaults
 from covidnet.core.configs import config_dir
-from covidnet.apps.visualize import VisualizeError, default_settings, visualize_runs
+from covidnet.trained.visualization import VisualizeError, default_settings, visualize_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def test_the_built_wheel_carries_the_configs_and_trains_installed(tmp_path):
     assert {"covidnet-train", "covidnet-evaluate", "covidnet-visualize"} <= set(scripts)
     for name in scripts:
         assert (target / "bin" / name).is_file(), name
-    code = ("import covidnet.core.configs as c, covidnet.apps.visualize as v; print(c.config_dir()); print(v.default_settings().methods); "
+    code = ("import covidnet.core.configs as c, covidnet.trained.visualization as v; print(c.config_dir()); print(v.default_settings().methods); "
             "import sys; sys.argv = ['covidnet-train', '--cfg', 'job', 'experiment=smoke']; from covidnet.apps.train import main; main()")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(target), "HOME": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)

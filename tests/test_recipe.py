@@ -178,7 +178,7 @@ def test_the_recipe_model_gives_the_same_probabilities_on_every_path(synthetic_r
     from hydra import compose, initialize_config_dir
 
     from covidnet.apps.evaluate import evaluate
-    from covidnet.apps.visualize import visualize
+    from covidnet.trained.visualization import visualize
 
     run = tmp_path / "run"
     metrics = train(tiny_cfg(synthetic_root, run, "trainer.max_epochs=2", "trainer.precision=32-true", "model.tta_flip=true",

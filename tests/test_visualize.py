@@ -20,7 +20,7 @@ from PIL import Image
 from cam_training import blob_run
 from covidnet.trained.checkpoint import CheckpointError
 from covidnet.core.errors import ConfigError
-from covidnet.apps.visualize import VisualizeError, visualize
+from covidnet.trained.visualization import VisualizeError, visualize
 from synthetic import blob_image
 
 ROOT = Path(__file__).resolve().parents[1]

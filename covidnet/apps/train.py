@@ -40,7 +40,7 @@ from covidnet.core.write_check import check_writable
 from covidnet.rundirs.run_files import LAST_CHECKPOINT
 from covidnet.rundirs.run_lock import owning
 from covidnet.rundirs.runs import RunDir
-from covidnet.data.selection import OPTIONS as SELECTION_OPTIONS
+from covidnet.data.training_sources import OPTIONS as TRAINING_SOURCES_OPTIONS
 from covidnet.data.sets import SET_OPTIONS
 from covidnet.metrics.stats import binary_metrics
 from covidnet.models.test_predictions import TestPredictions
@@ -55,7 +55,7 @@ TRAIN: Table = {
     "seed": SEED,
     "test": boolean(),
     **DATA_OPTIONS,
-    **SELECTION_OPTIONS,
+    **TRAINING_SOURCES_OPTIONS,
     **PREPROCESS_OPTIONS,
     **AUGMENT_OPTIONS,
     **SOURCE_OPTIONS,

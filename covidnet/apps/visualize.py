@@ -9,12 +9,10 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from covidnet.apps.cli import hydra_app
-from covidnet.trained.visualization import METHODS, VISUALIZE, VisualizeError, default_settings, visualize, visualize_runs
+from covidnet.trained.visualization import visualize
 
 
 @hydra_app("visualize")
 def main(cfg: DictConfig) -> None:
     visualize(cfg)
 
-
-__all__ = ["main", "visualize", "visualize_runs", "default_settings", "VisualizeError", "VISUALIZE", "METHODS"]

@@ -1,5 +1,5 @@
 """Lightning data module for COVID-CT; preprocessing lives in covidnet/images/preprocess.py, augmentation in covidnet/images/augment.py,
-the image cache in covidnet/data/image_cache.py, what is trained on (fraction, sources) in covidnet/data/selection.py."""
+the image cache in covidnet/data/image_cache.py, what is trained on (fraction, sources) in covidnet/data/training_sources.py."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from covidnet.data.multisource import MAIN_SOURCE, SourceItem, sampling_weights,
 from covidnet.data.multisource import OPTIONS as SOURCE_OPTIONS
 from covidnet.core.options import SEED, Rule, boolean, integer, items, optional, text
 from covidnet.images.sampling import EpochSampler
-from covidnet.data.selection import check_fraction, check_sources, stratified_subset
+from covidnet.data.training_sources import check_fraction, check_sources, stratified_subset
 from covidnet.data.sets import load_set, set_config
 from covidnet.images.sources.base import Record
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # (file, size, mtime, InputSpec) -> Prepared, for specs that segment the lungs (see prepare_file)
 _PREPARED: dict[tuple, Prepared] = {}
 
-# the data module's own conf/data keys (covidnet.core.options); preprocess, augment, multisource and selection own the rest
+# the data module's own conf/data keys (covidnet.core.options); preprocess, augment, multisource and training_sources own the rest
 OPTIONS: dict[str, Rule] = {
     "data.root": text(),
     "data.download": boolean(),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed
 
 
 class TestPredictions(L.Callback):
@@ -42,13 +43,20 @@ class TestPredictions(L.Callback):
 
 def in_dataset_order(trainer, pl_module, probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Every rank's share gathered and put in dataset order by the indices its sampler gave it (padding repeats an
-    image: it is written twice with the same value)."""
+    image: it is written twice with the same value). Gathered as Python objects: the shares need not be equally long
+    (an unpadded sampler), and a few hundred numbers cost nothing to send."""
     loader = trainer.test_dataloaders
     loader = loader[0] if isinstance(loader, (list, tuple)) else loader
-    index = torch.as_tensor(list(loader.sampler), dtype=torch.long, device=probs.device)
-    probs, labels, index = (pl_module.all_gather(t).reshape(-1) for t in (probs, labels, index))
+    index = list(loader.sampler)[: len(probs)]
+    shares: list = [None] * trainer.world_size
+    torch.distributed.all_gather_object(shares, (index, probs.cpu().tolist(), labels.cpu().tolist()))
     n = len(loader.dataset)
-    ordered_probs = torch.empty(n, dtype=probs.dtype, device=probs.device)
-    ordered_labels = torch.empty(n, dtype=labels.dtype, device=labels.device)
-    ordered_probs[index], ordered_labels[index] = probs, labels
+    ordered_probs = torch.full((n,), float("nan"), dtype=probs.dtype)
+    ordered_labels = torch.full((n,), -1, dtype=labels.dtype)
+    for share_index, share_probs, share_labels in shares:
+        ordered_probs[share_index] = torch.tensor(share_probs, dtype=probs.dtype)
+        ordered_labels[share_index] = torch.tensor(share_labels, dtype=labels.dtype)
+    missing = torch.nonzero(ordered_labels < 0).reshape(-1).tolist()
+    if missing:
+        raise RuntimeError(f"test predictions: the ranks' shares left out test images {missing[:10]} (a sampler that drops images)")
     return ordered_probs, ordered_labels

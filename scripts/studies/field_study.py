@@ -194,7 +194,7 @@ def job_cams(args, out: Path, run: Path) -> None:
     if RunDir(run).best_checkpoint() is None:
         raise SystemExit(f"{run}: no checkpoint for its CAM numbers (a restored run). Remove the job directory from "
                          f"{run.parent} and run the study again: it retrains the run bit for bit, then draws its CAMs.")
-    visualize(args, [run], target, f"localize={args.eval_data}/covid-semiseg")
+    visualize(args, [run], target, f"localize={args.eval_data}/covid-semiseg", f"n_per_class={args.n_per_class}")
 
 
 def gather_cams(out: Path, final: Path) -> Path:
@@ -221,7 +221,7 @@ def cams(args, out: Path, final: Path) -> None:
         print(f"cam figure: not drawn, a seed-0 checkpoint is not on this machine (restored runs keep none); retrain it with "
               f"its command in {final}/report.md, then: python visualize.py ckpt=[...] layer={CAM_LAYER}", flush=True)
         return
-    visualize(args, seed0, figure, "n_per_class=10")
+    visualize(args, seed0, figure, f"n_per_class={args.n_per_class}")
 
 
 BUNDLE = ("report.md", "report.json", "jobs.json", "predictions.csv", "summary.csv", "runs.csv", "roc.png", "learning_curves.png")
@@ -343,6 +343,7 @@ def main(argv=None) -> None:
     p.add_argument("--eval-data", default="data")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="added to every training job (a smoke test of the study: data.image_size=32 trainer.max_epochs=2)")
+    p.add_argument("--n-per-class", type=int, default=10, help="test images of each class in the CAM figures and their numbers")
     p.add_argument("--until", choices=["select", "train", "report", "cams"], default="cams",
                    help="stop after this step (the later ones resume from the files the earlier ones left)")
     p.add_argument("--restore", type=Path, metavar="DIR",
