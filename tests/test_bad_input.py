@@ -214,7 +214,7 @@ def test_weights_of_another_architecture_via_config(tmp_path, resnet18_state):
     # a ResNet-18 file given to model.arch=resnet50: bottleneck tensors are missing, shared names differ in shape
     torch.save(resnet18_state, tmp_path / "resnet18.pth")
     cfg = compose_cfg(["init=imagenet", "model.arch=resnet50", f"model.weights_path={tmp_path / 'resnet18.pth'}"])
-    with pytest.raises(InstantiationException, match=r"do not fit this architecture: \d+ missing .*of another shape .*model.arch matches the file"):
+    with pytest.raises(InstantiationException, match=r"do not fit this architecture: \d+ tensors expected, \d+ in the file: \d+ missing .*of another shape .*model.arch matches the file"):
         instantiate(cfg.model)
 
 

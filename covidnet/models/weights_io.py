@@ -87,20 +87,10 @@ def load_backbone_weights(net: nn.Module, state: dict[str, torch.Tensor], source
     prefix = f"{head}."
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith(prefix)}
     own = {k: v for k, v in net.state_dict().items() if not k.startswith(prefix)}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        details = []
-        if missing:
-            details.append(f"{len(missing)} missing (e.g. {missing[:3]})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-        if wrong:
-            k = wrong[0]
-            details.append(f"{len(wrong)} of another shape (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
+    problem = mismatch_summary(own, state)
+    if problem:
         raise WeightsError(
-            f"The weights in {source} do not fit this architecture: {'; '.join(details)}. "
+            f"The weights in {source} do not fit this architecture: {problem}. "
             "Check that model.arch matches the file (e.g. resnet18 weights for model.arch=resnet18)."
         )
     net.load_state_dict(state, strict=False)
