@@ -46,10 +46,13 @@ def test_an_efficientnet_checkpoint_without_timm_names_the_extra(tmp_path, monke
 
 # --- resume ------------------------------------------------------------------------------------------------------
 def compose_train(overrides: list[str]):
+    """The train config as train() checks a resume with it (the architecture's normalisation filled in)."""
     from hydra import compose, initialize_config_dir
 
+    from covidnet.models.inits import apply_arch_defaults
+
     with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-        return compose("train", overrides=overrides)
+        return apply_arch_defaults(compose("train", overrides=overrides))
 
 
 def test_a_resume_before_the_first_checkpoint_is_compared_with_the_runs_config(tmp_path):
