@@ -107,3 +107,15 @@ def test_the_headline_report_rebuilds_byte_for_byte_from_its_predictions(tmp_pat
     write_report(copy, from_predictions=True)
     for name in ("report.md", "report.json", "summary.csv", "runs.csv", "jobs.json", "predictions.csv"):
         assert (copy / name).read_text() == (RESULTS / answer / name).read_text(), name
+
+
+def test_the_answer_box_scores_each_arms_seeds_as_one_model():
+    """The README's answer names each arm's ensemble (the mean P(COVID) of its seeds) with its image interval, read
+    from the report's ensembles, beside the per-seed mean."""
+    name = "lite/final"
+    rep = json.loads((RESULTS / name / "report.json").read_text())
+    box = rebuild.render_table(RESULTS, name, "answer")
+    for row, label in (("init=imagenet", "ImageNet weights"), ("init=scratch", "from scratch")):
+        auroc = rep["ensembles"]["sets"]["test"][row]["auroc"]
+        assert f"{label} AUROC {auroc['estimate']:.3f} ({auroc['low']:.3f} to {auroc['high']:.3f})" in box
+    assert f"{rep['ensembles']['n_runs']['init=imagenet']} seeds as one model" in box

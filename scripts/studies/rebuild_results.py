@@ -225,6 +225,7 @@ def answer_box(reports: list[tuple[str, dict]]) -> list[str]:
             parts.append(f"{SET_NAMES.get(x['set'], x['set'])} ({units(x)}) {metric_registry.words(metric)} "
                          f"{num(d['estimate'], True)} ({interval(d['seeds_and_images'], d.get('no_interval', {}).get('seeds_and_images'))}: {d['verdict']})")
         out += [">", "> Other CT sources: " + "; ".join(parts) + "."]
+    out += ensemble_line(rep, [arm_row, ref_row])
     lrs = []
     for r in (arm_row, ref_row):
         lr = f"{INIT_NAMES.get(r[rep['factors'][0]], r['row'])} lr {setting(rep, r['row'], 'model.optimizer.lr')}"
@@ -234,6 +235,26 @@ def answer_box(reports: list[tuple[str, dict]]) -> list[str]:
     out += [">", f"> Holds for: {arch} at {budget(rep, arm_row['row'])}, {arm_row['runs']} / {ref_row['runs']} seeds per arm, "
                  f"{lrs} (chosen per arm on validation AUROC). Report: [docs/results/{name}](docs/results/{name}/report.md)."]
     return out
+
+
+def ensemble_line(rep: dict, rows: list[dict]) -> list[str]:
+    """Each arm's seeds scored as one model (the mean of their P(COVID)) on the test split, with its interval over
+    test images; nothing when the report has no ensembles (one seed per arm)."""
+    test = (rep.get("ensembles") or {}).get("sets", {}).get("test", {})
+    parts = []
+    for r in rows:
+        e = test.get(r["row"])
+        if e and rep["ensembles"]["n_runs"].get(r["row"], 0) > 1:
+            auroc, acc = e["auroc"], e["acc"]
+            iv = (f"{num(auroc['low'])} to {num(auroc['high'])}" if auroc["low"] is not None
+                  else f"no interval, {(auroc.get('note') or 'not recorded').removeprefix('n/a: ')}")
+            parts.append(f"{INIT_NAMES.get(r[rep['factors'][0]], r['row'])} AUROC {num(auroc['estimate'])} ({iv}), "
+                         f"accuracy {num(acc['estimate'])}")
+    if not parts:
+        return []
+    n = rep["ensembles"]["n_runs"][rows[0]["row"]]
+    return [">", f"> Each arm's {n} seeds as one model (the mean of their P(COVID); 95 % interval over test images): "
+                 + "; ".join(parts) + "."]
 
 
 KINDS = {"answer": answer_box, "arms": arms_table, "diffs": diffs_table}
