@@ -292,6 +292,12 @@ def test_field_study_resumes_on_another_machine_from_its_published_runs(study, m
     assert kept[0].stat().st_mtime < (second / "grid_scratch" / "multirun.yaml").stat().st_mtime
     assert study.select(args, second) == selection and counter["n"] == n  # nothing chosen twice
     assert study.restore(tmp_path / "published", second) == []  # nothing overwritten, nothing twice
+    assert len(list((second / "grid_scratch" / "launches").glob("*.yaml"))) == 1
+
+    # the machine that published resumes from its own runs: its launches are not recorded a second time
+    launches_before = {p: sorted(x.name for x in (p / "launches").glob("*.yaml")) for p in study.finished_sweeps(first)}
+    study.restore(tmp_path / "published", first)
+    assert {p: sorted(x.name for x in (p / "launches").glob("*.yaml")) for p in study.finished_sweeps(first)} == launches_before
     assert all(RunDir(p).read_metrics()["best_checkpoint"] == "best.ckpt" and RunDir(p).best_checkpoint() is None for p in restored)
 
     monkeypatch.setattr(study, "job_cams", lambda args, out, run: None)

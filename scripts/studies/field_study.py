@@ -309,15 +309,18 @@ def archive(sweep: Path, target: Path, checkout: Path) -> None:
 def restore(source: Path, out: Path) -> list[Path]:
     """Bring back the jobs an earlier machine finished (``source/<sweep>/runs``, written by ``--publish``) and their
     CAM results: whatever ``out`` lacks is copied; nothing there is overwritten. The earlier launch records go to the
-    sweep's ``launches/``, dated before this machine's own launches, so the report expects their jobs too."""
-    restored = []
+    sweep's ``launches/``, dated before this machine's own launches, so the report expects their jobs too; a record
+    ``out`` already holds (the machine that published is the one resuming) is not added twice."""
+    restored, checkout = [], checkout_of(out) if out.is_dir() else ROOT
     for archived in sorted(source.glob(f"*/{RUNS}")):
         sweep = out / archived.parent.name
         records = [*sorted((archived / "launches").glob("*.yaml")), archived / "multirun.yaml"]
+        # a launch this machine made and published is here already (as multirun.yaml or under launches/): not twice
+        here = {portable(r.read_text(), checkout) for r in [sweep / "multirun.yaml", *(sweep / "launches").glob("*.yaml")] if r.is_file()}
         for order, record in enumerate(r for r in records if r.is_file()):
             name = record.name if record.parent.name == "launches" else f"multirun-restored-{hashlib.sha1(record.read_bytes()).hexdigest()[:10]}.yaml"
             kept = sweep / "launches" / name
-            if not kept.exists():
+            if not kept.exists() and record.read_text() not in here:
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(record, kept)
                 os.utime(kept, (order + 1, order + 1))  # the oldest launches: before anything this machine starts
