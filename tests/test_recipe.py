@@ -90,7 +90,9 @@ def test_lite224_sets_each_arms_chosen_values_and_the_selection_rule():
         assert cfg.model.arch == "efficientnet_lite0" and cfg.data.image_size == 224
         assert cfg.callbacks.model_checkpoint.monitor == "val/select"
         assert cfg.model.select_from_epoch > cfg.model.warmup_epochs
-        assert cfg.callbacks.ema._target_ == "covidnet.callbacks.EMA"
+        assert cfg.model.label_smoothing == pytest.approx(float(arms[init]["label_smoothing"]))
+        assert (cfg.callbacks.ema is None) == (arms[init]["ema"] is None)
+        assert cfg.callbacks.ema is None or cfg.callbacks.ema._target_ == "covidnet.callbacks.EMA"
 
 
 def test_ema_checkpoints_hold_the_average_and_the_test_uses_it(synthetic_root, tmp_path):
@@ -159,6 +161,35 @@ def test_field_study_widens_an_edge_choice_and_picks_levers_on_validation(study,
     assert selection["scratch"]["chosen"] == {"model.optimizer.lr": selection["scratch"]["lr"], "model.label_smoothing": "0"}
     n = counter["n"]
     assert study.select(args, tmp_path) == selection and counter["n"] == n  # resumed: nothing trained again
+
+
+@pytest.mark.parametrize("ema", ["on", "off"])
+def test_an_arms_weight_average_reaches_the_trainer(synthetic_root, tmp_path, ema):
+    """experiment=lite224 sets callbacks.ema from the arm of model.init: switched on or off under arms.<init>, the
+    checkpoint holds the average beside the raw weights, or the raw weights alone."""
+    arm = ["arms.scratch.ema={_target_:covidnet.callbacks.EMA,decay:0.5}" if ema == "on" else "arms.scratch.ema=null"]
+    cfg = tiny_cfg(synthetic_root, tmp_path / "run", "experiment=lite224", "init=scratch", "trainer.max_epochs=1",
+                   "model.warmup_epochs=0", "model.select_from_epoch=0", "eval_sets=[]", "++callbacks.cam=null", *arm)
+    metrics = train(cfg)
+    ckpt = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert ("current_model_state" in ckpt) == (ema == "on")
+
+
+def test_lite224_holds_the_field_studys_chosen_values():
+    """experiment=lite224 trains what the full-budget study chose on validation (docs/results/field/selection.json),
+    each arm its own learning rate and levers; an arm the study has not chosen yet is marked so in the config."""
+    selection = json.loads((ROOT / "docs" / "results" / "field" / "selection.json").read_text())
+    text = (ROOT / "conf" / "experiment" / "lite224.yaml").read_text()
+    for init in ("scratch", "imagenet"):
+        if "chosen" not in selection.get(init, {}):
+            assert f"{init}: NOT CHOSEN YET" in text
+            continue
+        cfg = compose_cfg(["experiment=lite224", f"init={init}"])
+        want = {"callbacks.ema": "on", "model.label_smoothing": "0.1", **selection[init]["chosen"]}
+        assert cfg.model.optimizer.lr == pytest.approx(float(want["model.optimizer.lr"]))
+        assert cfg.model.label_smoothing == pytest.approx(float(want["model.label_smoothing"]))
+        assert (cfg.callbacks.ema is None) == (want["callbacks.ema"] == "null")
+        assert f"{init}: NOT CHOSEN YET" not in text
 
 
 def test_lite_holds_the_committed_studys_chosen_values():
