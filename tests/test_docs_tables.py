@@ -119,3 +119,16 @@ def test_the_answer_box_scores_each_arms_seeds_as_one_model():
         auroc = rep["ensembles"]["sets"]["test"][row]["auroc"]
         assert f"{label} AUROC {auroc['estimate']:.3f} ({auroc['low']:.3f} to {auroc['high']:.3f})" in box
     assert f"{rep['ensembles']['n_runs']['init=imagenet']} seeds as one model" in box
+
+
+def test_the_answer_box_names_what_else_differs_between_the_arms(tmp_path):
+    """Arms chosen separately can differ in more than the learning rate (the full-budget study: the weight average
+    on for scratch, off for ImageNet). The answer box's "Holds for" names it for each arm, from report.json."""
+    rep = json.loads((RESULTS / "lite/final" / "report.json").read_text())
+    rep["settings_by_row"]["init=scratch"]["callbacks.ema"] = "EMA(decay=0.98)"
+    rep["settings_by_row"]["init=imagenet"]["callbacks.ema"] = "null"
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "report.json").write_text(json.dumps(rep))
+    box = rebuild.render_table(tmp_path, "study", "answer")
+    holds = next(line for line in box.splitlines() if line.startswith("> Holds for:"))
+    assert "ImageNet weights lr 0.001 (backbone at x1.0 of it), weight average none; from scratch lr 0.003, weight average EMA(decay=0.98)" in holds

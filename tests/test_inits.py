@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from covidnet.models.archs import ARCHS
 from covidnet.models.backbones import build_backbone
-from covidnet.models.inits import INITS, apply_arch_defaults, config_default, get_init, init_settings, resolve_init_defaults, saved_config
+from covidnet.models.inits import INITS, apply_arch_defaults, config_default, get_init, init_settings, resolve_saved_config, saved_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,12 +142,23 @@ def test_saved_configs_are_read_with_the_values_the_job_used():
     saved = {"model": {"init": "ct", "arch": "${covidnet.init:${model.init},arch}"},
              "data": {"normalization": "${covidnet.init:${model.init},normalization}", "root": "${oc.env:NOT_SET_HERE,data}"},
              "paths": {"output_dir": "${hydra:runtime.output_dir}"}}
-    out = resolve_init_defaults(saved)
+    out = resolve_saved_config(saved)
     assert out["model"]["arch"] == "resnet152" and out["data"]["normalization"] == "unit"
     assert out["paths"]["output_dir"] == "${hydra:runtime.output_dir}" and out["data"]["root"] == "${oc.env:NOT_SET_HERE,data}"
+    # an experiment's per-arm values (conf/experiment/lite224.yaml) are read as the arm's; a key that points at a
+    # runtime value, directly or through another key, stays as written
+    arms = {"arms": {"scratch": {"lr": 0.03, "ema": {"_target_": "covidnet.callbacks.EMA", "decay": 0.98}}, "imagenet": {"lr": 0.001, "ema": None}},
+            "model": {"init": "scratch", "optimizer": {"lr": "${arms.${model.init}.lr}"}},
+            "callbacks": {"ema": "${arms.${model.init}.ema}"},
+            "paths": {"log_dir": "${oc.env:NOT_SET_HERE,logs}", "run": "${paths.log_dir}/run"}}
+    out = resolve_saved_config(arms)
+    assert out["model"]["optimizer"]["lr"] == 0.03 and out["callbacks"]["ema"] == {"_target_": "covidnet.callbacks.EMA", "decay": 0.98}
+    assert out["paths"] == arms["paths"]
+    arms["model"]["init"] = "imagenet"
+    assert resolve_saved_config(arms)["callbacks"]["ema"] is None
     # a run saved since: the normalisation left to the architecture is shown as the job used it
     now = {"model": {"init": "imagenet", "arch": "efficientnet_lite0"}, "data": {"normalization": None}}
-    assert resolve_init_defaults(now)["data"]["normalization"] == "symmetric"
+    assert resolve_saved_config(now)["data"]["normalization"] == "symmetric"
 
 
 @pytest.mark.parametrize("name, arch", [("scratch", "efficientnet_lite0"), ("imagenet", "resnet50"), ("ct", "resnet152")])

@@ -569,3 +569,27 @@ def test_a_report_folder_rebuilds_from_its_predictions_alone(tmp_path):
 def test_rebuilding_needs_the_predictions(tmp_path, capsys):
     assert main([str(tmp_path), "--from-predictions"]) == 2
     assert "holds no predictions.csv and jobs.json" in capsys.readouterr().err
+
+
+def test_per_arm_values_an_experiment_interpolates_are_reported_as_each_arm_used_them(tmp_path):
+    """conf/experiment/lite224.yaml gives each arm its own values through ``${arms.${model.init}.<key>}``; Hydra saves
+    the config unresolved. The report (and the README's answer box, which reads report.json) must show each arm's
+    learning rate and weight average, and the shared backbone scale, never the interpolation text."""
+    arms = {"scratch": {"lr": 0.03, "backbone_lr_scale": 1.0, "ema": {"_target_": "covidnet.callbacks.EMA", "decay": 0.98}},
+            "imagenet": {"lr": 0.001, "backbone_lr_scale": 1.0, "ema": None}}
+    labels = [0, 1] * 6
+    for init in arms:
+        for seed in (0, 1):
+            job = tmp_path / f"init={init},seed={seed}"
+            fake_job(job, [f"init={init}", f"seed={seed}"], labels, [0.3 + 0.3 * y + 0.01 * seed for y in labels])
+            OmegaConf.save(OmegaConf.create({
+                "arms": arms, "paths": {"output_dir": "${hydra:runtime.output_dir}"},
+                "model": {"init": init, "backbone_lr_scale": "${arms.${model.init}.backbone_lr_scale}",
+                          "optimizer": {"lr": "${arms.${model.init}.lr}"}},
+                "callbacks": {"ema": "${arms.${model.init}.ema}"}}), job / ".hydra" / "config.yaml")
+    assert main([str(tmp_path), "--n-boot", "100"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["settings"]["model.backbone_lr_scale"] == "1.0"
+    assert report["settings_by_row"] == {"init=scratch": {"model.optimizer.lr": "0.03", "callbacks.ema": "EMA(decay=0.98)"},
+                                         "init=imagenet": {"model.optimizer.lr": "0.001", "callbacks.ema": "null"}}
+    assert "${" not in (tmp_path / "report.md").read_text()

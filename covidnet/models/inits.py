@@ -17,6 +17,8 @@ Layering (no cycle): weights_io <- ct_weights, archs <- inits <- backbones <- mo
 
 from __future__ import annotations
 
+import copy
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -161,25 +163,42 @@ def saved_config(config) -> DictConfig:
     return apply_arch_defaults(cfg)
 
 
-def resolve_init_defaults(config: dict) -> dict:
-    """A saved, unresolved job config (``.hydra/config.yaml`` as a dict) with every ``${covidnet.init:...}``
-    value replaced by what it stood for in that job, and the normalisation filled in, for readers that show
-    settings (the sweep report). Other interpolations stay as written."""
+def resolve_saved_config(config: dict) -> dict:
+    """A saved, unresolved job config (``.hydra/config.yaml`` as a dict) with every interpolation the config can
+    resolve by itself replaced by the value the job used (``${covidnet.init:...}`` of earlier runs, an experiment's
+    per-arm ``${arms.${model.init}.lr}``), and the normalisation filled in, for readers that show settings (the
+    sweep report). An interpolation that needs the job's runtime (``${hydra:...}``, ``${oc.env:...}``), directly or
+    through the keys it points at, stays as written: this process cannot know what it was."""
     from omegaconf import OmegaConf  # as in register_legacy_resolver
 
     cfg = saved_config(config)
+    probe = copy.deepcopy(cfg)  # the same config with every runtime-dependent value replaced by a marker
 
-    def walk(node) -> None:
+    def mark(node) -> None:
+        for key in list(node.keys()):
+            if OmegaConf.is_interpolation(node, key) and _RUNTIME.search(OmegaConf.to_container(node, resolve=False)[key]):
+                node[key] = _UNKNOWN
+            elif OmegaConf.is_dict(node._get_node(key)) and not OmegaConf.is_interpolation(node, key):
+                mark(node[key])
+
+    def walk(node, probed) -> None:
         for key in list(node.keys()):
             if OmegaConf.is_interpolation(node, key):
-                raw = OmegaConf.to_container(node, resolve=False)[key]
-                if isinstance(raw, str) and raw.startswith("${covidnet.init:"):
-                    try:
-                        node[key] = node[key]
-                    except Exception:  # noqa: BLE001 - an unknown init or field: leave the text as it was written
-                        pass
-            elif OmegaConf.is_dict(node[key]):
-                walk(node[key])
+                try:
+                    value = probed[key]
+                    value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+                except Exception:  # noqa: BLE001 - a key it points at is missing, an unknown init: left as written
+                    continue
+                if _UNKNOWN not in str(value):  # str of a container shows its strings as they are
+                    node[key] = value
+            elif OmegaConf.is_dict(node._get_node(key)):
+                walk(node[key], probed[key])
 
-    walk(cfg)
+    mark(probe)
+    walk(cfg, probe)
     return OmegaConf.to_container(cfg, resolve=False)
+
+
+# a resolver other than covidnet.init inside an interpolation (``${hydra:runtime.output_dir}``, ``${oc.env:HOME}``)
+_RUNTIME = re.compile(r"\$\{\s*(?!covidnet\.init:)[\w.]+:")
+_UNKNOWN = "<a value of the job's runtime>"

@@ -22,7 +22,7 @@ import importlib.metadata
 import json
 import platform
 
-from covidnet.report.render import SETTING_KEYS, Context, Section, md_table
+from covidnet.report.render import SETTING_KEYS, Context, Section, md_table, setting_text
 from covidnet.report.sweep import REPLICATE_KEY, Run, dig
 
 VERSION_PACKAGES = ("covidnet", "torch", "torchvision", "lightning", "timm", "numpy")
@@ -63,10 +63,6 @@ def collect(runs: list[Run], recorded: dict | None) -> dict:
     return out
 
 
-def _value(v) -> str:
-    return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
-
-
 def commands(runs: list[Run]) -> list[str]:
     """One ``python train.py -m`` line per distinct setting of the jobs (their overrides without the seed), in the
     order the jobs are listed, with the seeds of that setting joined."""
@@ -102,7 +98,7 @@ def differing_settings(ctx: Context) -> tuple[list[str], list[list[str]]]:
     for key, group in ctx.group_runs().items():
         cells = []
         for k in keys:
-            values = sorted({_value(dig(r.config, k)) for r in group if r.config})
+            values = sorted({setting_text(dig(r.config, k)) for r in group if r.config})
             cells.append(", ".join(values) or "–")
         rows.append([", ".join(f"{f}={v}" for f, v in zip(factors, key)) or "all runs", *cells])
     return keys, rows

@@ -17,7 +17,22 @@ from covidnet.report.sweep import Run, Sweep, dig
 SETTING_KEYS = (
     "data.root", "data.image_size", "data.batch_size", "data.fraction", "data.normalization", "model.arch", "model.freeze",
     "model.backbone_lr_scale", "model.optimizer.lr", "trainer.max_epochs", "trainer.accelerator", "trainer.precision",
+    "model.label_smoothing", "callbacks.ema",
 )
+_MISSING = object()
+
+
+def setting_text(value) -> str:
+    """A setting as a config writes it: ``null``; an object Hydra instantiates as its class and arguments
+    (``EMA(decay=0.98)``), since its ``_target_`` path says less than the arguments; other containers as JSON."""
+    if value is None:
+        return "null"
+    if isinstance(value, dict) and "_target_" in value:
+        args = ", ".join(f"{k}={setting_text(v)}" for k, v in value.items() if not k.startswith("_"))
+        return f"{str(value['_target_']).rsplit('.', 1)[-1]}({args})"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
 
 
 @dataclass
@@ -82,9 +97,9 @@ def common_settings(runs: list[Run]) -> list[tuple[str, str]]:
     out = []
     configs = [r.config for r in runs if r.config]
     for key in SETTING_KEYS:
-        vals = {json.dumps(dig(c, key), default=str) for c in configs}
-        if len(vals) == 1:
-            out.append((key, str(dig(configs[0], key))))
+        vals = {json.dumps(dig(c, key, _MISSING), default=str) for c in configs}
+        if len(vals) == 1 and dig(configs[0], key, _MISSING) is not _MISSING:  # a key no job recorded is not shown
+            out.append((key, setting_text(dig(configs[0], key))))
     return out
 
 

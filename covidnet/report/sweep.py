@@ -10,7 +10,7 @@ from pathlib import Path
 
 from covidnet.metrics import stats
 from covidnet.core.errors import UserError
-from covidnet.models.inits import resolve_init_defaults
+from covidnet.models.inits import resolve_saved_config
 from covidnet.rundirs.run_files import EVAL_DIR, incomplete_results
 from covidnet.rundirs.runs import FAILED, NOT_TRAINED, RunDir, SweepDir, not_job_keys, override_key
 
@@ -144,7 +144,7 @@ def read_job(job_dir: Path, sweep_dir: Path, failures: dict[str, str]) -> Run:
     rd = RunDir(job_dir)
     name = str(job_dir.relative_to(sweep_dir)) if job_dir != sweep_dir else job_dir.name
     overrides = parse_overrides(rd.overrides())
-    run = Run(name=name, path=job_dir, overrides=overrides, status="complete", config=resolve_init_defaults(rd.config()))
+    run = Run(name=name, path=job_dir, overrides=overrides, status="complete", config=resolve_saved_config(rd.config()))
     recorded = SweepDir.failure_of(rd, failures)
     try:
         metrics = rd.read_metrics()

@@ -97,6 +97,7 @@ MARK = re.compile(r"(^<!-- table:(?P<reports>[\w./+-]+):(?P<kind>\w+) -->\n)(?P<
 DEFAULT_RECIPE = {"data.image_size": "224", "trainer.max_epochs": "30"}  # conf/data, conf/trainer: the full budget
 ARCH_NAMES = {"efficientnet_lite0": "EfficientNet-Lite0", "resnet18": "ResNet-18", "resnet50": "ResNet-50", "resnet152": "ResNet-152"}
 INIT_NAMES = {"imagenet": "ImageNet weights", "scratch": "from scratch", "ct": "CT encoder weights"}
+RECIPE_WORDS = {"callbacks.ema": "weight average", "model.label_smoothing": "label smoothing"}
 SET_NAMES = {"test": "COVID-CT test split", "covid_ct_md": "COVID-CT-MD slices", "semiseg": "COVID-SemiSeg slices"}
 
 
@@ -230,7 +231,10 @@ def answer_box(reports: list[tuple[str, dict]]) -> list[str]:
     for r in (arm_row, ref_row):
         lr = f"{INIT_NAMES.get(r[rep['factors'][0]], r['row'])} lr {setting(rep, r['row'], 'model.optimizer.lr')}"
         scale = setting(rep, r["row"], "model.backbone_lr_scale", "")
-        lrs.append(lr + (f" (backbone at x{scale} of it)" if scale and r is arm_row else ""))
+        lr += f" (backbone at x{scale} of it)" if scale and r is arm_row else ""
+        recipe = [f"{RECIPE_WORDS.get(k, k)} {'none' if v == 'null' else v}" for k, v in rep["settings_by_row"].get(r["row"], {}).items()
+                  if k not in ("model.optimizer.lr", "model.backbone_lr_scale")]  # what else differs between the arms
+        lrs.append(", ".join([lr, *recipe]))
     lrs = "; ".join(lrs)
     out += [">", f"> Holds for: {arch} at {budget(rep, arm_row['row'])}, {arm_row['runs']} / {ref_row['runs']} seeds per arm, "
                  f"{lrs} (chosen per arm on validation AUROC). Report: [docs/results/{name}](docs/results/{name}/report.md)."]
