@@ -73,8 +73,9 @@ def test_a_number_edited_by_hand_in_a_marked_table_is_caught(tmp_path):
     assert (tmp_path / "README.md").read_text() == text
 
 
-def test_a_table_naming_a_missing_report_is_an_error(tmp_path):
-    (tmp_path / "README.md").write_text("<!-- table:nowhere:arms -->\n<!-- /table -->\n")
+@pytest.mark.parametrize("kind", ["arms", "cams"])
+def test_a_table_naming_a_missing_report_is_an_error(tmp_path, kind):
+    (tmp_path / "README.md").write_text(f"<!-- table:nowhere:{kind} -->\n<!-- /table -->\n")
     with pytest.raises(rebuild.TableError, match="nowhere"):
         rebuild.update_tables(tmp_path, check=True)
 

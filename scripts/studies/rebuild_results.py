@@ -16,6 +16,7 @@ report it names, so that a number quoted in the docs has one source:
     <!-- table:lite/final:answer -->        the answer box: one comparison, its interval, verdict and budget
     <!-- table:lite/final+lite/reference:arms -->   mean ± std over seeds per row of one or more reports
     <!-- table:lite/final:diffs -->         every paired difference of a report (test split and external sets)
+    <!-- table:lite/cams:cams -->           CAM numbers per arm on COVID-SemiSeg, from that folder's results.json
     ... generated text, never edited by hand ...
     <!-- /table -->
 
@@ -261,12 +262,28 @@ def ensemble_line(rep: dict, rows: list[dict]) -> list[str]:
                  + "; ".join(parts) + "."]
 
 
+def cams_table(results: Path, name: str) -> list[str]:
+    """The CAM numbers of a study's runs on COVID-SemiSeg (``<name>/results.json``, gathered from visualize.py): per
+    arm and method mean ± std over runs with the empty maps counted, then each arm minus scratch with its interval
+    over seeds and slices (scripts/studies/cam_summary.py)."""
+    path = results / name / "results.json"
+    if not path.is_file():
+        raise TableError(f"{path} does not exist: a cams table names a folder under docs/results/ holding the CAM "
+                         f"results.json of a study's runs (visualize.py localize=..., gathered per study)")
+    with contextlib.redirect_stdout(io.StringIO()):
+        summary = study("cam_summary").summarize(json.loads(path.read_text()))
+    return [*summary.splitlines(), "", f"From [{name}/results.json](docs/results/{name}/results.json) "
+            f"(`python scripts/studies/cam_summary.py docs/results/{name}/results.json`)."]
+
+
 KINDS = {"answer": answer_box, "arms": arms_table, "diffs": diffs_table}
 
 
 def render_table(results: Path, reports: str, kind: str) -> str:
+    if kind == "cams":
+        return "\n".join(cams_table(results, reports)) + "\n"
     if kind not in KINDS:
-        raise TableError(f"unknown table kind {kind!r} (known: {', '.join(KINDS)})")
+        raise TableError(f"unknown table kind {kind!r} (known: {', '.join([*KINDS, 'cams'])})")
     loaded = [(name, read_report(results, name)) for name in reports.split("+")]
     return "\n".join(KINDS[kind](loaded)) + "\n"
 
