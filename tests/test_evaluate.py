@@ -210,7 +210,7 @@ def test_set_configs_resolve_their_root_below_eval_data(monkeypatch):
     assert set_config("covid_ct_md").root == "/data/sets/covid-ct-md-sample"
     assert set_config("semiseg", eval_data="../shared/data").root == "../shared/data/covid-semiseg"
     assert set_config("covid_ct_md").read.window == {"width": 1500, "level": -600}
-    with pytest.raises(EvalError, match="Known sets: covid_ct_md, covid_ct_test, folder, semiseg"):
+    with pytest.raises(EvalError, match="Known sets: covid_ct_md, covid_ct_test, covid_ct_val, folder, semiseg"):
         set_config("nope")
 
 
@@ -240,8 +240,11 @@ def test_training_evaluates_its_best_checkpoint_on_each_eval_set(synthetic_root,
         train(tiny_cfg(synthetic_root, tmp_path / "bad", "eval_sets=[semiseg]", f"eval_data={tmp_path / 'nowhere'}"))
     assert not list((tmp_path / "bad").rglob("*.ckpt"))  # refused before any training
     out = tmp_path / "run"
-    metrics = train(tiny_cfg(synthetic_root, out, "eval_sets=[covid_ct_test,semiseg]", f"eval_data={data}"))
-    assert set(metrics["eval_sets"]) == {"covid_ct_test", "semiseg"}
+    metrics = train(tiny_cfg(synthetic_root, out, "eval_sets=[covid_ct_test,covid_ct_val,semiseg]", f"eval_data={data}"))
+    assert set(metrics["eval_sets"]) == {"covid_ct_test", "covid_ct_val", "semiseg"}
+    # the validation split as a set scores the selected checkpoint as training's validation did (its val/auroc)
+    val_auroc = json.loads((out / "eval" / "covid_ct_val" / "metrics.json").read_text())["images"]["all"]["metrics"]["auroc"]["estimate"]
+    assert metrics["best_val_metric"] == "val/auroc" and val_auroc == pytest.approx(metrics["best_val_score"], abs=1e-4)
     # the in-split test through evaluate's path gives the same P(COVID) as training's own test predictions
     with open(out / "predictions_test.csv", newline="") as f:
         own = {r["file"]: float(r["prob_covid"]) for r in csv.DictReader(f)}
