@@ -127,7 +127,7 @@ def provenance_section(ctx: Context) -> Section:
                   *(f"{i}. `{c}`" for i, c in enumerate(launches, 1)), ""]
     keys, rows = differing_settings(ctx)
     if keys:
-        lines += ["Settings that differ between jobs (as written in their .hydra/config.yaml):", "",
+        lines += ["Settings that differ between jobs (the values they used, from their .hydra/config.yaml):", "",
                   *md_table([", ".join(ctx.sweep.factors) or "row", *keys], rows), ""]
     machine = prov.get("machine")
     lines += [f"Machine: {machine}." if machine else "Machine: not recorded by these jobs.", ""]

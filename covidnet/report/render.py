@@ -143,7 +143,7 @@ def header(ctx: Context) -> list[str]:
     ]
     settings = common_settings(sweep.runs)
     if settings:
-        lines += ["", "Settings shared by all jobs (as written in their .hydra/config.yaml): " + ", ".join(f"`{k}={v}`" for k, v in settings) + "."]
+        lines += ["", "Settings shared by all jobs (the values they used, from their .hydra/config.yaml): " + ", ".join(f"`{k}={v}`" for k, v in settings) + "."]
     return lines
 
 
