@@ -156,6 +156,11 @@ def test_saved_configs_are_read_with_the_values_the_job_used():
     assert out["paths"] == arms["paths"]
     arms["model"]["init"] = "imagenet"
     assert resolve_saved_config(arms)["callbacks"]["ema"] is None
+    # inside lists too; a runtime value reached through a list or a quoted string is not this process's value
+    lists = {"x": 3, "env": ["${oc.env:HOME,x}"], "l": ["${x}", 1], "via_list": "${env}", "n": "${oc.env:HOME,x}",
+             "quoted": {"z": '"${n}'}, "via_quoted": "${quoted}"}
+    out = resolve_saved_config(lists)
+    assert out["l"] == [3, 1] and out["via_list"] == "${env}" and out["via_quoted"] == "${quoted}" and out["env"] == lists["env"]
     # a run saved since: the normalisation left to the architecture is shown as the job used it
     now = {"model": {"init": "imagenet", "arch": "efficientnet_lite0"}, "data": {"normalization": None}}
     assert resolve_saved_config(now)["data"]["normalization"] == "symmetric"

@@ -163,6 +163,11 @@ def saved_config(config) -> DictConfig:
     return apply_arch_defaults(cfg)
 
 
+# a resolver other than covidnet.init inside an interpolation (``${hydra:runtime.output_dir}``, ``${oc.env:HOME}``)
+_RUNTIME = re.compile(r"\$\{\s*(?!covidnet\.init:)[\w.]+:")
+_UNKNOWN = "<a runtime value of the job>"
+
+
 def resolve_saved_config(config: dict) -> dict:
     """A saved, unresolved job config (``.hydra/config.yaml`` as a dict) with every interpolation the config can
     resolve by itself replaced by the value the job used (``${covidnet.init:...}`` of earlier runs, an experiment's
@@ -174,24 +179,29 @@ def resolve_saved_config(config: dict) -> dict:
     cfg = saved_config(config)
     probe = copy.deepcopy(cfg)  # the same config with every runtime-dependent value replaced by a marker
 
+    def keys(node):
+        return list(node.keys()) if OmegaConf.is_dict(node) else range(len(node))
+
     def mark(node) -> None:
-        for key in list(node.keys()):
-            if OmegaConf.is_interpolation(node, key) and _RUNTIME.search(OmegaConf.to_container(node, resolve=False)[key]):
-                node[key] = _UNKNOWN
-            elif OmegaConf.is_dict(node._get_node(key)) and not OmegaConf.is_interpolation(node, key):
+        for key in keys(node):
+            raw = node._get_node(key)._value()
+            if OmegaConf.is_interpolation(node, key):
+                if _RUNTIME.search(raw):
+                    node[key] = _UNKNOWN
+            elif OmegaConf.is_config(node._get_node(key)):
                 mark(node[key])
 
     def walk(node, probed) -> None:
-        for key in list(node.keys()):
+        for key in keys(node):
             if OmegaConf.is_interpolation(node, key):
                 try:
                     value = probed[key]
                     value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
                 except Exception:  # noqa: BLE001 - a key it points at is missing, an unknown init: left as written
                     continue
-                if _UNKNOWN not in str(value):  # str of a container shows its strings as they are
+                if not _holds_unknown(value):
                     node[key] = value
-            elif OmegaConf.is_dict(node._get_node(key)):
+            elif OmegaConf.is_config(node._get_node(key)):
                 walk(node[key], probed[key])
 
     mark(probe)
@@ -199,6 +209,9 @@ def resolve_saved_config(config: dict) -> dict:
     return OmegaConf.to_container(cfg, resolve=False)
 
 
-# a resolver other than covidnet.init inside an interpolation (``${hydra:runtime.output_dir}``, ``${oc.env:HOME}``)
-_RUNTIME = re.compile(r"\$\{\s*(?!covidnet\.init:)[\w.]+:")
-_UNKNOWN = "<a value of the job's runtime>"
+def _holds_unknown(value) -> bool:
+    if isinstance(value, dict):
+        return any(_holds_unknown(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_unknown(v) for v in value)
+    return isinstance(value, str) and _UNKNOWN in value

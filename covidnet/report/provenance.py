@@ -22,7 +22,7 @@ import importlib.metadata
 import json
 import platform
 
-from covidnet.report.render import SETTING_KEYS, Context, Section, md_table, setting_text
+from covidnet.report.render import NOT_RECORDED, SETTING_KEYS, Context, Section, md_table, setting_text, settings_source
 from covidnet.report.sweep import REPLICATE_KEY, Run, dig
 
 VERSION_PACKAGES = ("covidnet", "torch", "torchvision", "lightning", "timm", "numpy")
@@ -90,7 +90,7 @@ def _quote(v: str) -> str:
 def differing_settings(ctx: Context) -> tuple[list[str], list[list[str]]]:
     """(keys, rows): the settings of ``SETTING_KEYS`` that differ between jobs, one row per summary row."""
     runs = [r for r in ctx.sweep.runs if r.config]
-    keys = [k for k in SETTING_KEYS if len({json.dumps(dig(r.config, k), default=str) for r in runs}) > 1]
+    keys = [k for k in SETTING_KEYS if len({json.dumps(dig(r.config, k, NOT_RECORDED), default=str) for r in runs}) > 1]
     if not keys:
         return [], []
     rows = []
@@ -98,7 +98,7 @@ def differing_settings(ctx: Context) -> tuple[list[str], list[list[str]]]:
     for key, group in ctx.group_runs().items():
         cells = []
         for k in keys:
-            values = sorted({setting_text(dig(r.config, k)) for r in group if r.config})
+            values = sorted({setting_text(dig(r.config, k, NOT_RECORDED)) for r in group if r.config})
             cells.append(", ".join(values) or "–")
         rows.append([", ".join(f"{f}={v}" for f, v in zip(factors, key)) or "all runs", *cells])
     return keys, rows
@@ -127,7 +127,7 @@ def provenance_section(ctx: Context) -> Section:
                   *(f"{i}. `{c}`" for i, c in enumerate(launches, 1)), ""]
     keys, rows = differing_settings(ctx)
     if keys:
-        lines += ["Settings that differ between jobs (the values they used, from their .hydra/config.yaml):", "",
+        lines += [f"Settings that differ between jobs ({settings_source(c for row in rows for c in row[1:])}):", "",
                   *md_table([", ".join(ctx.sweep.factors) or "row", *keys], rows), ""]
     machine = prov.get("machine")
     lines += [f"Machine: {machine}." if machine else "Machine: not recorded by these jobs.", ""]

@@ -13,20 +13,25 @@ from covidnet.metrics import arm_stats, stats
 from covidnet.report.scoring import Comparison, ordered_groups
 from covidnet.report.sweep import Run, Sweep, dig
 
-# Settings shown at the top of the report when every job has them (as written in the job's config).
+# Settings shown at the top of the report when every job has them (the values each job's config gives them).
 SETTING_KEYS = (
     "data.root", "data.image_size", "data.batch_size", "data.fraction", "data.normalization", "model.arch", "model.freeze",
     "model.backbone_lr_scale", "model.optimizer.lr", "trainer.max_epochs", "trainer.accelerator", "trainer.precision",
     "model.label_smoothing", "callbacks.ema",
 )
-_MISSING = object()
+NOT_RECORDED = object()  # a setting a job's config lacks (an older job), told apart from null
 
 
 def setting_text(value) -> str:
-    """A setting as a config writes it: ``null``; an object Hydra instantiates as its class and arguments
-    (``EMA(decay=0.98)``), since its ``_target_`` path says less than the arguments; other containers as JSON."""
+    """A setting as a config writes it: ``null``, ``true``; an object Hydra instantiates as its class and arguments
+    (``EMA(decay=0.98)``), since its ``_target_`` path says less than the arguments; other containers as JSON;
+    ``not recorded`` for a key the job's config lacks (an older job)."""
+    if value is NOT_RECORDED:
+        return "not recorded"
     if value is None:
         return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, dict) and "_target_" in value:
         args = ", ".join(f"{k}={setting_text(v)}" for k, v in value.items() if not k.startswith("_"))
         return f"{str(value['_target_']).rsplit('.', 1)[-1]}({args})"
@@ -93,12 +98,20 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + ["| " + " | ".join(r) + " |" for r in clean]
 
 
+def settings_source(values) -> str:
+    """Where the settings shown come from. A job bundle written before the report resolved interpolations keeps the
+    text of its config (``${arms.${model.init}.lr}``), and says so."""
+    if any("${" in v for v in values):
+        return "as written in their .hydra/config.yaml"
+    return "the values they used, from their .hydra/config.yaml"
+
+
 def common_settings(runs: list[Run]) -> list[tuple[str, str]]:
     out = []
     configs = [r.config for r in runs if r.config]
     for key in SETTING_KEYS:
-        vals = {json.dumps(dig(c, key, _MISSING), default=str) for c in configs}
-        if len(vals) == 1 and dig(configs[0], key, _MISSING) is not _MISSING:  # a key no job recorded is not shown
+        vals = {json.dumps(dig(c, key, NOT_RECORDED), default=str) for c in configs}
+        if len(vals) == 1 and dig(configs[0], key, NOT_RECORDED) is not NOT_RECORDED:  # a key no job recorded is not shown
             out.append((key, setting_text(dig(configs[0], key))))
     return out
 
@@ -143,7 +156,7 @@ def header(ctx: Context) -> list[str]:
     ]
     settings = common_settings(sweep.runs)
     if settings:
-        lines += ["", "Settings shared by all jobs (the values they used, from their .hydra/config.yaml): " + ", ".join(f"`{k}={v}`" for k, v in settings) + "."]
+        lines += ["", f"Settings shared by all jobs ({settings_source(v for _, v in settings)}): " + ", ".join(f"`{k}={v}`" for k, v in settings) + "."]
     return lines
 
 

@@ -1,4 +1,5 @@
-"""``covid_ct``: one split of the official COVID-CT layout, so the in-split test is one more set.
+"""``covid_ct``: one split of the official COVID-CT layout as one more set: the in-split test (``covid_ct_test``), or the
+validation split (``covid_ct_val``) for validation-only numbers of trained models.
 
 Reuses :mod:`covidnet.images.covid_ct_layout` (layout check, split lists, decoding). The official split is by patient
 but does not name the patients, so records carry no patient id and intervals resample images.
